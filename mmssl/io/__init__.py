@@ -1,0 +1,21 @@
+"""Media in: probing, frame-exact video reading, audio loading, typed errors, and a writer."""
+from mmssl.io.audio import load_audio
+from mmssl.io.errors import (
+    CorruptMediaError,
+    EmptyMediaError,
+    MediaError,
+    MissingMediaError,
+    NoAudioStreamError,
+    NoVideoStreamError,
+    TooShortError,
+    UnsupportedCodecError,
+)
+from mmssl.io.probe import MediaInfo, probe
+from mmssl.io.video import BACKENDS, VideoReader
+from mmssl.io.writer import write_media
+
+__all__ = [
+    "BACKENDS", "CorruptMediaError", "EmptyMediaError", "MediaError", "MediaInfo", "MissingMediaError",
+    "NoAudioStreamError", "NoVideoStreamError", "TooShortError", "UnsupportedCodecError", "VideoReader",
+    "load_audio", "probe", "write_media",
+]

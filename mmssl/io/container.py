@@ -1,0 +1,151 @@
+"""Opening files with PyAV and indexing their video frames: the one place that maps FFmpeg's
+failures to typed `MediaError`s and presentation order to frame numbers.
+
+Frame i of a video is the i-th displayed frame in presentation order. The index comes from demuxing
+(no decoding) and skips packets that FFmpeg marks `is_discard` (pre-roll before an mp4 edit list's
+start): without that, clips cut with `-c copy` are off by the pre-roll (see DECODERS.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from mmssl.io.errors import (
+    CorruptMediaError,
+    EmptyMediaError,
+    MediaError,
+    MissingMediaError,
+    NoVideoStreamError,
+    TooShortError,
+    UnsupportedCodecError,
+)
+
+logging.getLogger("libav").setLevel(logging.ERROR)
+
+
+def open_container(path: str | Path) -> av.container.InputContainer:
+    """Open `path` for reading, or raise the `MediaError` that says why not."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise MissingMediaError(path, "no such file")
+    if os.path.isdir(path):
+        raise MissingMediaError(path, "is a directory")
+    if os.path.getsize(path) == 0:
+        raise EmptyMediaError(path, "file has 0 bytes")
+    try:
+        return av.open(path, mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as e:
+        raise CorruptMediaError(path, f"cannot open container ({e.strerror or e})") from e
+
+
+@contextlib.contextmanager
+def media_errors(path: str | Path) -> Iterator[None]:
+    """Turn FFmpeg errors raised while demuxing/decoding into `CorruptMediaError`."""
+    try:
+        yield
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise CorruptMediaError(path, f"decoding failed ({e})") from e
+
+
+def check_decodable(path: str | Path, stream: av.stream.Stream) -> None:
+    """Raise `UnsupportedCodecError` when FFmpeg has no decoder for `stream`."""
+    ctx = stream.codec_context
+    if ctx is None or ctx.codec is None or ctx.name in ("none", ""):
+        raise UnsupportedCodecError(path, f"no decoder for {stream.type} stream {stream.index}")
+
+
+def video_stream(path: str | Path, container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise NoVideoStreamError(path, "no video stream")
+    stream = container.streams.video[0]
+    check_decodable(path, stream)
+    return stream
+
+
+def clock_origin(container: av.container.InputContainer) -> float:
+    """Time 0 of a file in seconds on FFmpeg's clock: the first video frame's presentation time
+    (the first audio sample's when there is no video). Frames and audio share this clock."""
+    streams = container.streams.video or container.streams.audio
+    if streams and streams[0].start_time is not None and streams[0].time_base is not None:
+        return float(streams[0].start_time * streams[0].time_base)
+    return 0.0
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Presentation timestamps of the displayed frames and of the keyframes of one video stream."""
+
+    pts: np.ndarray  # int64, sorted: frame i has pts[i]
+    keyframe_pts: np.ndarray  # int64, sorted, including pre-roll keyframes a seek may need
+    time_base: Fraction
+    origin: float  # seconds, see clock_origin
+    frame_duration: int  # in time_base units: duration of the last frame
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+    def seconds(self, indices: np.ndarray) -> np.ndarray:
+        return self.pts[indices].astype(np.float64) * float(self.time_base) - self.origin
+
+    @property
+    def duration(self) -> float:
+        if self.num_frames == 0:
+            return 0.0
+        return float((self.pts[-1] - self.pts[0] + self.frame_duration) * self.time_base)
+
+
+def _has_sample_table(container: av.container.InputContainer) -> bool:
+    """mp4/mov list every sample in their header, so fewer packets on disk means truncation (AVI's
+    header also counts dropped frames that its demuxer never returns, so it is not checked)."""
+    return "mp4" in container.format.name.split(",")
+
+
+def build_index(path: str | Path, container: av.container.InputContainer,
+                stream: av.video.stream.VideoStream) -> FrameIndex:
+    """Demux (without decoding) every packet of `stream` and index its displayed frames."""
+    pts, keys, durations = [], [], []
+    demuxed = 0
+    with media_errors(path):
+        for packet in container.demux(stream):
+            if packet.dts is None and packet.size == 0:
+                continue  # the flush packet PyAV yields at the end
+            demuxed += 1
+            if packet.size == 0:
+                continue  # a dropped frame (AVI): nothing to display
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None:
+                raise UnsupportedCodecError(path, "video packets carry no timestamps")
+            if packet.is_keyframe:
+                keys.append(stamp)
+            if not packet.is_discard:
+                pts.append(stamp)
+                durations.append(packet.duration or 0)
+    if _has_sample_table(container) and demuxed < stream.frames:
+        raise CorruptMediaError(path, f"truncated: {demuxed} of {stream.frames} video packets present")
+    if not pts:
+        raise TooShortError(path, "video stream has 0 frames")
+    order = np.argsort(pts, kind="stable")
+    sorted_pts = np.asarray(pts, dtype=np.int64)[order]
+    if len(np.unique(sorted_pts)) != len(sorted_pts):
+        raise UnsupportedCodecError(path, "duplicate frame timestamps: frames cannot be addressed")
+    last = int(np.asarray(durations)[order][-1])
+    if last <= 0:
+        last = int(np.median(np.diff(sorted_pts))) if len(sorted_pts) > 1 else 1
+    return FrameIndex(
+        pts=sorted_pts,
+        keyframe_pts=np.unique(np.asarray(keys or [sorted_pts[0]], dtype=np.int64)),
+        time_base=stream.time_base,
+        origin=clock_origin(container),
+        frame_duration=last,
+    )

@@ -1,0 +1,56 @@
+"""`probe(path) -> MediaInfo`: what a manifest needs to know of a file, checked by decoding."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmssl.io.container import build_index, check_decodable, media_errors, open_container, video_stream
+from mmssl.io.errors import CorruptMediaError
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    duration: float  # seconds of video
+    fps: float  # frames per second (average for variable frame rate)
+    num_frames: int  # exact count of displayed frames
+    width: int
+    height: int
+    has_audio: bool
+    audio_sample_rate: int  # 0 without audio
+    audio_channels: int  # 0 without audio
+    video_codec: str
+    audio_codec: str  # "" without audio
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Count the frames exactly (demuxing, no full decode), decode the first frame (and audio
+    frame) to prove the streams decode, and report the file's properties. Raises `MediaError`."""
+    with open_container(path) as container:
+        stream = video_stream(path, container)
+        index = build_index(path, container, stream)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if audio is not None:
+            check_decodable(path, audio)
+        _decode_first_frame(path, container, stream)
+        if audio is not None:
+            _decode_first_frame(path, container, audio)
+        return MediaInfo(
+            duration=index.duration,
+            fps=index.num_frames / index.duration,
+            num_frames=index.num_frames,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            has_audio=audio is not None,
+            audio_sample_rate=audio.codec_context.sample_rate if audio is not None else 0,
+            audio_channels=audio.codec_context.channels if audio is not None else 0,
+            video_codec=stream.codec_context.name,
+            audio_codec=audio.codec_context.name if audio is not None else "",
+        )
+
+
+def _decode_first_frame(path: str | Path, container, stream) -> None:
+    container.seek(0)
+    with media_errors(path):
+        for _ in container.decode(stream):
+            return
+    raise CorruptMediaError(path, f"{stream.type} stream yields no decodable frame")

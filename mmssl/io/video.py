@@ -1,0 +1,192 @@
+"""`VideoReader`: exactly the frames asked for, as uint8 [T, H, W, 3], resized in the decoder.
+
+Backends (measured in DECODERS.md and by tools/bench_loader.py):
+- "pyav" (default): frame-exact on every container we test, including mp4 edit lists, because it
+  addresses frames through our own demuxed index (mmssl.io.container.FrameIndex) and seeks to the
+  keyframe before each requested frame only when that is ahead of the decoder's position.
+- "decord": decord 0.6.0's `VideoReader`. Faster on some files, but wrong frames on mp4 edit lists
+  and MPEG program streams, and leaks memory unless it seeks back after each batch (done here).
+"""
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+from typing import Callable, Sequence
+
+import av
+import numpy as np
+import torch
+
+from mmssl.io.container import build_index, media_errors, open_container, video_stream
+from mmssl.io.errors import CorruptMediaError, TooShortError
+
+Size = tuple[int, int]  # (height, width)
+
+
+class _PyAVBackend:
+    """Seek-and-decode through PyAV with a frame index from demuxing."""
+
+    def __init__(self, path: str, size: Size | None, threads: int) -> None:
+        self.path = path
+        self.size = size
+        self.container = open_container(path)
+        try:
+            self.stream = video_stream(path, self.container)
+            self.index = build_index(path, self.container, self.stream)
+        except BaseException:
+            self.container.close()
+            raise
+        ctx = self.stream.codec_context
+        ctx.thread_count = threads
+        ctx.thread_type = "AUTO" if threads != 1 else "SLICE"
+        self.height = size[0] if size else ctx.height
+        self.width = size[1] if size else ctx.width
+
+    def read(self, frames: np.ndarray) -> list[np.ndarray]:
+        """Decode the frames with the given (sorted, unique) numbers."""
+        wanted = {int(p): i for i, p in enumerate(self.index.pts[frames])}
+        out: list[np.ndarray | None] = [None] * len(frames)
+        decoded = None
+        position = None  # pts of the last decoded frame
+        with media_errors(self.path):
+            for target in self.index.pts[frames]:
+                if out[wanted[int(target)]] is not None:
+                    continue
+                keys = self.index.keyframe_pts
+                key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
+                if decoded is None or position is None or key > position or target < position:
+                    self.container.seek(int(key), stream=self.stream, backward=True)
+                    decoded = self.container.decode(self.stream)
+                    position = None
+                for frame in decoded:
+                    if frame.pts is None:
+                        continue
+                    position = frame.pts
+                    slot = wanted.get(frame.pts)
+                    if slot is not None and out[slot] is None:
+                        out[slot] = frame_to_array(frame, self.size)
+                    if frame.pts >= target:
+                        break
+                if out[wanted[int(target)]] is None:
+                    raise CorruptMediaError(self.path, f"frame at pts {target} could not be decoded")
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class _DecordBackend:
+    """decord 0.6.0 (frames as decord numbers them: not exact on mp4 edit lists)."""
+
+    def __init__(self, path: str, size: Size | None, threads: int) -> None:
+        import decord
+
+        self.path = path
+        pyav_side = _PyAVBackend(path, None, 1)  # same typed errors and clock as the pyav backend
+        self.index = pyav_side.index
+        pyav_side.close()
+        kwargs = {"width": size[1], "height": size[0]} if size else {}
+        try:
+            self.reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads, **kwargs)
+        except (RuntimeError, decord.DECORDError) as e:
+            raise CorruptMediaError(path, f"decord cannot open ({e})") from e
+        first = self.reader[0].shape if len(self.reader) else (0, 0, 0)
+        self.height, self.width = first[0], first[1]
+
+    def read(self, frames: np.ndarray) -> list[np.ndarray]:
+        frames = np.minimum(frames, len(self.reader) - 1)  # decord may count fewer frames
+        batch = self.reader.get_batch(frames.tolist()).asnumpy()
+        self.reader.seek(0)  # without this decord's memory grows by GBs after a batch
+        return list(batch)
+
+    def close(self) -> None:
+        del self.reader
+
+
+BACKENDS: dict[str, Callable[[str, Size | None, int], object]] = {
+    "pyav": _PyAVBackend,
+    "decord": _DecordBackend,
+}
+
+
+class VideoReader:
+    """Random access to the frames of one video file.
+
+    Frame i is the i-th displayed frame in presentation order (what a sequential decode yields).
+    `size=(h, w)` resizes in the decoder. `threads` are the decoder's threads (keep 1 inside
+    DataLoader workers). Bad files raise a `mmssl.io.MediaError` subclass.
+    """
+
+    def __init__(self, path: str | Path, size: Size | None = None, backend: str = "pyav",
+                 threads: int = 1) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
+        self.path = str(path)
+        self.backend_name = backend
+        self._backend = BACKENDS[backend](self.path, size, threads)
+        self.index = self._backend.index
+
+    @property
+    def num_frames(self) -> int:
+        return self.index.num_frames
+
+    @property
+    def duration(self) -> float:
+        return self.index.duration
+
+    @property
+    def fps(self) -> float:
+        return self.num_frames / self.duration
+
+    @property
+    def size(self) -> Size:
+        return self._backend.height, self._backend.width
+
+    def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The frames with these numbers, in the order given (repeats allowed): uint8 [T, H, W, 3]."""
+        wanted = self._check(indices)
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        arrays = self._backend.read(unique)
+        return torch.from_numpy(np.stack([arrays[i] for i in inverse]))
+
+    def timestamps(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Presentation times in seconds of these frames, on the clock `load_audio` uses."""
+        return torch.from_numpy(self.index.seconds(self._check(indices)))
+
+    def _check(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+        wanted = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices,
+                            dtype=np.int64).reshape(-1)
+        if len(wanted) == 0:
+            raise ValueError("no frame indices given")
+        if wanted.min() < 0 or wanted.max() >= self.num_frames:
+            raise TooShortError(self.path, f"asked for frames {wanted.min()}..{wanted.max()}, "
+                                           f"the video has {self.num_frames}")
+        return wanted
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+
+def frame_to_array(frame: av.VideoFrame, size: Size | None) -> np.ndarray:
+    """RGB uint8 [H, W, 3], scaled by FFmpeg's swscale when `size=(h, w)` is given."""
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", width=size[1], height=size[0], interpolation="BILINEAR")
+
+
+def read_all_frames(path: str | Path, size: Size | None = None) -> torch.Tensor:
+    """Sequential decode of every displayed frame: the reference random access must agree with."""
+    with open_container(path) as container:
+        stream = video_stream(path, container)
+        with media_errors(path):
+            frames = [frame_to_array(frame, size) for frame in container.decode(stream)]
+    return torch.from_numpy(np.stack(frames))

@@ -1,0 +1,274 @@
+"""mmssl.io on real files encoded here: exact frames, timestamps, audio alignment, typed errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmssl.io import (
+    CorruptMediaError,
+    EmptyMediaError,
+    MediaError,
+    MissingMediaError,
+    NoAudioStreamError,
+    NoVideoStreamError,
+    TooShortError,
+    UnsupportedCodecError,
+    VideoReader,
+    load_audio,
+    probe,
+    write_media,
+)
+from mmssl.io.video import read_all_frames
+from mmssl.io.writer import cut_without_reencoding
+
+SR = 16000
+BITS = 6  # frame numbers up to 63, written as black/white blocks along the bottom of the frame
+
+
+def numbered_frames(n: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """Frame i shows i in binary as BITS blocks (white = 1) under a moving square (for motion)."""
+    frames = np.full((n, height, width, 3), 128, dtype=np.uint8)
+    block = width // BITS
+    for i in range(n):
+        x = (3 * i) % (width - 8)
+        frames[i, 2:8, x:x + 8] = 250
+        for bit in range(BITS):
+            frames[i, height // 2:, bit * block:(bit + 1) * block] = 255 if i >> bit & 1 else 0
+    return frames
+
+
+def frame_number(frame: torch.Tensor) -> int:
+    """Read back the number a numbered frame shows (block means survive lossy coding and scaling)."""
+    height, width = frame.shape[:2]
+    block = width // BITS
+    bottom = frame[height * 5 // 8:].float().mean(dim=(0, 2))
+    return sum(1 << bit for bit in range(BITS)
+               if bottom[bit * block + block // 4:(bit + 1) * block - block // 4].mean() > 128)
+
+
+def clicks(times_s: list[float], duration_s: float, sample_rate: int = SR) -> np.ndarray:
+    """Silence with a 1 ms full-scale burst starting at each time."""
+    audio = np.zeros(round(duration_s * sample_rate), dtype=np.float32)
+    width = sample_rate // 1000
+    for t in times_s:
+        start = round(t * sample_rate)
+        audio[start:start + width] = np.where(np.arange(width) % 2, -0.9, 0.9)
+    return audio
+
+
+def onset(audio: torch.Tensor, sample_rate: int = SR) -> list[float]:
+    """Times (s) where |audio| first exceeds half its maximum, one per separated burst."""
+    loud = np.flatnonzero(audio.abs().numpy() > 0.5 * audio.abs().max().item())
+    starts = loud[np.concatenate([[True], np.diff(loud) > sample_rate // 20])]
+    return (starts / sample_rate).tolist()
+
+
+FORMATS = {
+    "h264_aac.mp4": dict(video_codec="libx264", audio_codec="aac", gop=8),
+    "vp9_opus.webm": dict(video_codec="libvpx-vp9", audio_codec="libopus", sample_rate=48000),
+    "mpeg4_pcm.avi": dict(video_codec="mpeg4", audio_codec="pcm_s16le", sample_rate=22050),
+    "mpeg4_mp3.mkv": dict(video_codec="mpeg4", audio_codec="libmp3lame", sample_rate=44100),
+    "h264_444_odd.mkv": dict(video_codec="libx264", pix_fmt="yuv444p", height=33, width=47, audio=False),
+}
+NUM_FRAMES = 40
+FPS = 16
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("media")
+    files = {}
+    for name, spec in FORMATS.items():
+        spec = dict(spec)
+        height, width = spec.pop("height", 48), spec.pop("width", 64)
+        rate = spec.get("sample_rate", SR)
+        audio = clicks([0.5, 1.25], NUM_FRAMES / FPS, rate) if spec.pop("audio", True) else None
+        files[name] = write_media(root / name, numbered_frames(NUM_FRAMES, height, width), FPS, audio, **spec)
+    vfr_times = np.cumsum(np.random.default_rng(0).uniform(0.02, 0.12, 30)) + 0.5
+    files["vfr.mp4"] = write_media(root / "vfr.mp4", numbered_frames(30), FPS, frame_times=vfr_times.tolist())
+    files["three.mp4"] = write_media(root / "three.mp4", numbered_frames(3), FPS)
+    long = write_media(root / "long.mp4", numbered_frames(60), FPS, clicks([2.0], 60 / FPS), gop=16)
+    files["edit_list.mp4"] = cut_without_reencoding(long, root / "edit_list.mp4", 1.3)
+    files["audio_only.m4a"] = write_media(root / "audio_only.m4a", None, FPS, clicks([0.1], 1.0))
+    return files
+
+
+VIDEO_FILES = [*FORMATS, "vfr.mp4", "three.mp4", "edit_list.mp4"]
+
+
+@pytest.mark.parametrize("name", VIDEO_FILES)
+def test_random_access_equals_sequential_decode(media: dict[str, Path], name: str) -> None:
+    reference = read_all_frames(media[name])
+    info = probe(media[name])
+    assert info.num_frames == len(reference)
+    rng = np.random.default_rng(1)
+    indices = [*rng.integers(0, len(reference), 10), len(reference) - 1, 0, 2 % len(reference)]
+    with VideoReader(media[name]) as reader:
+        assert reader.num_frames == len(reference)
+        frames = reader.get_frames(indices)
+        assert frames.dtype == torch.uint8 and frames.shape == (len(indices), *reference.shape[1:])
+        assert torch.equal(frames, reference[indices])
+        assert torch.equal(reader.get_frames(range(len(reference))), reference)
+
+
+@pytest.mark.parametrize("name", [*FORMATS, "vfr.mp4"])
+def test_frames_are_the_encoded_ones(media: dict[str, Path], name: str) -> None:
+    with VideoReader(media[name]) as reader:
+        indices = [0, 7, 3, 21, 29]
+        assert [frame_number(f) for f in reader.get_frames(indices)] == indices
+
+
+def test_edit_list_file_starts_at_the_cut(media: dict[str, Path]) -> None:
+    # 60 frames at 16 fps cut at 1.3 s: the first shown frame is source frame 21 (at 1.3125 s).
+    with VideoReader(media["edit_list.mp4"]) as reader:
+        assert reader.num_frames == 60 - 21
+        assert [frame_number(f) for f in reader.get_frames([0, 5, 38])] == [21, 26, 59]
+        assert reader.timestamps([0]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_resize_in_decoder(media: dict[str, Path]) -> None:
+    path = media["h264_aac.mp4"]
+    reference = read_all_frames(path, size=(24, 40))
+    with VideoReader(path, size=(24, 40)) as reader:
+        assert reader.size == (24, 40)
+        frames = reader.get_frames([5, 1, 30])
+    assert frames.shape == (3, 24, 40, 3)
+    assert torch.equal(frames, reference[[5, 1, 30]])
+    assert [frame_number(f) for f in frames] == [5, 1, 30]
+
+
+def test_timestamps_constant_and_variable_rate(media: dict[str, Path]) -> None:
+    with VideoReader(media["h264_aac.mp4"]) as reader:
+        torch.testing.assert_close(reader.timestamps([0, 1, 10, 39]),
+                                   torch.tensor([0, 1, 10, 39], dtype=torch.float64) / FPS)
+        assert reader.fps == pytest.approx(FPS)
+    times = np.cumsum(np.random.default_rng(0).uniform(0.02, 0.12, 30)) + 0.5
+    with VideoReader(media["vfr.mp4"]) as reader:
+        got = reader.timestamps(range(30)).numpy()
+    np.testing.assert_allclose(got, times - times[0], atol=1.5e-3)
+
+
+def test_probe_reports_streams(media: dict[str, Path]) -> None:
+    info = probe(media["vp9_opus.webm"])
+    assert (info.num_frames, info.width, info.height) == (NUM_FRAMES, 64, 48)
+    assert info.fps == pytest.approx(FPS, rel=0.01)
+    assert info.duration == pytest.approx(NUM_FRAMES / FPS, abs=0.01)
+    assert (info.has_audio, info.audio_sample_rate, info.audio_channels) == (True, 48000, 1)
+    assert (info.video_codec, info.audio_codec) == ("vp9", "opus")
+    odd = probe(media["h264_444_odd.mkv"])
+    assert (odd.width, odd.height, odd.has_audio, odd.audio_codec) == (47, 33, False, "")
+
+
+@pytest.mark.parametrize("name", ["h264_aac.mp4", "vp9_opus.webm", "mpeg4_pcm.avi", "mpeg4_mp3.mkv"])
+def test_audio_length_and_alignment(media: dict[str, Path], name: str) -> None:
+    whole = load_audio(media[name], 0.0, NUM_FRAMES / FPS)
+    assert whole.dtype == torch.float32 and whole.shape == (round(NUM_FRAMES / FPS * SR),)
+    np.testing.assert_allclose(onset(whole), [0.5, 1.25], atol=0.002)
+    window = load_audio(media[name], 1.0, 0.7)  # the second click at 0.25 s into the window
+    assert window.shape == (round(0.7 * SR),)
+    np.testing.assert_allclose(onset(window), [0.25], atol=0.002)
+    odd = load_audio(media[name], 0.123, 1 / 3)
+    assert odd.shape == (round(SR / 3),)
+
+
+def test_audio_window_equals_slice_of_whole(media: dict[str, Path]) -> None:
+    path = media["h264_aac.mp4"]
+    whole = load_audio(path, 0.0, 2.5)
+    window = load_audio(path, 1.1, 0.5)
+    torch.testing.assert_close(window, whole[round(1.1 * SR):round(1.6 * SR)], atol=1e-4, rtol=0)
+
+
+def test_audio_zero_padded_outside_the_track(media: dict[str, Path]) -> None:
+    path = media["h264_aac.mp4"]  # audio lasts 2.5 s (+ the encoder's last-frame padding)
+    past = load_audio(path, 2.0, 1.5)
+    assert past.shape == (24000,)
+    assert past[round(0.7 * SR):].abs().max().item() == 0.0
+    before = load_audio(path, -0.5, 1.0)  # the click at 0.5 s lands at 1.0 s: outside
+    assert before[:round(0.5 * SR)].abs().max().item() == 0.0
+    np.testing.assert_allclose(onset(load_audio(path, -0.25, 1.0)), [0.75], atol=0.002)
+
+
+def test_audio_is_on_the_video_clock(media: dict[str, Path]) -> None:
+    # A click at frame 8's time (0.5 s) is heard within one frame of that frame's timestamp.
+    path = media["h264_aac.mp4"]
+    with VideoReader(path) as reader:
+        frame_time = reader.timestamps([8]).item()
+    start = frame_time - 0.25
+    assert abs(onset(load_audio(path, start, 0.5))[0] + start - frame_time) < 1 / FPS
+
+
+# --- bad input: typed errors that name the file -------------------------------------------------
+
+
+def _expect(error: type[MediaError], path: Path, call) -> MediaError:
+    with pytest.raises(error) as caught:
+        call(path)
+    assert str(path) in str(caught.value) and caught.value.path == str(path)
+    return caught.value
+
+
+def test_missing_and_empty(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.mp4"
+    for call in (probe, VideoReader, lambda p: load_audio(p, 0, 1)):
+        assert _expect(MissingMediaError, missing, call).kind == "missing"
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    for call in (probe, VideoReader, lambda p: load_audio(p, 0, 1)):
+        assert _expect(EmptyMediaError, empty, call).kind == "empty"
+
+
+def test_corrupt_files(tmp_path: Path, media: dict[str, Path]) -> None:
+    data = media["h264_aac.mp4"].read_bytes()
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).bytes(20000))
+    truncated = tmp_path / "truncated.mp4"  # moov at the end: gone
+    truncated.write_bytes(data[: len(data) // 2])
+    zeroed = tmp_path / "zeroed.mp4"
+    zeroed.write_bytes(bytes(4096) + data[4096:])
+    faststart = write_media(tmp_path / "faststart.mp4", numbered_frames(40), FPS,
+                            container_options={"movflags": "faststart"})
+    cut = tmp_path / "faststart_truncated.mp4"  # header intact, half the frames missing
+    cut.write_bytes(faststart.read_bytes()[: faststart.stat().st_size // 2])
+    for path in (garbage, truncated, zeroed, cut):
+        for call in (probe, VideoReader):
+            assert _expect(CorruptMediaError, path, call).kind == "corrupt"
+
+
+def test_stream_errors(tmp_path: Path, media: dict[str, Path]) -> None:
+    audio_only = media["audio_only.m4a"]
+    for call in (probe, VideoReader):
+        _expect(NoVideoStreamError, audio_only, call)
+    assert load_audio(audio_only, 0.0, 0.5).shape == (8000,)
+    _expect(NoAudioStreamError, media["h264_444_odd.mkv"], lambda p: load_audio(p, 0, 1))
+    data = bytearray(media["h264_aac.mp4"].read_bytes())
+    at = data.find(b"avc1", data.find(b"stsd"))
+    data[at:at + 4] = b"zzzz"  # an unknown codec tag in the sample description
+    unknown = tmp_path / "unknown_codec.mp4"
+    unknown.write_bytes(bytes(data))
+    for call in (probe, VideoReader):
+        assert _expect(UnsupportedCodecError, unknown, call).kind == "unsupported_codec"
+
+
+def test_too_few_frames(media: dict[str, Path]) -> None:
+    with VideoReader(media["three.mp4"]) as reader:
+        assert reader.num_frames == 3
+        assert reader.get_frames([2, 0]).shape[0] == 2
+        with pytest.raises(TooShortError, match="has 3"):
+            reader.get_frames([0, 3])
+        with pytest.raises(TooShortError):
+            reader.timestamps([-1])
+
+
+def test_decord_backend(media: dict[str, Path]) -> None:
+    path = media["h264_aac.mp4"]
+    reference = read_all_frames(path)
+    with VideoReader(path, backend="decord") as reader:
+        assert reader.num_frames == NUM_FRAMES
+        assert torch.equal(reader.get_frames([9, 2, 30]), reference[[9, 2, 30]])
+    with pytest.raises(MissingMediaError):
+        VideoReader(path.with_name("nope.mp4"), backend="decord")
+    with pytest.raises(ValueError, match="unknown backend"):
+        VideoReader(path, backend="nope")

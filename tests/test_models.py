@@ -1,0 +1,127 @@
+"""Video encoders and the registry: shapes for clips and single frames, export to torchvision, gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torchvision.models import video as tv_video
+
+from mmssl.models import (
+    VIDEO_ENCODERS,
+    Registry,
+    UnknownNameError,
+    VideoEncoder,
+    build_video_encoder,
+    repeat_frames,
+)
+
+TORCHVISION_DIMS = {"r3d_18": 512, "mc3_18": 512, "r2plus1d_18": 512, "s3d": 1024}
+FEATURE_DIMS = {**TORCHVISION_DIMS, "tiny3d": 128}
+CLIP_SIZES = {name: (4, 32, 32) for name in TORCHVISION_DIMS} | {"tiny3d": (8, 64, 64)}  # T, H, W
+
+
+@pytest.fixture(scope="module", params=sorted(FEATURE_DIMS))
+def named_encoder(request: pytest.FixtureRequest) -> tuple[str, VideoEncoder]:
+    torch.manual_seed(0)
+    return request.param, build_video_encoder(request.param)
+
+
+def test_registry_lists_every_encoder() -> None:
+    assert set(FEATURE_DIMS) <= set(VIDEO_ENCODERS)
+
+
+def test_clip_and_frame_shapes(named_encoder: tuple[str, VideoEncoder]) -> None:
+    name, encoder = named_encoder
+    frames, height, width = CLIP_SIZES[name]
+    assert encoder.feature_dim == FEATURE_DIMS[name]
+    encoder.eval()
+    with torch.no_grad():
+        for num_frames in (frames, 1):
+            features = encoder(torch.randn(2, 3, num_frames, height, width))
+            assert features.shape == (2, FEATURE_DIMS[name])
+            assert torch.isfinite(features).all()
+
+
+def test_gradients_reach_first_layer(named_encoder: tuple[str, VideoEncoder]) -> None:
+    name, encoder = named_encoder
+    encoder.train()
+    encoder.zero_grad()
+    encoder(torch.randn(2, 3, *CLIP_SIZES[name])).square().mean().backward()
+    first = next(encoder.parameters())
+    assert first.ndim == 5 and first.shape[1] == 3  # the first conv3d, reading RGB
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def _torchvision_features(model: nn.Module, x: Tensor) -> Tensor:
+    """Pooled backbone features computed from torchvision's own submodules."""
+    if isinstance(model, tv_video.S3D):
+        return model.features(x).mean(dim=(2, 3, 4))
+    trunk = nn.Sequential(model.stem, model.layer1, model.layer2, model.layer3, model.layer4, model.avgpool)
+    return trunk(x).flatten(1)
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_DIMS))
+def test_export_loads_into_torchvision(name: str) -> None:
+    torch.manual_seed(0)
+    encoder = build_video_encoder(name)
+    x = torch.randn(2, 3, 8, 32, 32)
+    encoder.train()
+    with torch.no_grad():
+        encoder(x)  # moves BatchNorm running statistics away from their defaults
+    model = getattr(tv_video, name)(num_classes=7)
+    missing, unexpected = model.load_state_dict(encoder.export_state_dict(), strict=False)
+    classifier = "classifier." if name == "s3d" else "fc."
+    assert unexpected == []
+    assert missing and all(key.startswith(classifier) for key in missing)
+    encoder.eval()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(encoder(x), _torchvision_features(model, x))
+
+
+def test_s3d_stretches_short_clips_to_five_frames() -> None:
+    encoder = build_video_encoder("s3d").eval()
+    frame = torch.randn(2, 3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(encoder(frame), encoder(frame.expand(-1, -1, 5, -1, -1)))
+
+
+def test_repeat_frames_keeps_order() -> None:
+    clip = torch.arange(3.0).view(1, 1, 3, 1, 1)
+    assert repeat_frames(clip, 5).flatten().tolist() == [0, 0, 1, 1, 2, 2]
+    assert repeat_frames(clip, 3) is clip
+
+
+def test_rejects_wrong_layout() -> None:
+    encoder = build_video_encoder("tiny3d")
+    with pytest.raises(ValueError, match=r"float \[B, 3, T, H, W\]"):
+        encoder(torch.randn(2, 8, 3, 64, 64))  # [B, T, C, H, W]
+    with pytest.raises(ValueError, match="uint8"):
+        encoder(torch.zeros(2, 3, 8, 64, 64, dtype=torch.uint8))
+
+
+def test_build_passes_kwargs() -> None:
+    encoder = build_video_encoder("tiny3d", widths=(8, 16), in_channels=1)
+    assert encoder.feature_dim == 16
+    assert encoder(torch.randn(2, 1, 4, 16, 16)).shape == (2, 16)
+
+
+def test_unknown_name_lists_known_names() -> None:
+    with pytest.raises(KeyError, match="unknown video encoder 'nope'; known: .*r3d_18.*tiny3d"):
+        build_video_encoder("nope")
+
+
+def test_registry_register_and_duplicate() -> None:
+    registry: Registry[nn.Module] = Registry("thing")
+
+    @registry.register("linear")
+    def make_linear(width: int = 4) -> nn.Module:
+        return nn.Linear(width, width)
+
+    assert make_linear(2).in_features == 2  # the decorator returns the builder unchanged
+    assert "linear" in registry and list(registry) == ["linear"] and len(registry) == 1
+    assert registry.build("linear", width=3).out_features == 3
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("linear")(make_linear)
+    with pytest.raises(UnknownNameError, match="known: linear"):
+        registry.build("conv")
