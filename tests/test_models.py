@@ -16,7 +16,7 @@ from mmssl.models import (
 )
 
 TORCHVISION_DIMS = {"r3d_18": 512, "mc3_18": 512, "r2plus1d_18": 512, "s3d": 1024}
-FEATURE_DIMS = {**TORCHVISION_DIMS, "tiny3d": 128}
+FEATURE_DIMS = {**TORCHVISION_DIMS, "tiny3d": 256}
 CLIP_SIZES = {name: (4, 32, 32) for name in TORCHVISION_DIMS} | {"tiny3d": (8, 64, 64)}  # T, H, W
 
 
@@ -101,9 +101,9 @@ def test_rejects_wrong_layout() -> None:
 
 
 def test_build_passes_kwargs() -> None:
-    encoder = build_video_encoder("tiny3d", widths=(8, 16), in_channels=1)
-    assert encoder.feature_dim == 16
-    assert encoder(torch.randn(2, 1, 4, 16, 16)).shape == (2, 16)
+    encoder = build_video_encoder("tiny3d", widths=(8, 16), in_channels=1, dim=32)
+    assert encoder.feature_dim == 32
+    assert encoder(torch.randn(2, 1, 4, 16, 16)).shape == (2, 32)
 
 
 def test_unknown_name_lists_known_names() -> None:

@@ -127,13 +127,16 @@ for _name in TORCHVISION_SPECS:
 
 @register_video_encoder("tiny3d")
 class Tiny3D(VideoEncoder):
-    """CPU-sized 3D CNN: conv3d(3x3x3)-BN-ReLU blocks, then a global average pool.
+    """CPU-sized 3D CNN: conv3d(3x3x3)-BN-ReLU blocks, an average pool over time and onto a
+    ``grid`` x ``grid`` spatial layout, then a fully connected layer + ReLU (like CaffeNet's fc6).
 
     The first block halves H and W, every later block halves T, H and W (padded, so T=1 works).
-    ``feature_dim`` is the last width (128 by default).
+    Keeping a coarse spatial layout, rather than a global pool, lets features say *where* things
+    are, which frame-order tasks need. ``feature_dim`` is ``dim`` (256 by default).
     """
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), in_channels: int = 3) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), in_channels: int = 3, grid: int = 4,
+                 dim: int = 256) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -146,8 +149,10 @@ class Tiny3D(VideoEncoder):
             ]
             channels = width
         self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool3d((1, grid, grid))
+        self.fc = nn.Sequential(nn.Linear(widths[-1] * grid * grid, dim), nn.ReLU(inplace=True))
         self.in_channels = in_channels
-        self.feature_dim = widths[-1]
+        self.feature_dim = dim
 
     def encode(self, x: Tensor) -> Tensor:
-        return torch.mean(self.features(x), dim=(2, 3, 4))
+        return self.fc(self.pool(self.features(x)).flatten(1))

@@ -1,0 +1,189 @@
+"""One dataclass tree for a run: defaults here <- a YAML file in configs/ <- dotted CLI overrides.
+
+Unknown keys are errors that name the key; values are checked against the field's type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the tree."""
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""  # empty: SynthAV under synthav_dir, generated on first use
+    synthav_dir: str = "data/synthav"
+    split: str = "pretrain"
+    frame_size: int = 64  # frames are resized to frame_size x frame_size in the decoder
+    backend: str = "pyav"
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop area
+    flip: bool = True
+    batch_size: int = 32
+    num_workers: int = 2
+    max_skip_share: float = 0.05  # stop when more of an epoch's samples than this fail to decode
+
+
+@dataclass
+class ModelConfig:
+    video_encoder: str = "tiny3d"
+
+
+@dataclass
+class OrderConfig:
+    """Shuffle and Learn frame-order verification (SPEC.md): gaps in seconds, so fps-independent."""
+
+    tau_max_s: float = 2.0  # max |d - b| (60 frames at 30 fps)
+    tau_min_s: float = 0.5  # min gap of a negative's middle frame from [b, d] (15 frames at 30 fps)
+    positive_share: float = 0.25
+    hidden_dim: int = 256
+
+
+@dataclass
+class TaskConfig:
+    name: str = "order"
+    order: OrderConfig = field(default_factory=OrderConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # for batch_size 32 per optimizer step; scaled linearly with the total batch
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-5
+    grad_clip: float = 0.0  # 0: off
+    accumulate: int = 1  # micro-batches per optimizer step
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    max_steps: int = 0  # 0: epochs decide; else stop after this many optimizer steps
+    seed: int = 0
+    amp: str = "auto"  # auto: bf16 autocast on CUDA; off
+    compile: bool = False
+    channels_last: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 200  # optimizer steps; a checkpoint is also written at the end
+    keep_last: int = 2
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TransferConfig:
+    """Transfer to action recognition on a labeled manifest (SynthAV's train/test by default)."""
+
+    manifest: str = ""  # empty: SynthAV under synthav_dir
+    synthav_dir: str = "data/synthav"
+    train_split: str = "train"
+    test_split: str = "test"
+    feature_mode: str = "auto"  # auto (the pretext task's), clip, or frames (T=1 each, concatenated)
+    clip_len: int = 8
+    stride: int = 2
+    num_clips: int = 4  # uniform clips per video: clip-level scores, averaged for video-level
+    frame_size: int = 64
+    batch_size: int = 16
+    num_workers: int = 2
+    seed: int = 0
+    linear_epochs: int = 300  # full-batch steps of the linear probe on frozen features
+    linear_lr: float = 0.01
+    linear_weight_decay: float = 1e-3
+    finetune_epochs: int = 30
+    finetune_lr: float = 1e-3
+    finetune_weight_decay: float = 0.05
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                root: type = Config) -> Any:
+    """Defaults of `root`, then the YAML file (if any), then `key.sub=value` overrides (values
+    parsed as YAML)."""
+    config = root()
+    if path is not None:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        merge(config, data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        merge(config, _nest(key.strip().split("."), yaml.safe_load(value)))
+    return config
+
+
+def merge(node: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Set the fields of dataclass `node` from nested dict `data`, checking keys and types."""
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    hints = typing.get_type_hints(type(node))
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key {name!r}; known here: {', '.join(sorted(fields))}")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name!r} is a section: give it a mapping, not {value!r}")
+            merge(current, value, f"{name}.")
+        else:
+            setattr(node, key, _coerce(value, hints[key], name))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    config = Config()
+    merge(config, data)
+    return config
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    return {keys[0]: _nest(keys[1:], value)} if len(keys) > 1 else {keys[0]: value}
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name!r} expects a list, got {value!r}")
+        (item,) = set(typing.get_args(hint)) - {Ellipsis}
+        items = [_coerce(v, item, name) for v in value]
+        return items if origin is list else tuple(items)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name!r} expects {hint}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{name!r} expects None")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{name!r} expects {hint.__name__}, got {value!r}")
+    return value

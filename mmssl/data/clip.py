@@ -1,0 +1,27 @@
+"""What flows from sampling to decoding to a task: a Window (what to decode) and a DecodedClip."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mmssl.data.manifest import ManifestRow
+
+
+@dataclass
+class Window:
+    """What to decode for one sample, and what the task decided when choosing it."""
+
+    frames: np.ndarray  # frame numbers, in the order the sample uses them (repeats allowed)
+    audio_start_s: float | None = None  # None: no audio needed
+    audio_duration_s: float = 0.0
+    targets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DecodedClip:
+    video: torch.Tensor  # uint8 [T, H, W, 3], frame i = window.frames[i]
+    audio: torch.Tensor | None  # float32 [samples] at the loader's sample rate
+    window: Window
+    row: ManifestRow

@@ -1,0 +1,140 @@
+"""PretextDataset: manifest rows x a task's window choice x decoding -> sample dicts, in workers.
+
+Randomness: sample i of epoch e draws from `np.random.default_rng([seed, e, i])`, so a run is
+reproducible for a seed whatever the number of workers, and differs across epochs and samples.
+A file that fails to decode becomes a `Skipped` marker: `collate` drops it and counts it by reason.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, default_collate
+
+from mmssl.data.clip import DecodedClip, Window
+from mmssl.data.manifest import ManifestRow
+from mmssl.io import MediaError, VideoReader, load_audio
+
+log = logging.getLogger(__name__)
+
+
+class SampleMaker(Protocol):
+    """The CPU half of a pretext task."""
+
+    needs_audio: bool
+
+    def window(self, row: ManifestRow, rng: np.random.Generator) -> Window: ...
+
+    def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    kind: str
+    detail: str
+
+
+class PretextDataset(Dataset):
+    """Samples of one task from the rows of a manifest; each sample decodes only its window."""
+
+    def __init__(self, rows: Sequence[ManifestRow], task: SampleMaker, frame_size: int | None = None,
+                 backend: str = "pyav", seed: int = 0, sample_rate: int = 16000) -> None:
+        self.task = task
+        self.frame_size = frame_size
+        self.backend = backend
+        self.seed = seed
+        self.sample_rate = sample_rate
+        self.epoch = 0
+        self.rows = [r for r in rows if r.has_audio or not task.needs_audio]
+        self.excluded = Counter({"no_audio": len(rows) - len(self.rows)} if len(rows) > len(self.rows) else {})
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Skipped:
+        row = self.rows[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        try:
+            window = self.task.window(row, rng)
+            size = (self.frame_size, self.frame_size) if self.frame_size else None
+            with VideoReader(row.path, size=size, backend=self.backend) as reader:
+                video = reader.get_frames(window.frames)
+            audio = None
+            if window.audio_start_s is not None:
+                audio = load_audio(row.path, window.audio_start_s, window.audio_duration_s, self.sample_rate)
+            return self.task.make_sample(DecodedClip(video, audio, window, row), rng)
+        except MediaError as e:
+            log.warning("skipping %s", e)
+            return Skipped(row.path, e.kind, e.detail)
+
+
+def collate(items: list[dict[str, torch.Tensor] | Skipped]) -> dict[str, object]:
+    """Stack the samples; the batch's "skipped" entry lists the reasons of the dropped ones."""
+    samples = [item for item in items if not isinstance(item, Skipped)]
+    batch: dict[str, object] = default_collate(samples) if samples else {}
+    batch["skipped"] = [item.kind for item in items if isinstance(item, Skipped)]
+    return batch
+
+
+class SkipLimitExceeded(RuntimeError):
+    pass
+
+
+class SkipCounter:
+    """Counts skipped samples by reason; fails the run when their share passes `max_share`."""
+
+    def __init__(self, max_share: float, excluded: Counter | None = None) -> None:
+        self.max_share = max_share
+        self.excluded = excluded or Counter()
+        self.reset()
+
+    def reset(self) -> None:
+        self.seen = 0
+        self.skipped: Counter = Counter()
+
+    def update(self, batch_size: int, kinds: list[str]) -> None:
+        self.seen += batch_size + len(kinds)
+        self.skipped.update(kinds)
+        total = sum(self.skipped.values())
+        if self.seen >= 20 and total > self.max_share * self.seen:
+            raise SkipLimitExceeded(f"{total} of {self.seen} samples failed to decode ({self.summary()}), "
+                                    f"more than data.max_skip_share={self.max_share}")
+
+    def summary(self) -> str:
+        parts = [f"{k}: {v}" for k, v in sorted(self.skipped.items())]
+        parts += [f"{k} (excluded before the run): {v}" for k, v in sorted(self.excluded.items())]
+        return ", ".join(parts) or "none"
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, split across ranks (like DistributedSampler), that can start
+    part-way through an epoch so a resumed run sees exactly the samples it would have seen."""
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+        self.length = length
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0  # position within this rank's share of the epoch
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return -(-self.length // self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
+                 else np.arange(self.length))
+        padded = np.resize(order, len(self) * self.world_size)  # repeat the start to even out ranks
+        yield from padded[self.rank::self.world_size][self.start:].tolist()

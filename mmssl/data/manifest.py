@@ -1,0 +1,364 @@
+"""Manifests: one CSV row per usable video (path, label, split, duration, fps, num_frames,
+has_audio, then any extra columns a builder adds). Paths are stored relative to the manifest's
+folder when they lie under it, so a dataset folder can be moved with its manifest.
+
+Builders (`build_folder`, `build_ucf101`, `build_hmdb51`, `build_kinetics`) list a dataset's
+files with their labels and splits, probe them in parallel processes and return a `BuildResult`:
+the rows of the usable files and every file left out with its reason.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from mmssl.io import MediaError, MediaInfo, probe
+
+COLUMNS = ("path", "label", "split", "duration", "fps", "num_frames", "has_audio")
+
+
+@dataclass
+class ManifestRow:
+    path: str
+    label: str = ""
+    split: str = ""
+    duration: float = 0.0
+    fps: float = 0.0
+    num_frames: int = 0
+    has_audio: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_info(cls, path: str | Path, info: MediaInfo, label: str = "", split: str = "",
+                  **extra: str) -> "ManifestRow":
+        return cls(str(path), label, split, info.duration, info.fps, info.num_frames,
+                   info.has_audio, {k: str(v) for k, v in extra.items()})
+
+
+def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:
+    """Write rows as CSV (atomically: temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    extra_cols = sorted({k for r in rows for k in r.extra})
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS + tuple(extra_cols))
+        for r in rows:
+            writer.writerow([_relative(r.path, path.parent), r.label, r.split, f"{r.duration:.6f}",
+                             f"{r.fps:.6f}", r.num_frames, int(r.has_audio)]
+                            + [r.extra.get(k, "") for k in extra_cols])
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | Path, split: str | None = None) -> list[ManifestRow]:
+    """Read a manifest; relative paths are resolved against its folder. `split` filters rows."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: manifest lacks columns {sorted(missing)}")
+        rows = [
+            ManifestRow(
+                path=str(path.parent / d["path"]) if not os.path.isabs(d["path"]) else d["path"],
+                label=d["label"], split=d["split"], duration=float(d["duration"]),
+                fps=float(d["fps"]), num_frames=int(d["num_frames"]),
+                has_audio=d["has_audio"] in ("1", "True", "true"),
+                extra={k: v for k, v in d.items() if k not in COLUMNS},
+            )
+            for d in reader
+        ]
+    return [r for r in rows if split is None or r.split == split]
+
+
+def class_names(rows: Iterable[ManifestRow]) -> list[str]:
+    """Sorted distinct non-empty labels: the class index of a label is its position here."""
+    return sorted({r.label for r in rows if r.label})
+
+
+def _relative(file: str, folder: Path) -> str:
+    try:
+        return str(Path(file).resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(Path(file).resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders. Each format first *lists* candidates (path, label, split, extras) and the files its
+# split files name but the disk lacks; `probe_candidates` then probes every candidate in worker
+# processes and turns the readable ones into rows. One probing path serves every format.
+
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".ogv", ".m4v", ".flv", ".wmv", ".3gp",
+})
+FOLDER_LAYOUTS = ("class", "split/class")
+OFFICIAL_SPLITS = (1, 2, 3)
+KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file to probe and the manifest fields its dataset gives it."""
+
+    path: str
+    label: str = ""
+    split: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out of the manifest: `kind` is a MediaError kind, or "error" for anything else."""
+
+    path: str
+    kind: str
+    detail: str
+
+
+@dataclass
+class Listing:
+    """What a format's lister found: candidates to probe, listed files that were not on disk
+    (as Skipped, kind "missing") and how many listed files the split marks as unused."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    excluded: int = 0
+
+    def add(self, path: Path, label: str, split: str, source: str, **extra: str) -> None:
+        """Add `path` as a candidate, or as missing (named in `source`) when it is not a file."""
+        if path.is_file():
+            self.candidates.append(Candidate(str(path), label, split, extra))
+        else:
+            self.skipped.append(Skipped(str(path), "missing", f"listed in {source}, not on disk"))
+
+
+@dataclass
+class BuildResult:
+    """Rows of the usable files, every file left out with its reason, and the unused count."""
+
+    rows: list[ManifestRow]
+    skipped: list[Skipped]
+    excluded: int = 0
+
+    @property
+    def usable(self) -> int:
+        return len(self.rows)
+
+    @property
+    def no_audio(self) -> int:
+        return sum(not r.has_audio for r in self.rows)
+
+    def skipped_by_kind(self) -> dict[str, int]:
+        """Count of left-out files per reason, most frequent first."""
+        return dict(Counter(s.kind for s in self.skipped).most_common())
+
+    def summary(self) -> str:
+        """Human-readable report: counts, then each left-out file with its reason."""
+        lines = [f"usable: {self.usable} (no audio: {self.no_audio})",
+                 f"unreadable: {len(self.skipped)}"]
+        lines += [f"  {kind}: {n}" for kind, n in self.skipped_by_kind().items()]
+        if self.excluded:
+            lines.append(f"excluded by the split (unused): {self.excluded}")
+        if self.skipped:
+            lines.append("unreadable files:")
+            lines += [f"  [{s.kind}] {s.path}: {s.detail}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def probe_candidates(listing: Listing, workers: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> BuildResult:
+    """Probe every candidate in `workers` processes (default: all cores; 1 probes in this
+    process) and keep the order of the listing. A bad file becomes a Skipped entry, never an
+    exception. `progress(done, total)` is called after each file."""
+    workers = workers or os.cpu_count() or 1
+    total = len(listing.candidates)
+    rows: list[ManifestRow] = []
+    skipped = list(listing.skipped)
+    with ExitStack() as stack:
+        if workers > 1 and total > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(min(workers, total)))
+            chunk = max(1, min(64, total // (4 * workers)))
+            results = pool.map(_probe_one, listing.candidates, chunksize=chunk)
+        else:
+            results = map(_probe_one, listing.candidates)
+        for done, result in enumerate(results, 1):
+            (rows if isinstance(result, ManifestRow) else skipped).append(result)
+            if progress is not None:
+                progress(done, total)
+    return BuildResult(rows, skipped, listing.excluded)
+
+
+def _probe_one(candidate: Candidate) -> ManifestRow | Skipped:
+    """Worker: probe one file; every failure is returned as Skipped, never raised."""
+    try:
+        info = probe(candidate.path)
+    except MediaError as e:
+        return Skipped(candidate.path, e.kind, e.detail)
+    except Exception as e:  # noqa: BLE001 - a bad file must not abort the build
+        return Skipped(candidate.path, "error", f"{type(e).__name__}: {e}")
+    return ManifestRow.from_info(candidate.path, info, candidate.label, candidate.split,
+                                 **candidate.extra)
+
+
+# --- folder per class -------------------------------------------------------------------------
+
+def list_folder(root: str | Path, layout: str = "class", default_split: str = "train") -> Listing:
+    """Videos under `root` laid out as `<class>/<video>` (layout "class") or
+    `<split>/<class>/<video>` (layout "split/class"); deeper folders keep the label of their
+    top class folder. Videos above the class level are unlabeled; videos with no split folder
+    get `default_split`."""
+    if layout not in FOLDER_LAYOUTS:
+        raise ValueError(f"layout must be one of {FOLDER_LAYOUTS}, got {layout!r}")
+    root = Path(root).absolute()
+    listing = Listing()
+    for path in _video_files(root):
+        folders = path.relative_to(root).parts[:-1]
+        split = default_split
+        if layout == "split/class" and folders:
+            split, folders = folders[0], folders[1:]
+        label = folders[0] if folders else ""
+        listing.candidates.append(Candidate(str(path), label, split))
+    return listing
+
+
+def build_folder(root: str | Path, layout: str = "class", default_split: str = "train",
+                 workers: int | None = None) -> BuildResult:
+    """Manifest rows for a folder-per-class tree (see `list_folder`)."""
+    return probe_candidates(list_folder(root, layout, default_split), workers)
+
+
+# --- UCF101 -----------------------------------------------------------------------------------
+
+def list_ucf101(root: str | Path, split: int = 1, splits_dir: str | Path | None = None) -> Listing:
+    """UCF101 official split `split` (1..3): `classInd.txt`, `trainlist0N.txt` and
+    `testlist0N.txt` in `splits_dir` (default ROOT/ucfTrainTestlist), videos at
+    ROOT/<Class>/<file>. The label is the class folder of the listed path, checked against
+    classInd (and against the index a trainlist line gives)."""
+    _check_split(split)
+    root = Path(root).absolute()
+    splits_dir = Path(splits_dir) if splits_dir is not None else root / "ucfTrainTestlist"
+    index_of = {name: int(index) for index, name in _split_lines(splits_dir / "classInd.txt")}
+    listing = Listing()
+    for split_name in ("train", "test"):
+        list_file = splits_dir / f"{split_name}list0{split}.txt"
+        for lineno, (rel, *index) in enumerate(_split_lines(list_file), 1):
+            label = rel.split("/")[0]
+            where = f"{list_file}:{lineno}"
+            if label not in index_of:
+                raise ValueError(f"{where}: class {label!r} is not in classInd.txt")
+            if index and int(index[0]) != index_of[label]:
+                raise ValueError(f"{where}: index {index[0]} of {label!r} disagrees with "
+                                 f"classInd.txt ({index_of[label]})")
+            listing.add(root / rel, label, split_name, list_file.name)
+    return listing
+
+
+def build_ucf101(root: str | Path, split: int = 1, splits_dir: str | Path | None = None,
+                 workers: int | None = None) -> BuildResult:
+    """Manifest rows for UCF101 (see `list_ucf101`); split column "train" / "test"."""
+    return probe_candidates(list_ucf101(root, split, splits_dir), workers)
+
+
+# --- HMDB51 -----------------------------------------------------------------------------------
+
+HMDB_CODES = {"1": "train", "2": "test"}  # "0": not used in this split
+
+
+def list_hmdb51(root: str | Path, split: int = 1, splits_dir: str | Path | None = None) -> Listing:
+    """HMDB51 official split `split` (1..3): one `<class>_test_split<N>.txt` per class in
+    `splits_dir` (default ROOT/testTrainMulti_7030_splits), lines `<video> <code>` with code
+    1 = train, 2 = test, 0 = unused (counted in `excluded`); videos at ROOT/<class>/<video>."""
+    _check_split(split)
+    root = Path(root).absolute()
+    splits_dir = Path(splits_dir) if splits_dir is not None else root / "testTrainMulti_7030_splits"
+    suffix = f"_test_split{split}.txt"
+    list_files = sorted(splits_dir.glob(f"*{suffix}"))
+    if not list_files:
+        raise FileNotFoundError(f"{splits_dir}: no *{suffix} split files")
+    listing = Listing()
+    for list_file in list_files:
+        label = list_file.name[: -len(suffix)]
+        for lineno, line in enumerate(_split_lines(list_file), 1):
+            if len(line) != 2 or line[1] not in ("0", *HMDB_CODES):
+                raise ValueError(f"{list_file}:{lineno}: expected '<video> <0|1|2>', got {line}")
+            video, code = line
+            if code == "0":
+                listing.excluded += 1
+            else:
+                listing.add(root / label / video, label, HMDB_CODES[code], list_file.name)
+    return listing
+
+
+def build_hmdb51(root: str | Path, split: int = 1, splits_dir: str | Path | None = None,
+                 workers: int | None = None) -> BuildResult:
+    """Manifest rows for HMDB51 (see `list_hmdb51`); split column "train" / "test"."""
+    return probe_candidates(list_hmdb51(root, split, splits_dir), workers)
+
+
+# --- Kinetics ---------------------------------------------------------------------------------
+
+def list_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Path],
+                  default_split: str = "") -> Listing:
+    """Kinetics-style CSVs (`label,youtube_id,time_start,time_end,split`; label and split may be
+    absent, as in the test set). Each row's video is found anywhere under `root` as
+    `<youtube_id>_<time_start:06d>_<time_end:06d>.<ext>` or `<youtube_id>.<ext>`; rows with no
+    file are reported missing. youtube_id, time_start and time_end become extra columns."""
+    root = Path(root).absolute()
+    if isinstance(annotations, (str, Path)):
+        annotations = [annotations]
+    by_stem: dict[str, Path] = {}
+    for path in _video_files(root):
+        by_stem.setdefault(path.stem, path)
+    listing = Listing()
+    for csv_path in map(Path, annotations):
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            lacking = set(KINETICS_COLUMNS) - set(reader.fieldnames or ())
+            if lacking:
+                raise ValueError(f"{csv_path}: annotations lack columns {sorted(lacking)}")
+            for d in reader:
+                yid, start, end = d["youtube_id"], int(float(d["time_start"])), int(float(d["time_end"]))
+                name = f"{yid}_{start:06d}_{end:06d}"
+                path = by_stem.get(name) or by_stem.get(yid) or root / name
+                listing.add(path, d.get("label") or "", d.get("split") or default_split,
+                            csv_path.name, youtube_id=yid, time_start=str(start), time_end=str(end))
+    return listing
+
+
+def build_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Path],
+                   default_split: str = "", workers: int | None = None) -> BuildResult:
+    """Manifest rows for a Kinetics-style download (see `list_kinetics`)."""
+    return probe_candidates(list_kinetics(root, annotations, default_split), workers)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _video_files(root: Path) -> list[Path]:
+    """Video files under `root` by extension (any case), sorted; hidden files and folders
+    (e.g. macOS `._name.mp4` resource forks) are left out."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in VIDEO_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts) and p.is_file()
+    )
+
+
+def _split_lines(path: Path) -> list[list[str]]:
+    """Whitespace-split non-blank lines of an official split file (CRLF-tolerant)."""
+    with open(path) as f:
+        return [line.split() for line in f if line.strip()]
+
+
+def _check_split(split: int) -> None:
+    if split not in OFFICIAL_SPLITS:
+        raise ValueError(f"split must be one of {OFFICIAL_SPLITS}, got {split}")

@@ -1,0 +1,223 @@
+"""Pretraining loop (read top to bottom, like DINO's and MAE's main scripts).
+
+One process per device under torchrun (DDP; nccl on GPU, gloo on CPU), or a single process.
+Schedules are precomputed per optimizer step; a resumed run restores the named objects, the RNG
+state and the position in the epoch, so it reaches the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mmssl.config import Config, to_dict
+from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, collate
+from mmssl.data.manifest import ManifestRow, read_manifest
+from mmssl.data.synthetic import ensure_synthav
+from mmssl.engine import distributed
+from mmssl.engine.checkpoint import (
+    capture_rng_state,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+)
+from mmssl.models import VideoEncoder, build_video_encoder
+from mmssl.tasks import PretextTask, build_task
+
+log = logging.getLogger(__name__)
+REFERENCE_BATCH = 32  # optim.lr is the rate for this total batch; scaled linearly otherwise
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class TaskModel(nn.Module):
+    """Encoder + task head, with the task's loss as forward (so DDP syncs their gradients)."""
+
+    def __init__(self, task: PretextTask, encoder: VideoEncoder) -> None:
+        super().__init__()
+        self.task = task
+        self.encoder = encoder
+        self.head = task.build_head(encoder)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.task.loss(batch, self.encoder, self.head)
+
+
+def load_rows(config: Config) -> list[ManifestRow]:
+    """The config's manifest split; SynthAV (made on first use, by rank 0) when none is named."""
+    manifest = config.data.manifest
+    if not manifest:
+        if distributed.is_main_process():
+            ensure_synthav(config.data.synthav_dir)
+        distributed.barrier()
+        manifest = str(Path(config.data.synthav_dir) / "manifest.csv")
+    rows = read_manifest(manifest, split=config.data.split or None)
+    if not rows:
+        raise ValueError(f"{manifest} has no rows in split {config.data.split!r}")
+    return rows
+
+
+def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int) -> np.ndarray:
+    """Linear warmup from 0 to `base`, then cosine decay to `final`: one value per step."""
+    warmup = np.linspace(0, base, warmup_steps, endpoint=False)
+    steps = np.arange(total_steps - warmup_steps)
+    decay = final + 0.5 * (base - final) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
+    return np.concatenate([warmup, decay])
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on biases and normalisation parameters."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = config.optim
+    if opt.name == "adamw":
+        return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    raise ValueError(f"unknown optimizer {opt.name!r}; choose adamw or sgd")
+
+
+def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> Path:
+    """Train `config`'s task; write checkpoints and metrics.jsonl under `out_dir`; return the final
+    checkpoint's path. `resume`: "auto" (the newest checkpoint in out_dir, if any) or a path."""
+    dist = distributed.init_distributed()
+    out_dir = Path(out_dir)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    torch.manual_seed(config.train.seed + dist.rank)
+    np.random.seed(config.train.seed + dist.rank)
+
+    task = build_task(config)
+    dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend,
+                             seed=config.train.seed)
+    sampler = EpochSampler(len(dataset), config.train.seed, dist.rank, dist.world_size)
+    loader = DataLoader(
+        dataset, batch_size=config.data.batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=config.data.num_workers, pin_memory=dist.device.type == "cuda",
+        prefetch_factor=4 if config.data.num_workers else None,
+        generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
+    )
+    model = TaskModel(task, build_video_encoder(config.model.video_encoder)).to(dist.device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    optimizer = build_optimizer(config, model)
+    ddp = DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None) \
+        if dist.world_size > 1 else model
+    forward = torch.compile(ddp) if config.train.compile else ddp
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) \
+        if dist.device.type == "cuda" and config.train.amp == "auto" else nullcontext()
+
+    accumulate = config.optim.accumulate
+    micro_per_epoch = math.ceil(len(sampler) / config.data.batch_size)
+    steps_per_epoch = max(micro_per_epoch // accumulate, 1)
+    total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
+    total_batch = config.data.batch_size * accumulate * dist.world_size
+    base_lr = config.optim.lr * total_batch / REFERENCE_BATCH
+    lr_schedule = cosine_schedule(base_lr, config.optim.min_lr, total_steps,
+                                  min(round(config.optim.warmup_epochs * steps_per_epoch), total_steps // 2))
+
+    step = 0
+    resume_from = latest_checkpoint(out_dir) if resume == "auto" else (Path(resume) if resume else None)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=dist.device, model=model, optimizer=optimizer)
+        step = int(state["step"])
+        restore_rng_state(state["rng"])
+        if dist.is_main:
+            print(f"resumed from {resume_from} at step {step}")
+
+    skips = SkipCounter(config.data.max_skip_share, dataset.excluded)
+    metrics_file = open(out_dir / "metrics.jsonl", "a") if dist.is_main else None
+    bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True,
+               desc=f"pretrain {task.name}")
+    running: dict[str, list[float]] = defaultdict(list)
+    window_start, data_wait, samples = time.perf_counter(), 0.0, 0
+    while step < total_steps:
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch, start=step_in_epoch * accumulate * config.data.batch_size)
+        skips.reset()
+        micro = 0
+        wait_start = time.perf_counter()
+        for batch in loader:
+            data_wait += time.perf_counter() - wait_start
+            skipped = batch.pop("skipped")
+            batch_size = len(next(iter(batch.values()))) if batch else 0
+            skips.update(batch_size, skipped)
+            if not batch_size:
+                continue
+            batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items()}
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr_schedule[step])
+            last_micro = (micro + 1) % accumulate == 0
+            sync = nullcontext() if last_micro or dist.world_size == 1 else ddp.no_sync()
+            with sync, autocast:
+                out = forward(batch)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} "
+                                             f"(epoch {epoch}); stopping the run")
+                (loss / accumulate).backward()
+            for name, value in out.items():
+                running[name].append(float(value.detach()))
+            samples += batch_size * dist.world_size
+            micro += 1
+            if last_micro:
+                if config.optim.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if step % config.train.log_every == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": step, "epoch": epoch, "lr": float(lr_schedule[step - 1]),
+                              **{k: float(np.mean(v)) for k, v in running.items()},
+                              "samples_per_s": samples / elapsed, "data_wait_share": data_wait / elapsed}
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}",
+                                    wait=f"{record['data_wait_share']:.0%}")
+                    if metrics_file:
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                    running.clear()
+                    window_start, data_wait, samples = time.perf_counter(), 0.0, 0
+                if step % config.train.checkpoint_every == 0 or step == total_steps:
+                    _save(out_dir, step, model, optimizer, config, dist.is_main)
+                if step == total_steps or step % steps_per_epoch == 0:
+                    break
+            wait_start = time.perf_counter()
+        if dist.is_main:
+            summary = {"epoch": epoch, "skipped": dict(skips.skipped), "excluded": dict(skips.excluded)}
+            bar.write(f"epoch {epoch}: skipped samples: {skips.summary()}")
+            metrics_file.write(json.dumps(summary) + "\n")
+    bar.close()
+    if metrics_file:
+        metrics_file.close()
+    distributed.barrier()
+    return checkpoint_path(out_dir, total_steps)
+
+
+def _save(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+          config: Config, is_main: bool) -> None:
+    if is_main:
+        save_checkpoint(checkpoint_path(out_dir, step), model=model, optimizer=optimizer, step=step,
+                        config=to_dict(config), rng=capture_rng_state())
+        prune_checkpoints(out_dir, config.train.keep_last)
+    distributed.barrier()

@@ -1,0 +1,1 @@
+"""Transfer evaluation of pretrained encoders."""

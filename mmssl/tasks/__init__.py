@@ -1,0 +1,24 @@
+"""Pretext tasks, one file each; `build_task` makes the one a config names."""
+from __future__ import annotations
+
+from mmssl.config import Config
+from mmssl.data.clip import DecodedClip, Window
+from mmssl.tasks.base import PretextTask
+from mmssl.tasks.order import OrderVerification
+from mmssl.transforms.video import VideoAugment
+
+TASKS: dict[str, type[PretextTask]] = {"order": OrderVerification}
+
+
+def task_class(name: str) -> type[PretextTask]:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+def build_task(config: Config) -> PretextTask:
+    augment = VideoAugment(crop_scale=tuple(config.data.crop_scale), flip=config.data.flip)
+    return task_class(config.task.name).from_config(config, augment)
+
+
+__all__ = ["DecodedClip", "PretextTask", "TASKS", "Window", "build_task", "task_class"]

@@ -1,0 +1,49 @@
+"""The pretext-task interface: both halves of a task in one place.
+
+CPU half (DataLoader workers): `window` says which frames (and audio span) of a video to decode,
+`make_sample` turns the decoded clip into small uint8 tensors and integer targets.
+Device half: `build_head` and `loss` (batched augmentation, encoder, head, loss dict with "loss").
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmssl.data.clip import DecodedClip, Window
+from mmssl.data.manifest import ManifestRow
+from mmssl.models import VideoEncoder
+from mmssl.transforms.video import VideoAugment
+
+if TYPE_CHECKING:
+    from mmssl.config import Config
+
+
+class PretextTask(ABC):
+    name: str
+    needs_audio: bool = False
+    feature_mode: str = "clip"  # how transfer feeds the encoder: "clip" or "frames" (T=1 each)
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: "Config", augment: VideoAugment) -> "PretextTask":
+        """The task with its section of the run's config."""
+
+    @abstractmethod
+    def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
+        """Choose what to decode from `row` (raise mmssl.io.TooShortError if it cannot fit)."""
+
+    def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Default: the frames and the window's integer targets."""
+        return {"frames": clip.video, **{k: torch.tensor(v) for k, v in clip.window.targets.items()}}
+
+    @abstractmethod
+    def build_head(self, encoder: VideoEncoder) -> nn.Module:
+        ...
+
+    @abstractmethod
+    def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
+        """Loss dict with a scalar "loss" key (plus detached metrics)."""

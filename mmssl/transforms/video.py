@@ -1,0 +1,74 @@
+"""Video transforms on whole batches, on the device: uint8 [B, T, H, W, C] crosses the bus, the
+float conversion, crops, flips and colour jitter happen here in one pass (one affine resampling
+for crop + flip + resize). Every frame of a sample gets the same spatial transform."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+MEAN = (0.45, 0.45, 0.45)  # Kinetics statistics used by torchvision's video models
+STD = (0.225, 0.225, 0.225)
+
+
+@dataclass
+class VideoAugment:
+    """Random resized crop (area share in `crop_scale`, aspect in `crop_ratio`), horizontal flip and
+    brightness/contrast jitter, drawn per sample and shared by all its frames."""
+
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    brightness: float = 0.2
+    contrast: float = 0.2
+
+
+def to_model_input(frames: torch.Tensor, augment: VideoAugment | None = None,
+                   out_size: int | None = None) -> torch.Tensor:
+    """uint8 [B, T, H, W, C] -> normalised float [B, C, T, H', W'] (augmented if `augment`)."""
+    x = rearrange(frames, "b t h w c -> b c t h w").float().div_(255)
+    if augment is not None:
+        x = _crop_flip(x, augment, out_size or x.shape[-1])
+        x = _jitter(x, augment)
+    elif out_size is not None and out_size != x.shape[-1]:
+        b = x.shape[0]
+        x = F.interpolate(rearrange(x, "b c t h w -> (b t) c h w"), size=(out_size, out_size),
+                          mode="bilinear", align_corners=False, antialias=True)
+        x = rearrange(x, "(b t) c h w -> b c t h w", b=b)
+    mean = x.new_tensor(MEAN).view(1, -1, 1, 1, 1)
+    std = x.new_tensor(STD).view(1, -1, 1, 1, 1)
+    return (x - mean) / std
+
+
+def _crop_flip(x: torch.Tensor, aug: VideoAugment, out_size: int) -> torch.Tensor:
+    b, c, t, h, w = x.shape
+    device = x.device
+    area = torch.empty(b, device=device).uniform_(*aug.crop_scale)
+    log_ratio = torch.empty(b, device=device).uniform_(*torch.tensor(aug.crop_ratio).log().tolist())
+    ratio = log_ratio.exp()
+    scale_x = (area * ratio).sqrt().clamp(max=1.0)  # crop width / frame width
+    scale_y = (area / ratio).sqrt().clamp(max=1.0)
+    shift_x = (torch.rand(b, device=device) * 2 - 1) * (1 - scale_x)
+    shift_y = (torch.rand(b, device=device) * 2 - 1) * (1 - scale_y)
+    flip = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0) if aug.flip else torch.ones(b, device=device)
+    theta = torch.zeros(b, 2, 3, device=device)
+    theta[:, 0, 0] = scale_x * flip
+    theta[:, 0, 2] = shift_x
+    theta[:, 1, 1] = scale_y
+    theta[:, 1, 2] = shift_y
+    grid = F.affine_grid(theta, [b, c * t, out_size, out_size], align_corners=False)
+    out = F.grid_sample(rearrange(x, "b c t h w -> b (c t) h w"), grid, mode="bilinear",
+                        padding_mode="reflection", align_corners=False)
+    return rearrange(out, "b (c t) h w -> b c t h w", c=c)
+
+
+def _jitter(x: torch.Tensor, aug: VideoAugment) -> torch.Tensor:
+    b = x.shape[0]
+    shape = (b, 1, 1, 1, 1)
+    brightness = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * aug.brightness
+    contrast = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * aug.contrast
+    x = x * brightness
+    mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+    return ((x - mean) * contrast + mean).clamp_(0, 1)

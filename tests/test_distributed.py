@@ -1,0 +1,161 @@
+"""Two CPU processes with gloo: a loss over the gathered batch must get full-batch gradients."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mmssl.engine import distributed as mdist
+
+WORLD_SIZE = 2
+BATCH = 8  # full batch; each rank holds BATCH // WORLD_SIZE rows
+TEMPERATURE = 0.5
+SPAWN_TIMEOUT_S = 60.0
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(6, 4).double()
+
+
+def _views() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two "augmented views" of the full batch."""
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(2, BATCH, 6, generator=g, dtype=torch.float64)
+    return x1, x2
+
+
+def _nt_xent(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, gather: Gather,
+             rank: int) -> torch.Tensor:
+    """Symmetric InfoNCE of the local rows against the gathered batch, mean over local rows."""
+    z = F.normalize(model(torch.cat([x1, x2])), dim=1)
+    z1, z2 = z.chunk(2)
+    all1, all2 = gather(z1), gather(z2)
+    labels = torch.arange(len(x1)) + rank * len(x1)
+    return (F.cross_entropy(z1 @ all2.T / TEMPERATURE, labels)
+            + F.cross_entropy(z2 @ all1.T / TEMPERATURE, labels)) / 2
+
+
+def _plain_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """The common mistake: `dist.all_gather` (no autograd), own slice put back to keep its graph."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def _run(info: mdist.DistInfo) -> dict[str, object]:
+    """What each rank reports. Kept apart from `_worker` so DDP is freed before the group is."""
+    rank = info.rank
+    ddp = DistributedDataParallel(_model())
+    x1, x2 = (v.chunk(WORLD_SIZE)[rank] for v in _views())
+    result: dict[str, object] = {
+        "info": (info.rank, info.world_size, info.local_rank, str(info.device), info.is_main),
+        "queries": (mdist.get_rank(), mdist.get_world_size(), mdist.is_main_process()),
+    }
+    for name, gather in [("gather_with_grad", mdist.gather_with_grad),
+                         ("plain_all_gather", _plain_all_gather)]:
+        ddp.zero_grad()
+        _nt_xent(ddp, x1, x2, gather, rank).backward()  # DDP averages the grads over ranks
+        result[name] = _grads(ddp)
+    rank_values = torch.arange(3.0, requires_grad=True) + 10 * rank
+    result["gather_no_grad"] = mdist.gather_no_grad(rank_values)
+    result["reduce_mean"] = mdist.reduce_mean(torch.tensor(rank))
+    mdist.barrier()
+    return result
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    info = mdist.init_distributed(backend="gloo")
+    try:
+        torch.save(_run(info), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        mdist.cleanup()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("dist")
+    ctx = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False)
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"distributed workers did not finish in {SPAWN_TIMEOUT_S} s")
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+
+
+@pytest.fixture(scope="module")
+def full_batch_grads() -> list[torch.Tensor]:
+    model = _model()
+    _nt_xent(model, *_views(), gather=lambda x: x, rank=0).backward()
+    return _grads(model)
+
+
+def test_init_distributed_reads_torchrun_env(results: list[dict]) -> None:
+    for rank, r in enumerate(results):
+        assert r["info"] == (rank, WORLD_SIZE, rank, "cpu", rank == 0)
+        assert r["queries"] == (rank, WORLD_SIZE, rank == 0)
+
+
+def test_gather_with_grad_matches_full_batch_gradient(results: list[dict],
+                                                      full_batch_grads: list[torch.Tensor]) -> None:
+    for r in results:
+        for got, expected in zip(r["gather_with_grad"], full_batch_grads, strict=True):
+            torch.testing.assert_close(got, expected)
+
+
+def test_plain_all_gather_loses_gradient(results: list[dict],
+                                         full_batch_grads: list[torch.Tensor]) -> None:
+    for r in results:
+        got, expected = r["plain_all_gather"][0], full_batch_grads[0]
+        assert not torch.allclose(got, expected, rtol=1e-3, atol=1e-6)
+
+
+def test_gather_no_grad_and_reduce_mean(results: list[dict]) -> None:
+    for r in results:
+        gathered = r["gather_no_grad"]
+        assert not gathered.requires_grad
+        torch.testing.assert_close(gathered, torch.tensor([0.0, 1, 2, 10, 11, 12]))
+        torch.testing.assert_close(r["reduce_mean"], torch.tensor(0.5))
+
+
+def test_single_process_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    info = mdist.init_distributed()
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert (info.rank, info.world_size, info.is_main, str(info.device)) == (0, 1, True, device)
+    assert not mdist.is_distributed()
+    assert (mdist.get_rank(), mdist.get_world_size(), mdist.is_main_process()) == (0, 1, True)
+    x = torch.randn(3, 2, requires_grad=True)
+    assert mdist.gather_with_grad(x) is x
+    assert not mdist.gather_no_grad(x).requires_grad
+    torch.testing.assert_close(mdist.reduce_mean(torch.tensor(3)), torch.tensor(3.0))
+    mdist.barrier()
+    mdist.cleanup()

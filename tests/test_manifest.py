@@ -1,0 +1,348 @@
+"""Manifest read/write and the dataset builders, on tiny real media made here."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmssl.data import manifest
+from mmssl.data.manifest import (
+    BuildResult,
+    ManifestRow,
+    build_folder,
+    build_hmdb51,
+    build_kinetics,
+    build_ucf101,
+    class_names,
+    list_folder,
+    read_manifest,
+    write_manifest,
+)
+from mmssl.io import write_media
+
+REPO = Path(__file__).resolve().parents[1]
+FRAMES, FPS = 8, 8.0
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One clip with audio, one without, and an unreadable and an empty file, to copy around."""
+    folder = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (FRAMES, 32, 32, 3), dtype=np.uint8)
+    audio = (0.1 * np.sin(np.arange(16000) / 10)).astype(np.float32)
+    (folder / "corrupt.mp4").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (folder / "empty.mp4").touch()
+    return {
+        "av": write_media(folder / "av.mp4", frames, FPS, audio=audio),
+        "silent": write_media(folder / "silent.mp4", frames, FPS),
+        "corrupt": folder / "corrupt.mp4",
+        "empty": folder / "empty.mp4",
+    }
+
+
+def put(media: dict[str, Path], kind: str, path: Path) -> Path:
+    """Copy the `kind` file of `media` to `path` (parents made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(media[kind], path)
+    return path
+
+
+def rel_rows(result: BuildResult, root: Path) -> list[tuple[str, str, str, bool]]:
+    """(path under root, label, split, has_audio) of each row, in order."""
+    return [(Path(r.path).relative_to(root).as_posix(), r.label, r.split, r.has_audio)
+            for r in result.rows]
+
+
+def rel_skipped(result: BuildResult, root: Path) -> set[tuple[str, str]]:
+    return {(Path(s.path).relative_to(root).as_posix(), s.kind) for s in result.skipped}
+
+
+# --- read / write -----------------------------------------------------------------------------
+
+def test_manifest_round_trip_keeps_fields_extras_and_relative_paths(tmp_path: Path) -> None:
+    inside = tmp_path / "data" / "a" / "v.mp4"
+    outside = tmp_path / "elsewhere" / "w.mp4"
+    rows = [
+        ManifestRow(str(inside), "jump", "train", 1.25, 8.0, 10, True, {"youtube_id": "abc"}),
+        ManifestRow(str(outside), "", "test", 2.0, 25.0, 50, False, {"time_start": "3"}),
+    ]
+    out = write_manifest(rows, tmp_path / "data" / "manifest.csv")
+    text = out.read_text().splitlines()
+    assert text[0] == "path,label,split,duration,fps,num_frames,has_audio,time_start,youtube_id"
+    assert text[1].startswith("a/v.mp4,jump,train,")
+    assert text[2].startswith(str(outside.resolve()))
+
+    back = read_manifest(out)
+    assert [Path(r.path).resolve() for r in back] == [inside.resolve(), outside.resolve()]
+    assert [(r.label, r.split, r.duration, r.fps, r.num_frames, r.has_audio) for r in back] == \
+        [(r.label, r.split, r.duration, r.fps, r.num_frames, r.has_audio) for r in rows]
+    assert back[0].extra == {"youtube_id": "abc", "time_start": ""}
+    assert back[1].extra == {"youtube_id": "", "time_start": "3"}
+    assert [r.label for r in read_manifest(out, split="train")] == ["jump"]
+    assert read_manifest(out, split="val") == []
+    assert class_names(back) == ["jump"]
+
+
+def test_read_manifest_rejects_missing_columns(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nx.mp4,a\n")
+    with pytest.raises(ValueError, match="lacks columns"):
+        read_manifest(bad)
+
+
+# --- folder per class -------------------------------------------------------------------------
+
+def test_folder_builder_labels_classes_and_reports_bad_files(media: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    put(media, "av", root / "climb" / "c1.mp4")
+    put(media, "av", root / "climb" / "deeper" / "c2.MKV")  # any depth, any case
+    put(media, "silent", root / "swim" / "s1.mov")
+    put(media, "corrupt", root / "swim" / "broken.mp4")
+    put(media, "empty", root / "swim" / "empty.avi")
+    put(media, "av", root / "loose.webm")  # above the class level: unlabeled
+    put(media, "av", root / "swim" / "._s1.mp4")  # macOS resource fork: ignored
+    (root / "swim" / "notes.txt").write_text("not a video")
+
+    result = build_folder(root, workers=2)
+
+    assert rel_rows(result, root) == [
+        ("climb/c1.mp4", "climb", "train", True),
+        ("climb/deeper/c2.MKV", "climb", "train", True),
+        ("loose.webm", "", "train", True),
+        ("swim/s1.mov", "swim", "train", False),
+    ]
+    assert rel_skipped(result, root) == {("swim/broken.mp4", "corrupt"), ("swim/empty.avi", "empty")}
+    assert (result.usable, result.no_audio) == (4, 1)
+    assert result.skipped_by_kind() == {"corrupt": 1, "empty": 1}
+    row = result.rows[0]
+    assert (row.num_frames, row.fps, row.duration) == (FRAMES, pytest.approx(FPS),
+                                                       pytest.approx(FRAMES / FPS))
+
+
+def test_folder_builder_split_class_layout(media: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    put(media, "av", root / "train" / "climb" / "a.mp4")
+    put(media, "av", root / "val" / "swim" / "b.mp4")
+    put(media, "av", root / "val" / "c.mp4")
+    put(media, "av", root / "d.mp4")
+    listing = list_folder(root, layout="split/class", default_split="all")
+    assert [(Path(c.path).relative_to(root).as_posix(), c.label, c.split)
+            for c in listing.candidates] == [
+        ("d.mp4", "", "all"),
+        ("train/climb/a.mp4", "climb", "train"),
+        ("val/c.mp4", "", "val"),
+        ("val/swim/b.mp4", "swim", "val"),
+    ]
+    with pytest.raises(ValueError, match="layout"):
+        list_folder(root, layout="class/split")
+
+
+def test_unexpected_probe_failure_is_reported_not_raised(media: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "videos"
+    put(media, "av", root / "climb" / "c1.mp4")
+
+    def broken_probe(path: str) -> None:
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(manifest, "probe", broken_probe)
+    result = build_folder(root, workers=1)  # in this process, so the patch applies
+    assert result.rows == []
+    assert [(s.kind, s.detail) for s in result.skipped] == [("error", "RuntimeError: decoder exploded")]
+
+
+# --- UCF101 -----------------------------------------------------------------------------------
+
+def make_ucf101(media: dict[str, Path], root: Path) -> None:
+    """Official UCF101 names: class folders, ucfTrainTestlist with CRLF lines like the release."""
+    put(media, "av", root / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g08_c01.avi")
+    put(media, "silent", root / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi")
+    put(media, "av", root / "Archery" / "v_Archery_g08_c02.avi")
+    put(media, "corrupt", root / "Archery" / "v_Archery_g01_c01.avi")
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir()
+    crlf = lambda lines: "".join(f"{line}\r\n" for line in lines)  # noqa: E731
+    (lists / "classInd.txt").write_text(crlf(["1 ApplyEyeMakeup", "2 Archery"]), newline="")
+    (lists / "trainlist01.txt").write_text(crlf([
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1",
+        "Archery/v_Archery_g08_c02.avi 2",
+        "Archery/v_Archery_g09_c01.avi 2",  # not on disk
+    ]), newline="")
+    (lists / "testlist01.txt").write_text(crlf([
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+        "Archery/v_Archery_g01_c01.avi",
+    ]), newline="")
+    (lists / "trainlist02.txt").write_text(crlf(["Archery/v_Archery_g01_c01.avi 2"]), newline="")
+    (lists / "testlist02.txt").write_text(crlf(["Archery/v_Archery_g08_c02.avi"]), newline="")
+
+
+def test_ucf101_builder(media: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "UCF-101"
+    make_ucf101(media, root)
+
+    result = build_ucf101(root, split=1, workers=2)
+    assert rel_rows(result, root) == [
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyEyeMakeup", "train", True),
+        ("Archery/v_Archery_g08_c02.avi", "Archery", "train", True),
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "ApplyEyeMakeup", "test", False),
+    ]
+    assert rel_skipped(result, root) == {("Archery/v_Archery_g09_c01.avi", "missing"),
+                                         ("Archery/v_Archery_g01_c01.avi", "corrupt")}
+    assert (result.usable, result.no_audio) == (3, 1)
+
+    split2 = build_ucf101(root, split=2, workers=1)
+    assert rel_rows(split2, root) == [("Archery/v_Archery_g08_c02.avi", "Archery", "test", True)]
+    assert rel_skipped(split2, root) == {("Archery/v_Archery_g01_c01.avi", "corrupt")}
+
+
+def test_ucf101_checks_labels_against_classind(media: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "UCF-101"
+    make_ucf101(media, root)
+    lists = root / "ucfTrainTestlist"
+    (lists / "trainlist03.txt").write_text("Archery/v_Archery_g08_c02.avi 1\n")
+    (lists / "testlist03.txt").write_text("")
+    with pytest.raises(ValueError, match="disagrees with classInd"):
+        build_ucf101(root, split=3)
+    (lists / "trainlist03.txt").write_text("Surfing/v_Surfing_g08_c02.avi 3\n")
+    with pytest.raises(ValueError, match="not in classInd"):
+        build_ucf101(root, split=3)
+    with pytest.raises(ValueError, match="split must be"):
+        build_ucf101(root, split=4)
+
+
+# --- HMDB51 -----------------------------------------------------------------------------------
+
+def test_hmdb51_builder(media: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "hmdb51"
+    put(media, "av", root / "brush_hair" / "April_09_brush_hair_u_nm_np1_ba_goo_0.avi")
+    put(media, "silent", root / "brush_hair" / "Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0.avi")
+    put(media, "av", root / "brush_hair" / "unused_brush_hair_0.avi")
+    put(media, "empty", root / "cartwheel" / "(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi")
+    put(media, "av", root / "cartwheel" / "Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi")
+    splits = tmp_path / "splits"  # a non-default splits folder
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text(
+        "April_09_brush_hair_u_nm_np1_ba_goo_0.avi 1 \n"
+        "Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0.avi 2 \n"
+        "unused_brush_hair_0.avi 0 \n")
+    (splits / "cartwheel_test_split1.txt").write_text(
+        "(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi 2 \n"
+        "Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi 1 \n"
+        "gone_cartwheel_0.avi 1 \n")
+    (splits / "cartwheel_test_split2.txt").write_text("gone_cartwheel_0.avi 1 \n")
+
+    result = build_hmdb51(root, split=1, splits_dir=splits, workers=2)
+    assert rel_rows(result, root) == [
+        ("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi", "brush_hair", "train", True),
+        ("brush_hair/Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0.avi", "brush_hair", "test",
+         False),
+        ("cartwheel/Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi", "cartwheel", "train",
+         True),
+    ]
+    assert rel_skipped(result, root) == {
+        ("cartwheel/(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi", "empty"),
+        ("cartwheel/gone_cartwheel_0.avi", "missing"),
+    }
+    assert result.excluded == 1
+    assert "excluded by the split (unused): 1" in result.summary()
+    with pytest.raises(FileNotFoundError, match="split3"):
+        build_hmdb51(root, split=3, splits_dir=splits)
+
+
+# --- Kinetics ---------------------------------------------------------------------------------
+
+def test_kinetics_builder(media: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "kinetics"
+    put(media, "av", root / "train" / "abseiling" / "0347ZoDXyP0_000095_000105.mp4")
+    put(media, "silent", root / "train" / "air drumming" / "--nQbRBEz2s_000104_000114.mkv")
+    put(media, "corrupt", root / "val" / "xyz_corrupt.mp4")
+    put(media, "av", root / "test" / "testonly12345.webm")  # found by bare youtube_id
+    train_csv = tmp_path / "train.csv"
+    train_csv.write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "abseiling,0347ZoDXyP0,95,105,train\n"
+        '"air drumming",--nQbRBEz2s,104,114,train\n'
+        "abseiling,notDownloaded,0,10,train\n")
+    val_csv = tmp_path / "validate.csv"
+    val_csv.write_text("label,youtube_id,time_start,time_end,split\n"
+                       "zumba,xyz_corrupt,1,11,val\n")
+    test_csv = tmp_path / "test.csv"  # the test set has no labels
+    test_csv.write_text("youtube_id,time_start,time_end,split\ntestonly12345,3,13,test\n")
+
+    result = build_kinetics(root, [train_csv, val_csv, test_csv], workers=2)
+    assert rel_rows(result, root) == [
+        ("train/abseiling/0347ZoDXyP0_000095_000105.mp4", "abseiling", "train", True),
+        ("train/air drumming/--nQbRBEz2s_000104_000114.mkv", "air drumming", "train", False),
+        ("test/testonly12345.webm", "", "test", True),
+    ]
+    assert [r.extra for r in result.rows] == [
+        {"youtube_id": "0347ZoDXyP0", "time_start": "95", "time_end": "105"},
+        {"youtube_id": "--nQbRBEz2s", "time_start": "104", "time_end": "114"},
+        {"youtube_id": "testonly12345", "time_start": "3", "time_end": "13"},
+    ]
+    assert rel_skipped(result, root) == {("notDownloaded_000000_000010", "missing"),
+                                         ("val/xyz_corrupt.mp4", "corrupt")}
+
+    out = write_manifest(result.rows, root / "kinetics.csv")
+    back = read_manifest(out, split="train")
+    assert [r.extra["youtube_id"] for r in back] == ["0347ZoDXyP0", "--nQbRBEz2s"]
+    assert Path(back[0].path) == root / "train" / "abseiling" / "0347ZoDXyP0_000095_000105.mp4"
+
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("label,id\nx,y\n")
+    with pytest.raises(ValueError, match="lack columns"):
+        build_kinetics(root, bad_csv)
+
+
+# --- the tool ---------------------------------------------------------------------------------
+
+def test_build_manifest_tool(media: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    put(media, "av", root / "climb" / "c1.mp4")
+    put(media, "silent", root / "swim" / "s1.mp4")
+    put(media, "corrupt", root / "swim" / "broken.mp4")
+    out = root / "manifest.csv"
+
+    done = subprocess.run(  # from another folder: the tool must find the package itself
+        [sys.executable, str(REPO / "tools" / "build_manifest.py"), str(root), "--format", "folder",
+         "--out", str(out), "--workers", "2", "--default-split", "all"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "usable: 2 (no audio: 1)" in done.stdout
+    assert "unreadable: 1" in done.stdout
+    assert "  corrupt: 1" in done.stdout
+    assert f"[corrupt] {root / 'swim' / 'broken.mp4'}" in done.stdout
+    assert f"wrote {out} (2 rows)" in done.stdout
+    assert out.read_text().splitlines()[1].startswith("climb/c1.mp4,climb,all,")
+    rows = read_manifest(out)
+    assert [(r.label, r.has_audio) for r in rows] == [("climb", True), ("swim", False)]
+
+
+def test_build_manifest_tool_usage_errors(media: dict[str, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("build_manifest", REPO / "tools" / "build_manifest.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = tmp_path / "videos"
+    put(media, "av", root / "climb" / "c1.mp4")
+    (tmp_path / "nothing").mkdir()
+    out = tmp_path / "manifest.csv"
+    for args, message in (
+        ([tmp_path / "nothing", "--format", "folder"], "no candidate videos"),
+        ([tmp_path / "absent", "--format", "folder"], "is not a folder"),
+        ([root, "--format", "ucf101"], "classInd.txt"),
+        ([root, "--format", "kinetics"], "needs --annotations"),
+        ([root, "--format", "hmdb51", "--split", "4"], "invalid choice"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            tool.main([*map(str, args), "--out", str(out)])
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
