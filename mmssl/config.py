@@ -180,6 +180,11 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         if value is None:
             return None
         raise ConfigError(f"{name!r} expects None")
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name!r} expects float, got {value!r}") from None
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):

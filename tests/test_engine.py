@@ -1,0 +1,211 @@
+"""The pretraining spine: configs, dataset seeding and skipping, trainer, resume, DDP, transfer."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmssl.config import Config, ConfigError, TransferConfig, load_config
+from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
+from mmssl.data.manifest import ManifestRow, read_manifest
+from mmssl.engine.checkpoint import latest_checkpoint
+from mmssl.engine.trainer import NonFiniteLossError, cosine_schedule, pretrain
+from mmssl.eval.transfer import Transfer, load_encoder
+from mmssl.tasks import build_task
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["model.video_encoder=tiny3d", "data.frame_size=32", "data.batch_size=8", "data.num_workers=0",
+        "train.log_every=1"]
+
+
+def fast_config(synthav: Path, *overrides: str) -> Config:
+    return load_config(None, [*FAST, f"data.synthav_dir={synthav}", *overrides])
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+def test_every_shipped_config_loads() -> None:
+    files = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert files
+    for path in files:
+        root = TransferConfig if "transfer" in path.parts else Config
+        load_config(path, root=root)
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'optim.lrr'"):
+        load_config(None, ["optim.lrr=0.1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 2\n  nope: 1\n")
+    with pytest.raises(ConfigError, match="'train.nope'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="'train.epochs' expects int"):
+        load_config(None, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match="section"):
+        load_config(None, ["optim=3"])
+    config = load_config(None, ["optim.lr=1e-2", "data.crop_scale=[0.3, 1]", "train.compile=true"])
+    assert (config.optim.lr, config.data.crop_scale, config.train.compile) == (0.01, [0.3, 1.0], True)
+
+
+def test_cosine_schedule_warms_up_then_decays() -> None:
+    lr = cosine_schedule(1.0, 0.1, total_steps=20, warmup_steps=5)
+    assert len(lr) == 20 and lr[0] == 0 and lr[5] == pytest.approx(1.0)
+    assert np.all(np.diff(lr[:6]) > 0) and np.all(np.diff(lr[5:]) < 0) and lr[-1] > 0.1
+
+
+# --- dataset ---------------------------------------------------------------------------------------
+
+
+def test_samples_reproducible_across_worker_counts_and_vary_by_epoch(tiny_synthav: Path) -> None:
+    config = fast_config(tiny_synthav)
+    rows = read_manifest(tiny_synthav / "manifest.csv", "pretrain")
+    task = build_task(config)
+
+    def first_batches(workers: int, epoch: int, seed: int = 0) -> list[dict]:
+        dataset = PretextDataset(rows, task, 32, seed=seed)
+        dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=6, num_workers=workers, collate_fn=collate)
+        return [b for _, b in zip(range(2), loader)]
+
+    base = first_batches(0, epoch=0)
+    for a, b in zip(base, first_batches(2, epoch=0)):
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["label"], b["label"])
+    assert not torch.equal(base[0]["frames"], first_batches(0, epoch=1)[0]["frames"])
+    assert not torch.equal(base[0]["frames"], first_batches(0, epoch=0, seed=1)[0]["frames"])
+
+
+def test_corrupt_files_are_skipped_counted_and_limited(tiny_synthav: Path, tmp_path: Path) -> None:
+    rows = read_manifest(tiny_synthav / "manifest.csv", "pretrain")[:10]
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 5000)
+    missing = tmp_path / "gone.mp4"
+    bad = [ManifestRow(str(corrupt), num_frames=24, fps=8.0), ManifestRow(str(missing), num_frames=24, fps=8.0)]
+    dataset = PretextDataset(rows + bad, build_task(fast_config(tiny_synthav)), 32)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    assert batch["frames"].shape[0] == 10
+    assert sorted(batch["skipped"]) == ["corrupt", "missing"]
+    counter = SkipCounter(max_share=0.1)  # checked once 20 samples are seen
+    counter.update(10, batch["skipped"])
+    assert "corrupt: 1" in counter.summary() and "missing: 1" in counter.summary()
+    with pytest.raises(SkipLimitExceeded, match="3 of 20 samples"):
+        counter.update(7, ["corrupt"])
+
+
+def test_audio_tasks_exclude_silent_files_and_count_them(tiny_synthav: Path) -> None:
+    rows = read_manifest(tiny_synthav / "manifest.csv", "pretrain")
+    task = build_task(fast_config(tiny_synthav))
+    task.needs_audio = True
+    dataset = PretextDataset(rows, task, 32)
+    no_audio = sum(not r.has_audio for r in rows)
+    assert no_audio > 0 and len(dataset) == len(rows) - no_audio
+    assert dataset.excluded == {"no_audio": no_audio}
+
+
+def test_epoch_sampler_splits_ranks_and_resumes_mid_epoch() -> None:
+    ranks = [EpochSampler(10, seed=3, rank=r, world_size=2) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(1)
+    shares = [list(s) for s in ranks]
+    assert sorted(shares[0] + shares[1]) == list(range(10))
+    ranks[0].set_epoch(1, start=2)
+    assert list(ranks[0]) == shares[0][2:]
+    ranks[1].set_epoch(2)
+    assert list(ranks[1]) != shares[1]
+
+
+# --- trainer -----------------------------------------------------------------------------------------
+
+
+def test_trainer_steps_and_writes_metrics_and_checkpoint(tiny_synthav: Path, tmp_path: Path) -> None:
+    final = pretrain(fast_config(tiny_synthav, "train.max_steps=4", "train.checkpoint_every=2"), tmp_path)
+    assert final == tmp_path / "checkpoint_000004.pt" and final.exists()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and 0 <= r["data_wait_share"] <= 1 for r in steps)
+    assert any("skipped" in r for r in records)
+    state = torch.load(final, weights_only=True)
+    assert state["step"] == 4 and state["config"]["task"]["name"] == "order"
+
+
+def test_non_finite_loss_stops_naming_the_step(tiny_synthav: Path, tmp_path: Path) -> None:
+    config = fast_config(tiny_synthav, "train.max_steps=20", "optim.lr=1e30", "optim.warmup_epochs=0")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* at step \d+"):
+        pretrain(config, tmp_path)
+
+
+def _pretrain_cmd(synthav: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "tools/pretrain.py"), "--out", str(out), *FAST,
+            f"data.synthav_dir={synthav}", "train.max_steps=12", "train.checkpoint_every=2",
+            "train.keep_last=10", *extra]
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_synthav: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_pretrain_cmd(tiny_synthav, straight), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_pretrain_cmd(tiny_synthav, killed), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while latest_checkpoint(killed) is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = latest_checkpoint(killed)
+    assert interrupted_at is not None and interrupted_at.name != "checkpoint_000012.pt"
+    subprocess.run(_pretrain_cmd(tiny_synthav, killed, "--resume", "auto"), check=True, env=env,
+                   capture_output=True)
+
+    a = torch.load(straight / "checkpoint_000012.pt", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoint_000012.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", *_pretrain_cmd(tiny_synthav, tmp_path)[1:]]
+    cmd[cmd.index("train.max_steps=12")] = "train.max_steps=3"
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "checkpoint_000003.pt", weights_only=True)
+    assert state["step"] == 3
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # rank 0 alone logs
+
+
+# --- transfer ----------------------------------------------------------------------------------------
+
+
+def test_transfer_linear_and_finetune_from_a_checkpoint(tiny_synthav: Path, tmp_path: Path) -> None:
+    final = pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path / "run")
+    encoder, name, mode = load_encoder(final)
+    assert (name, mode) == ("tiny3d", "frames")
+    config = TransferConfig(synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4, num_clips=2,
+                            num_workers=0, linear_epochs=20, finetune_epochs=1)
+    transfer = Transfer(config, torch.device("cpu"))
+    for result in (transfer.linear_probe(encoder, mode), transfer.finetune(encoder, "clip")):
+        assert 0 <= result["video_top1"] <= result["video_top5"] <= 100
+        assert np.asarray(result["confusion"]).sum() == len(transfer.test_rows) == 20
+    out = subprocess.run([sys.executable, str(ROOT / "tools/transfer.py"), "--checkpoint", str(tmp_path / "run"),
+                          "--compare-random", f"synthav_dir={tiny_synthav}", "frame_size=32", "clip_len=4",
+                          "num_clips=2", "num_workers=0", "linear_epochs=20"],
+                         capture_output=True, text=True, check=True)
+    assert "random init (tiny3d)" in out.stdout and "pretrained" in out.stdout
+    report = json.loads((tmp_path / "run" / "transfer_linear.json").read_text())
+    assert len(report["results"]) == 2
+    assert (tmp_path / "run" / "confusion_linear.png").stat().st_size > 1000
