@@ -16,14 +16,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-demo: setup  ## main job: SynthAV -> manifest
+demo: setup  ## main job: SynthAV -> pretrain (Shuffle and Learn) -> linear probe vs random init
 	$(PY) tools/make_synthetic.py --out $(DATA) --seed 0
+	$(PY) tools/pretrain.py --out $(RUNS)/demo --resume auto data.synthav_dir=$(DATA)
+	$(PY) tools/transfer.py --checkpoint $(RUNS)/demo --protocol linear --compare-random synthav_dir=$(DATA)
 
 test: setup  ## the test suite
 	$(PY) -m pytest -n 2 -q
 
-bench: setup  ## decoder benchmark (table + JSON under runs/)
+bench: setup  ## benchmarks: decoders, then learning (tables + JSON under runs/)
 	$(PY) tools/bench_loader.py --out $(RUNS)/bench_loader.json
+	$(PY) tools/bench_learning.py --synthav-dir $(DATA) --out $(RUNS)/bench_learning.json
 
 clean:
 	rm -rf $(RUNS) $(DATA)

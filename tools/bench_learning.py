@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Learning benchmark on SynthAV: does pretraining help?
+
+For each method (a pretraining config) and seed: pretrain, then a linear probe on frozen features;
+against the same encoder at random init (linear probe) and supervised training from random init
+on the labeled train split (the fine-tune protocol). Mean and std over seeds, as a table and JSON.
+
+  python tools/bench_learning.py [--methods order ...] [--seeds 3] [--out FILE.json]
+                                 [--transfer key=value ...] [-- key=value ...]
+
+Overrides apply to every pretraining config (e.g. train.max_steps=300 for a quick look).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from mmssl.config import TransferConfig, load_config  # noqa: E402
+from mmssl.engine.trainer import pretrain  # noqa: E402
+from mmssl.eval.transfer import Transfer, load_encoder, random_encoder  # noqa: E402
+from mmssl.tasks import task_class  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {"order": ROOT / "configs/pretrain/order.yaml"}  # later task issues add rows here
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--synthav-dir", default="data/synthav")
+    parser.add_argument("--work", default="runs/bench_learning", help="folder for the pretraining runs")
+    parser.add_argument("--out", default="runs/bench_learning.json")
+    parser.add_argument("--transfer", nargs="*", default=[], metavar="key=value",
+                        help="TransferConfig overrides (mmssl/config.py), e.g. finetune_epochs=10")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining config overrides")
+    args = parser.parse_args(argv)
+
+    transfer_config = load_config(None, [f"synthav_dir={args.synthav_dir}", *args.transfer], root=TransferConfig)
+    transfer = Transfer(transfer_config)
+    rows: dict[str, dict] = {}
+    for method in args.methods:
+        mode = task_class(load_config(METHODS[method]).task.name).feature_mode
+        for seed in range(args.seeds):
+            config = load_config(METHODS[method], [*args.overrides, f"train.seed={seed}",
+                                                   f"data.synthav_dir={args.synthav_dir}"])
+            start = time.perf_counter()
+            checkpoint = pretrain(config, Path(args.work) / f"{method}_seed{seed}")
+            minutes = (time.perf_counter() - start) / 60
+            encoder, name, _ = load_encoder(checkpoint)
+            transfer.config.seed = seed
+            _add(rows, f"{method} (linear probe)", mode, transfer.linear_probe(encoder, mode),
+                 pretrain_minutes=minutes)
+            _add(rows, f"random init {name} (linear probe)", mode,
+                 transfer.linear_probe(random_encoder(name, seed), mode))
+            _add(rows, f"supervised {name} (train split, from scratch)", "clip",
+                 transfer.finetune(random_encoder(name, seed), "clip"))
+
+    table = {label: _summary(row) for label, row in rows.items()}
+    print(f"\nSynthAV: {len(transfer.classes)} classes, {len(transfer.train_rows)} labeled train / "
+          f"{len(transfer.test_rows)} test videos, {args.seeds} seeds")
+    print(f"{'method':<52} {'features':<8} {'video top-1':>15} {'clip top-1':>15}  per seed (video)")
+    for label, s in table.items():
+        print(f"{label:<52} {s['feature_mode']:<8} {s['video_top1_mean']:>7.1f} ± {s['video_top1_std']:<5.1f}"
+              f" {s['clip_top1_mean']:>7.1f} ± {s['clip_top1_std']:<5.1f}  "
+              + " ".join(f"{v:.1f}" for v in s["video_top1"]))
+    report = {"classes": transfer.classes, "seeds": args.seeds, "overrides": args.overrides, "rows": table}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return report
+
+
+def _add(rows: dict[str, dict], label: str, mode: str, result: dict, **extra: float) -> None:
+    row = rows.setdefault(label, {"feature_mode": mode, "results": []})
+    row["results"].append({k: result[k] for k in ("clip_top1", "clip_top5", "video_top1", "video_top5")} | extra)
+
+
+def _summary(row: dict) -> dict:
+    summary = {"feature_mode": row["feature_mode"], "runs": row["results"]}
+    for key in ("video_top1", "clip_top1", "video_top5"):
+        values = [r[key] for r in row["results"]]
+        summary[key] = values
+        summary[f"{key}_mean"] = float(np.mean(values))
+        summary[f"{key}_std"] = float(np.std(values))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
