@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.config import ConfigError, load_config  # noqa: E402
+from mmssl.engine import distributed  # noqa: E402
 from mmssl.engine.trainer import pretrain  # noqa: E402
 
 
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     out = args.out or f"runs/pretrain_{config.task.name}"
     final = pretrain(config, out, args.resume)
-    print(f"final checkpoint: {final}")
+    if distributed.is_main_process():
+        print(f"final checkpoint: {final}")
+    distributed.cleanup()
 
 
 if __name__ == "__main__":

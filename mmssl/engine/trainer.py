@@ -139,12 +139,14 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location=dist.device, model=model, optimizer=optimizer)
         step = int(state["step"])
-        restore_rng_state(state["rng"])
+        rng_states = state["rng"]
+        restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
         if dist.is_main:
             print(f"resumed from {resume_from} at step {step}")
 
     skips = SkipCounter(config.data.max_skip_share, dataset.excluded)
     metrics_file = open(out_dir / "metrics.jsonl", "a") if dist.is_main else None
+    tensorboard = _tensorboard(out_dir) if dist.is_main else None
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True,
                desc=f"pretrain {task.name}")
     running: dict[str, list[float]] = defaultdict(list)
@@ -196,6 +198,9 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
                     if metrics_file:
                         metrics_file.write(json.dumps(record) + "\n")
                         metrics_file.flush()
+                    if tensorboard:
+                        for key, value in record.items():
+                            tensorboard.add_scalar(f"pretrain/{key}", value, step)
                     running.clear()
                     window_start, data_wait, samples = time.perf_counter(), 0.0, 0
                 if step % config.train.checkpoint_every == 0 or step == total_steps:
@@ -210,14 +215,30 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     bar.close()
     if metrics_file:
         metrics_file.close()
+    if tensorboard:
+        tensorboard.close()
     distributed.barrier()
     return checkpoint_path(out_dir, total_steps)
 
 
 def _save(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
           config: Config, is_main: bool) -> None:
+    """Rank 0 writes the checkpoint, with every rank's RNG state so each resumes its own stream."""
+    rng_states = [capture_rng_state()]
+    if distributed.is_distributed():
+        rng_states = [None] * distributed.get_world_size()
+        torch.distributed.all_gather_object(rng_states, capture_rng_state())
     if is_main:
         save_checkpoint(checkpoint_path(out_dir, step), model=model, optimizer=optimizer, step=step,
-                        config=to_dict(config), rng=capture_rng_state())
+                        config=to_dict(config), rng=rng_states)
         prune_checkpoints(out_dir, config.train.keep_last)
     distributed.barrier()
+
+
+def _tensorboard(out_dir: Path):
+    """A SummaryWriter when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(out_dir / "tensorboard")
