@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from mmssl.data.clip import DecodedClip, Window
-from mmssl.data.manifest import ManifestRow
+from mmssl.data.manifest import ManifestRow, Skipped
 from mmssl.io import MediaError, VideoReader, load_audio
 
 log = logging.getLogger(__name__)
@@ -30,13 +29,6 @@ class SampleMaker(Protocol):
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window: ...
 
     def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]: ...
-
-
-@dataclass(frozen=True)
-class Skipped:
-    path: str
-    kind: str
-    detail: str
 
 
 class PretextDataset(Dataset):
