@@ -51,21 +51,28 @@ class PretextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Skipped:
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def decode(self, index: int, rng: np.random.Generator) -> DecodedClip:
+        """The task's window of row `index`, decoded (raises MediaError for bad files)."""
         row = self.rows[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        window = self.task.window(row, rng)
+        size = (self.frame_size, self.frame_size) if self.frame_size else None
+        with VideoReader(row.path, size=size, backend=self.backend) as reader:
+            video = reader.get_frames(window.frames)
+        audio = None
+        if window.audio_start_s is not None:
+            audio = load_audio(row.path, window.audio_start_s, window.audio_duration_s, self.sample_rate)
+        return DecodedClip(video, audio, window, row)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Skipped:
+        rng = self.rng(index)
         try:
-            window = self.task.window(row, rng)
-            size = (self.frame_size, self.frame_size) if self.frame_size else None
-            with VideoReader(row.path, size=size, backend=self.backend) as reader:
-                video = reader.get_frames(window.frames)
-            audio = None
-            if window.audio_start_s is not None:
-                audio = load_audio(row.path, window.audio_start_s, window.audio_duration_s, self.sample_rate)
-            return self.task.make_sample(DecodedClip(video, audio, window, row), rng)
+            return self.task.make_sample(self.decode(index, rng), rng)
         except MediaError as e:
             log.warning("skipping %s", e)
-            return Skipped(row.path, e.kind, e.detail)
+            return Skipped(self.rows[index].path, e.kind, e.detail)
 
 
 def collate(items: list[dict[str, torch.Tensor] | Skipped]) -> dict[str, object]:
