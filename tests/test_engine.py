@@ -146,8 +146,8 @@ def test_non_finite_loss_stops_naming_the_step(tiny_synthav: Path, tmp_path: Pat
 
 def _pretrain_cmd(synthav: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "tools/pretrain.py"), "--out", str(out), *FAST,
-            f"data.synthav_dir={synthav}", "train.max_steps=12", "train.checkpoint_every=2",
-            "train.keep_last=10", *extra]
+            f"data.synthav_dir={synthav}", "train.max_steps=30", "train.checkpoint_every=2",
+            "train.keep_last=20", *extra]
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_synthav: Path, tmp_path: Path) -> None:
@@ -160,16 +160,16 @@ def test_killed_run_resumes_to_the_same_weights(tiny_synthav: Path, tmp_path: Pa
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while latest_checkpoint(killed) is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     interrupted_at = latest_checkpoint(killed)
-    assert interrupted_at is not None and interrupted_at.name != "checkpoint_000012.pt"
+    assert interrupted_at is not None and interrupted_at.name != "checkpoint_000030.pt"
     subprocess.run(_pretrain_cmd(tiny_synthav, killed, "--resume", "auto"), check=True, env=env,
                    capture_output=True)
 
-    a = torch.load(straight / "checkpoint_000012.pt", weights_only=True)["model"]
-    b = torch.load(killed / "checkpoint_000012.pt", weights_only=True)["model"]
+    a = torch.load(straight / "checkpoint_000030.pt", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoint_000030.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -178,7 +178,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_synthav: Path, tmp_path: Pa
 def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", *_pretrain_cmd(tiny_synthav, tmp_path)[1:]]
-    cmd[cmd.index("train.max_steps=12")] = "train.max_steps=3"
+    cmd[cmd.index("train.max_steps=30")] = "train.max_steps=3"
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
