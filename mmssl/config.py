@@ -35,6 +35,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     video_encoder: str = "tiny3d"
+    audio_encoder: str = "tiny_audio"  # audio-visual tasks: logmel_cnn (L3's tower) or tiny_audio
 
 
 @dataclass
@@ -45,12 +46,76 @@ class OrderConfig:
     tau_min_s: float = 0.5  # min gap of a negative's middle frame from [b, d] (15 frames at 30 fps)
     positive_share: float = 0.25
     hidden_dim: int = 256
+    # High-motion sampling: keep one of this many uniform candidate tuples, with probability
+    # proportional to its motion ** motion_power (mean absolute frame difference, per video from
+    # one decode at motion_size px). 1: uniform sampling, no motion decode.
+    motion_candidates: int = 16
+    motion_power: float = 2.0
+    motion_size: int = 32
+
+
+@dataclass
+class OPNConfig:
+    """OPN sequence sorting (SPEC.md): a tuple of `num_frames` frames, num_frames!/2 classes."""
+
+    num_frames: int = 4  # 4 in the paper: 12 classes
+    gap_s: float = 0.25  # time between consecutive frames of a tuple [unverified]
+    jitter: float = 0.05  # max per-frame shift after the shared crop, share of the frame side [unverified]
+    channel_split: bool = True
+    hidden_dim: int = 512  # shared pair layer (OPN's fc7) [unverified]
+    dropout: float = 0.5  # before the classifier [unverified]
+
+
+@dataclass
+class VCOPConfig:
+    """VCOP clip order prediction (SPEC.md): `num_clips` clips, num_clips! classes."""
+
+    num_clips: int = 3
+    clip_len: int = 16
+    stride: int = 1  # frame step inside a clip (1 in the paper)
+    interval: int = 8  # frames between the end of a clip and the start of the next
+    hidden_dim: int = 512
+    dropout: float = 0.5
+
+
+@dataclass
+class AVCConfig:
+    """Audio-visual correspondence (L3) with AVTS hard negatives (SPEC.md)."""
+
+    clip_len: int = 8  # 1: L3's single frame
+    stride: int = 2
+    audio_s: float = 1.0
+    positive_share: float = 0.5
+    hard_negatives: bool = True
+    min_offset_s: float = 1.0  # a hard negative's shift: >= audio_s, so it never overlaps the positive
+    hard_share: float = 0.25  # of the negatives, once the curriculum allows hard ones
+    curriculum_share: float = 0.3  # share of training with easy negatives only
+    loss: str = "ce"  # ce (L3's fusion head) or margin (AVTS)
+    margin: float = 1.0  # eta of the margin loss
+    embed_dim: int = 128
+    fusion_dim: int = 128
+
+
+@dataclass
+class AVContrastiveConfig:
+    """Cross-modal InfoNCE between clips and their audio (AVID / CLIP-style, SPEC.md)."""
+
+    clip_len: int = 8
+    stride: int = 2
+    audio_s: float = 1.0
+    temperature: float = 0.07
+    learn_temperature: bool = False  # true: the shared head's learnable temperature (CLIP)
+    embed_dim: int = 128
 
 
 @dataclass
 class TaskConfig:
     name: str = "order"
     order: OrderConfig = field(default_factory=OrderConfig)
+    opn: OPNConfig = field(default_factory=OPNConfig)
+    vcop: VCOPConfig = field(default_factory=VCOPConfig)
+    avc: AVCConfig = field(default_factory=AVCConfig)
+    av_contrastive: AVContrastiveConfig = field(default_factory=AVContrastiveConfig)
 
 
 @dataclass

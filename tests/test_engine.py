@@ -214,7 +214,8 @@ def test_transfer_linear_and_finetune_from_a_checkpoint(tiny_synthav: Path, tmp_
 def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools/bench_learning.py"), "--seeds", "2", "--synthav-dir", str(tiny_synthav),
+        [sys.executable, str(ROOT / "tools/bench_learning.py"), "--methods", "order", "--seeds", "2",
+         "--synthav-dir", str(tiny_synthav),
          "--work", str(tmp_path / "runs"), "--out", str(out), "--transfer", "frame_size=32", "clip_len=4",
          "num_clips=2", "num_workers=0", "linear_epochs=10", "finetune_epochs=1", "--", *FAST,
          "train.max_steps=2"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

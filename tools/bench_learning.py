@@ -28,7 +28,11 @@ from mmssl.eval.transfer import Transfer, load_encoder, random_encoder  # noqa: 
 from mmssl.tasks import task_class  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"order": ROOT / "configs/pretrain/order.yaml"}  # later task issues add rows here
+METHODS = {"order": ROOT / "configs/pretrain/order.yaml",  # later task issues add rows here
+           "opn": ROOT / "configs/pretrain/opn.yaml",
+           "vcop": ROOT / "configs/pretrain/vcop.yaml",
+           "avc": ROOT / "configs/pretrain/avc.yaml",
+           "av_contrastive": ROOT / "configs/pretrain/av_contrastive.yaml"}
 
 
 def main(argv: list[str] | None = None) -> dict:

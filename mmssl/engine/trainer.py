@@ -168,6 +168,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
             batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items()}
             for group in optimizer.param_groups:
                 group["lr"] = float(lr_schedule[step])
+            task.set_step(step, total_steps)
             last_micro = (micro + 1) % accumulate == 0
             sync = nullcontext() if last_micro or dist.world_size == 1 else ddp.no_sync()
             with sync, autocast:

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 from mmssl.config import Config
 from mmssl.data.clip import DecodedClip, Window
+from mmssl.tasks.av_contrastive import AudioVisualContrastive
+from mmssl.tasks.avc import AudioVisualCorrespondence
 from mmssl.tasks.base import PretextTask
+from mmssl.tasks.clip_order import ClipOrderPrediction
 from mmssl.tasks.order import OrderVerification
+from mmssl.tasks.sorting import SequenceSorting
 from mmssl.transforms.video import VideoAugment
 
-TASKS: dict[str, type[PretextTask]] = {"order": OrderVerification}
+TASKS: dict[str, type[PretextTask]] = {"order": OrderVerification, "opn": SequenceSorting,
+                                      "vcop": ClipOrderPrediction, "avc": AudioVisualCorrespondence,
+                                      "av_contrastive": AudioVisualContrastive}
 
 
 def task_class(name: str) -> type[PretextTask]:

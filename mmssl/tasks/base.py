@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmssl.data.clip import DecodedClip, Window
@@ -32,6 +33,9 @@ class PretextTask(ABC):
     def from_config(cls, config: "Config", augment: VideoAugment) -> "PretextTask":
         """The task with its section of the run's config."""
 
+    def set_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before each optimizer step (curricula, schedules)."""
+
     @abstractmethod
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         """Choose what to decode from `row` (raise mmssl.io.TooShortError if it cannot fit)."""
@@ -47,3 +51,9 @@ class PretextTask(ABC):
     @abstractmethod
     def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
         """Loss dict with a scalar "loss" key (plus detached metrics)."""
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Cross-entropy and (detached) accuracy: the loss dict of the classification pretext tasks."""
+    return {"loss": F.cross_entropy(logits, labels),
+            "accuracy": (logits.argmax(-1) == labels).float().mean().detach()}

@@ -72,3 +72,27 @@ def _jitter(x: torch.Tensor, aug: VideoAugment) -> torch.Tensor:
     x = x * brightness
     mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
     return ((x - mean) * contrast + mean).clamp_(0, 1)
+
+
+def channel_split(x: torch.Tensor) -> torch.Tensor:
+    """Channel splitting (Lee et al., OPN, ICCV 2017): every frame of every sample keeps one random
+    colour channel, copied to all channels. float [B, C, T, H, W] -> same shape."""
+    b, c, t = x.shape[:3]
+    keep = torch.randint(c, (b, 1, t, 1, 1), device=x.device)
+    return x.gather(1, keep.expand(b, 1, t, *x.shape[3:])).expand_as(x).contiguous()
+
+
+def frame_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Spatial jitter (OPN): every frame of every sample moved by its own whole-pixel offset in
+    [-max_shift, max_shift] along each axis, borders reflected. float [B, C, T, H, W] -> same shape.
+    Applied after the shared crop, so the frames of a sample come from slightly different windows."""
+    b, c, t, h, w = x.shape
+    frames = rearrange(x, "b c t h w -> (b t) c h w")
+    shift = torch.randint(-max_shift, max_shift + 1, (b * t, 2), device=x.device).to(x.dtype)
+    theta = torch.zeros(b * t, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2] = 2 * shift[:, 0] / w  # output (y, x) reads input (y + shift[:, 1], x + shift[:, 0])
+    theta[:, 1, 2] = 2 * shift[:, 1] / h
+    grid = F.affine_grid(theta, [b * t, c, h, w], align_corners=False)
+    out = F.grid_sample(frames, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    return rearrange(out, "(b t) c h w -> b c t h w", b=b)

@@ -1,0 +1,48 @@
+"""Self-supervised losses, one per file, each with its formula and source in the docstring.
+
+Losses that use the batch (in-batch negatives, batch statistics) take `gather_distributed`: under
+DDP they then see the features of all ranks, gathered with gradient, and DDP's average over ranks
+gives the gradient of the same loss on the full batch. `reference.py` holds slow, readable
+reimplementations used by the tests and tools/bench_losses.py.
+
+Pick a loss by name from a config with `build_loss(name, **kwargs)` (names in `LOSSES`).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from mmssl.losses.barlow_twins import BarlowTwinsLoss
+from mmssl.losses.byol import BYOLLoss
+from mmssl.losses.ema import cosine_momentum, momentum_update
+from mmssl.losses.margin import MarginContrastiveLoss
+from mmssl.losses.moco import MoCoLoss
+from mmssl.losses.nt_xent import InfoNCELoss, NTXentLoss, contrastive_cross_entropy
+from mmssl.losses.simsiam import SimSiamLoss
+from mmssl.losses.triplet import TripletLoss, squared_distances
+from mmssl.losses.vicreg import VICRegLoss
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "nt_xent": NTXentLoss,
+    "info_nce": InfoNCELoss,
+    "moco": MoCoLoss,
+    "byol": BYOLLoss,
+    "simsiam": SimSiamLoss,
+    "barlow_twins": BarlowTwinsLoss,
+    "vicreg": VICRegLoss,
+    "margin": MarginContrastiveLoss,
+    "triplet": TripletLoss,
+}
+
+
+def build_loss(name: str, **kwargs: object) -> nn.Module:
+    """The loss registered as `name` in LOSSES, built with `kwargs` (its constructor's arguments)."""
+    if name not in LOSSES:
+        raise KeyError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name](**kwargs)
+
+
+__all__ = [
+    "LOSSES", "BYOLLoss", "BarlowTwinsLoss", "InfoNCELoss", "MarginContrastiveLoss", "MoCoLoss", "NTXentLoss",
+    "SimSiamLoss", "TripletLoss", "VICRegLoss", "build_loss", "contrastive_cross_entropy", "cosine_momentum",
+    "momentum_update", "squared_distances",
+]

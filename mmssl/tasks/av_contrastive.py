@@ -1,0 +1,66 @@
+"""Cross-modal InfoNCE between a clip and its audio (AVID: Morgado, Vasconcelos, Misra,
+"Audio-Visual Instance Discrimination with Cross-Modal Agreement", CVPR 2021; CLIP-style symmetric
+form): the shared contrastive head embeds both, the audio of the same clip is the positive and
+the other audios of the (gathered, multi-GPU) batch are the negatives, in both directions.
+The temperature is a config value (AVID's 0.07) or the shared head's learnable one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmssl.config import AVContrastiveConfig, Config
+from mmssl.data.clip import DecodedClip, Window
+from mmssl.data.manifest import ManifestRow
+from mmssl.data.sampling import random_clip
+from mmssl.io import TooShortError
+from mmssl.losses import InfoNCELoss
+from mmssl.models import VideoEncoder
+from mmssl.models.audio import build_audio_encoder
+from mmssl.models.two_stream import AudioStream
+from mmssl.tasks.base import PretextTask
+from mmssl.transforms.video import VideoAugment, to_model_input
+
+
+class AudioVisualContrastive(PretextTask):
+    name = "av_contrastive"
+    needs_audio = True
+
+    def __init__(self, config: AVContrastiveConfig, audio_encoder: str, augment: VideoAugment | None = None,
+                 sample_rate: int = 16000) -> None:
+        self.config = config
+        self.audio_encoder = audio_encoder
+        self.augment = augment
+        self.sample_rate = sample_rate
+        self.info_nce = InfoNCELoss(config.temperature, gather_distributed=True)
+
+    @classmethod
+    def from_config(cls, config: Config, augment: VideoAugment) -> "AudioVisualContrastive":
+        return cls(config.task.av_contrastive, config.model.audio_encoder, augment)
+
+    def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
+        """A clip and `audio_s` seconds of audio centred on it."""
+        c = self.config
+        duration = row.num_frames / row.fps
+        if duration < c.audio_s:
+            raise TooShortError(row.path, f"{duration:.2f} s is shorter than the {c.audio_s} s audio window")
+        frames = random_clip(row.num_frames, c.clip_len, c.stride, rng)
+        centre = (frames[0] + frames[-1] + 1) / 2 / row.fps
+        start = float(np.clip(centre - c.audio_s / 2, 0.0, duration - c.audio_s))
+        return Window(frames=frames, audio_start_s=start, audio_duration_s=c.audio_s)
+
+    def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        return {"frames": clip.video, "audio": clip.audio}
+
+    def build_head(self, encoder: VideoEncoder) -> nn.Module:
+        return AudioStream(encoder.feature_dim, build_audio_encoder(self.audio_encoder), self.config.embed_dim)
+
+    def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
+        video = head.shared.embed_video(encoder(to_model_input(batch["frames"], self.augment)))
+        audio = head.shared.embed_audio(head.audio(batch["audio"]))
+        scale = head.shared.scale if self.config.learn_temperature else None
+        loss = self.info_nce(video, audio, scale=scale)
+        with torch.no_grad():
+            accuracy = ((video @ audio.T).argmax(-1) == torch.arange(len(video), device=video.device)).float().mean()
+        return {"loss": loss, "v2a_top1_in_batch": accuracy}

@@ -1,0 +1,90 @@
+"""Sequence sorting: OPN, the Order Prediction Network (Lee, Huang, Singh, Yang, "Unsupervised
+Representation Learning by Sorting Sequences", ICCV 2017).
+
+A tuple of `num_frames` frames (4 in the paper) taken `gap_s` apart is shown shuffled, and the
+network names the permutation. A sequence and its reverse share a label (forward and backward
+motion are equally plausible), so there are n!/2 classes: 12 for 4 frames. Class k is the k-th
+permutation p (lexicographic) with p[0] < p[-1]; no class is the reverse of another, and the
+classes with their reverses cover all n! orders. A sample draws a class uniformly, then shows the
+reverse of its permutation with probability 0.5, keeping the label.
+
+Window choice: the tuple's start is uniform over the video (the paper picks high-motion windows
+by optical flow; SynthAV's objects are always moving). A video too short for the gap gets the
+largest gap that fits; one with fewer than `num_frames` frames raises TooShortError.
+
+Augmentation, batched on the device: one random crop (and flip, colour jitter) shared by the
+frames of a tuple, then spatial jitter (each frame moved by its own few pixels) and channel
+splitting (each frame keeps one random colour channel, copied to all three), so that low-level
+cues (crop position, chromatic aberration) cannot give the order away.
+
+Network: one encoder with shared weights on every frame (T=1); for each of the 6 frame pairs
+i < j the two feature vectors are concatenated and passed through a shared pair layer; the 6
+outputs are concatenated and classified 12-way with cross-entropy (`PairwiseHead`).
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import nn
+
+from mmssl.config import Config, OPNConfig
+from mmssl.data.clip import Window
+from mmssl.data.manifest import ManifestRow
+from mmssl.data.sampling import random_clip
+from mmssl.io import TooShortError
+from mmssl.models import VideoEncoder
+from mmssl.models.heads import PairwiseHead
+from mmssl.tasks.base import PretextTask, classification_loss
+from mmssl.transforms.video import VideoAugment, channel_split, frame_shift, to_model_input
+
+
+def sequence_classes(num_frames: int) -> list[tuple[int, ...]]:
+    """OPN's num_frames!/2 order classes: of each permutation and its reverse, the one whose first
+    element is smaller than its last, in lexicographic order."""
+    return [p for p in itertools.permutations(range(num_frames)) if p[0] < p[-1]]
+
+
+class SequenceSorting(PretextTask):
+    name = "opn"
+    feature_mode = "frames"
+
+    def __init__(self, config: OPNConfig, augment: VideoAugment | None = None) -> None:
+        if config.num_frames < 3:
+            raise ValueError(f"OPN needs at least 3 frames per tuple, got {config.num_frames}")
+        self.config = config
+        self.augment = augment
+        self.classes = sequence_classes(config.num_frames)
+
+    @classmethod
+    def from_config(cls, config: Config, augment: VideoAugment) -> "SequenceSorting":
+        return cls(config.task.opn, augment)
+
+    def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
+        """The tuple's frames in the order of a random class's permutation (reversed with
+        probability 0.5): position i shows the tuple's frame perm[i]; label = the class."""
+        n, k = row.num_frames, self.config.num_frames
+        if n < k:
+            raise TooShortError(row.path, f"{n} frames cannot hold an OPN tuple of {k} distinct frames")
+        gap = min(max(1, round(self.config.gap_s * row.fps)), (n - 1) // (k - 1))
+        tuple_frames = random_clip(n, k, gap, rng)
+        label = int(rng.integers(len(self.classes)))
+        order = np.array(self.classes[label])
+        if rng.random() < 0.5:
+            order = order[::-1]
+        return Window(frames=tuple_frames[order], targets={"label": label})
+
+    def build_head(self, encoder: VideoEncoder) -> nn.Module:
+        return PairwiseHead(encoder.feature_dim, self.config.num_frames, self.config.hidden_dim,
+                            len(self.classes), self.config.dropout)
+
+    def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder,
+             head: nn.Module) -> dict[str, torch.Tensor]:
+        x = to_model_input(batch["frames"], self.augment)  # [B, C, K, H, W], one crop per tuple
+        x = frame_shift(x, round(self.config.jitter * x.shape[-1]))
+        if self.config.channel_split:
+            x = channel_split(x)
+        logits = head(encoder(rearrange(x, "b c t h w -> (b t) c 1 h w")))
+        return classification_loss(logits, batch["label"])

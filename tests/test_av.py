@@ -1,0 +1,169 @@
+"""Audio-visual correspondence (L3 + AVTS): alignment, hard negatives, pairing rules, gradients."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmssl.config import load_config
+from mmssl.data.dataset import PretextDataset, collate
+from mmssl.data.manifest import read_manifest
+from mmssl.engine.trainer import TaskModel, pretrain
+from mmssl.models import build_video_encoder
+from mmssl.models.audio import build_audio_encoder
+from mmssl.tasks import build_task
+from mmssl.tasks.avc import NO_HARD
+from mmssl.transforms.audio import LogMel
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 16000
+
+
+def avc(synthav: Path, *overrides: str):
+    config = load_config(ROOT / "configs/pretrain/avc.yaml",
+                         [f"data.synthav_dir={synthav}", "data.frame_size=32", "task.avc.clip_len=4", *overrides])
+    return config, build_task(config)
+
+
+def click_time(audio: torch.Tensor) -> float:
+    """Seconds to the strongest click: the peak of high-passed energy in 2 ms windows."""
+    energy = np.convolve(np.abs(np.diff(audio.numpy())), np.ones(32), mode="same")
+    return float(np.argmax(energy)) / SR
+
+
+def test_positive_audio_is_aligned_with_its_frames(tiny_synthav: Path) -> None:
+    _, task = avc(tiny_synthav)
+    rows = [r for r in read_manifest(tiny_synthav / "manifest.csv") if r.has_audio and r.extra["impacts"]]
+    dataset = PretextDataset(rows, task, 32)
+    checked = 0
+    for index, row in enumerate(rows):
+        impact_s = int(row.extra["impacts"].split(";")[0]) / row.fps
+        for seed in range(20):
+            rng = np.random.default_rng(seed)
+            clip = dataset.decode(index, rng)
+            window = clip.window
+            start = window.audio_start_s + window.targets["positive_offset"] / SR
+            if start + 0.1 < impact_s < start + 0.9 and not _other_impact_near(row, start):
+                sample = task.make_sample(clip, rng)
+                assert sample["audio"].shape == (SR,)
+                assert abs(click_time(sample["audio"]) - (impact_s - start)) < 1 / row.fps
+                # the clip's frames surround the same moment
+                assert window.frames[0] / row.fps <= start + 0.5 <= (window.frames[-1] + 1) / row.fps
+                checked += 1
+                break
+    assert checked >= 2
+
+
+def _other_impact_near(row, start: float) -> bool:
+    impacts = [int(k) / row.fps for k in row.extra["impacts"].split(";")]
+    return sum(start < t < start + 1 for t in impacts) > 1
+
+
+def test_hard_negatives_never_overlap_the_positive(tiny_synthav: Path) -> None:
+    _, task = avc(tiny_synthav)
+    rows = [r for r in read_manifest(tiny_synthav / "manifest.csv") if r.has_audio]
+    hard_found = 0
+    for row in rows:
+        for seed in range(10):
+            window = task.window(row, np.random.default_rng(seed))
+            positive, hard = window.targets["positive_offset"], window.targets["hard_offset"]
+            end = window.audio_start_s + window.audio_duration_s
+            assert window.audio_start_s >= 0 and end <= row.num_frames / row.fps + 1e-6
+            if hard != NO_HARD:
+                assert abs(hard - positive) >= task.config.min_offset_s * SR - 1 >= SR - 1
+                hard_found += 1
+    assert hard_found > 0
+
+
+def test_pairs_balance_and_never_pair_a_clip_with_its_own_audio() -> None:
+    config = load_config(ROOT / "configs/pretrain/avc.yaml")
+    task = build_task(config)
+    task.set_step(99, 100)  # past the curriculum: hard negatives allowed
+    size = 4000
+    audio = torch.arange(size, dtype=torch.float32)[:, None].repeat(1, 8)  # sample i's audio is all i
+    batch = {"audio": audio, "hard_audio": -audio - 1, "has_hard": torch.rand(size) < 0.8}
+    torch.manual_seed(0)
+    chosen, labels, hard = task.pairs(batch)
+    own = torch.arange(size, dtype=torch.float32)
+    assert labels.float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert torch.equal(chosen[labels == 1, 0], own[labels == 1])
+    easy = (labels == 0) & ~hard
+    assert (chosen[easy, 0] != own[easy]).all() and (chosen[easy, 0] >= 0).all()
+    assert torch.equal(chosen[hard, 0], -own[hard] - 1) and batch["has_hard"][hard].all()
+    assert hard.sum() / (labels == 0).sum() == pytest.approx(0.25 * 0.8, abs=0.04)
+
+
+def test_curriculum_starts_with_easy_negatives_only() -> None:
+    task = build_task(load_config(ROOT / "configs/pretrain/avc.yaml"))
+    task.set_step(0, 100)
+    assert task.hard_share == 0.0
+    task.set_step(30, 100)
+    assert task.hard_share == 0.25
+
+
+def test_log_mel_shape_and_audio_encoder() -> None:
+    spectrogram = LogMel()(torch.randn(3, SR))
+    assert spectrogram.shape == (3, 1, 64, 101)
+    encoder = build_audio_encoder("logmel_cnn")
+    assert encoder.feature_dim == 512 and encoder(torch.randn(2, SR)).shape == (2, 512)
+
+
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_gradient_reaches_both_towers(tiny_synthav: Path, loss: str) -> None:
+    config, task = avc(tiny_synthav, f"task.avc.loss={loss}")
+    task.set_step(99, 100)
+    rows = [r for r in read_manifest(tiny_synthav / "manifest.csv", "pretrain") if r.has_audio][:6]
+    batch = collate([PretextDataset(rows, task, 32)[i] for i in range(6)])
+    del batch["skipped"]
+    model = TaskModel(task, build_video_encoder("tiny3d"))
+    out = model(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    video_grad = model.encoder.features[0].weight.grad
+    audio_grad = model.head.audio.blocks[0][0].weight.grad
+    assert video_grad is not None and video_grad.abs().sum() > 0
+    assert audio_grad is not None and audio_grad.abs().sum() > 0
+
+
+def test_one_training_step_skips_silent_videos(tiny_synthav: Path, tmp_path: Path) -> None:
+    config, _ = avc(tiny_synthav, "data.batch_size=4", "data.num_workers=0", "train.max_steps=1")
+    pretrain(config, tmp_path)
+    summary = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "excluded" in line]
+    assert '"no_audio"' in summary[0]
+
+
+@pytest.mark.parametrize("learn_temperature", [False, True])
+def test_av_contrastive_step_trains_both_towers_and_the_temperature(tiny_synthav: Path,
+                                                                    learn_temperature: bool) -> None:
+    config = load_config(ROOT / "configs/pretrain/av_contrastive.yaml",
+                         [f"data.synthav_dir={tiny_synthav}", "data.frame_size=32", "task.av_contrastive.clip_len=4",
+                          f"task.av_contrastive.learn_temperature={str(learn_temperature).lower()}"])
+    task = build_task(config)
+    rows = [r for r in read_manifest(tiny_synthav / "manifest.csv", "pretrain") if r.has_audio][:6]
+    dataset = PretextDataset(rows, task, 32)
+    sample = dataset[0]
+    assert sample["audio"].shape == (SR,) and sample["frames"].shape[0] == 4
+    batch = collate([dataset[i] for i in range(6)])
+    del batch["skipped"]
+    model = TaskModel(task, build_video_encoder("tiny3d"))
+    out = model(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and 0 <= out["v2a_top1_in_batch"] <= 1
+    assert model.encoder.features[0].weight.grad.abs().sum() > 0
+    assert model.head.audio.blocks[0][0].weight.grad.abs().sum() > 0
+    assert (model.head.shared.log_scale.grad is not None) == learn_temperature
+
+
+def test_eval_av_reports_heldout_accuracy_and_retrieval(tiny_synthav: Path, tmp_path: Path) -> None:
+    from mmssl.eval.av import evaluate_av
+
+    for task_name in ("avc", "av_contrastive"):
+        config = load_config(ROOT / f"configs/pretrain/{task_name}.yaml",
+                             [f"data.synthav_dir={tiny_synthav}", "data.frame_size=32", f"task.{task_name}.clip_len=4",
+                              "data.batch_size=4", "data.num_workers=0", "train.max_steps=1"])
+        result = evaluate_av(pretrain(config, tmp_path / task_name), split="test")
+        assert 0 <= result["retrieval_v2a_r1"] <= result["retrieval_v2a_r5"] <= 100
+        assert result["retrieval_candidates"] == 16  # 20 test videos, 20% without audio
+        assert any(key.startswith("heldout_") for key in result)
