@@ -24,8 +24,10 @@ demo: setup  ## main job: SynthAV -> pretrain (Shuffle and Learn) -> linear prob
 test: setup  ## the test suite
 	$(PY) -m pytest -n 2 -q
 
-bench: setup  ## benchmarks: decoders, then learning (tables + JSON under runs/)
+bench: setup  ## benchmarks (tables + JSON under runs/): decoders, losses, training steps, learning
 	$(PY) tools/bench_loader.py --out $(RUNS)/bench_loader.json
+	$(PY) tools/bench_losses.py --out $(RUNS)/bench_losses.json
+	$(PY) tools/bench_train.py --synthav-dir $(DATA) --out $(RUNS)/bench_train.json
 	$(PY) tools/bench_learning.py --synthav-dir $(DATA) --out $(RUNS)/bench_learning.json
 
 clean:
