@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Self-supervised pretraining of a video encoder on a pretext task.
 
-With no arguments: frame-order verification (Shuffle and Learn) with the tiny 3D CNN on SynthAV,
-which is generated under data/synthav on first use; CPU-sized, a few minutes on 2 cores.
+With no arguments: configs/pretrain/order.yaml, frame-order verification (Shuffle and Learn) with
+the tiny 3D CNN on SynthAV, which is generated under data/synthav on first use; CPU-sized, about
+5 minutes on 2 cores.
 
   python tools/pretrain.py [--config FILE] [--out DIR] [--resume auto|CKPT] [key=value ...]
   torchrun --nproc_per_node N tools/pretrain.py ...   (DDP: nccl on GPUs, gloo on CPUs)
@@ -19,13 +20,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.config import ConfigError, load_config  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/pretrain/order.yaml"
 from mmssl.engine import distributed  # noqa: E402
 from mmssl.engine.trainer import pretrain  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file under configs/pretrain/ (defaults: order on SynthAV)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="YAML file under configs/pretrain/ (default: %(default)s)")
     parser.add_argument("--out", help="output folder (default runs/pretrain_<task>)")
     parser.add_argument("--resume", help="'auto' (newest checkpoint in --out, if any) or a checkpoint path")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")

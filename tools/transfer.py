@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{len(transfer.train_rows)} train / {len(transfer.test_rows)} test videos")
     print(f"{'encoder':<40} {'clip top-1':>10} {'clip top-5':>10} {'video top-1':>11} {'video top-5':>11}")
     for label, r in results.items():
-        print(f"{label:<40} {r['clip_top1']:>10.1f} {r['clip_top5']:>10.1f} {r['video_top1']:>11.1f} {r['video_top5']:>11.1f}")
+        print(f"{label:<40} {r['clip_top1']:>10.1f} {r['clip_top5']:>10.1f} "
+              f"{r['video_top1']:>11.1f} {r['video_top5']:>11.1f}")
     report = {"protocol": args.protocol, "feature_mode": mode, "results": results}
     (out / f"transfer_{args.protocol}.json").write_text(json.dumps(report, indent=2))
     png = save_confusion_png(next(iter(results.values())), out / f"confusion_{args.protocol}.png", name)

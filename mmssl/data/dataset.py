@@ -51,8 +51,8 @@ class PretextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index])
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
 
     def decode(self, index: int, rng: np.random.Generator) -> DecodedClip:
         """The task's window of row `index`, decoded (raises MediaError for bad files)."""
@@ -66,8 +66,11 @@ class PretextDataset(Dataset):
             audio = load_audio(row.path, window.audio_start_s, window.audio_duration_s, self.sample_rate)
         return DecodedClip(video, audio, window, row)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Skipped:
-        rng = self.rng(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor] | Skipped:
+        """Sample `key`: a row index (of the epoch set with `set_epoch`) or an (epoch, index) pair,
+        as `EpochSampler` yields, so persistent workers need no epoch update."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = self.rng(index, epoch)
         try:
             return self.task.make_sample(self.decode(index, rng), rng)
         except MediaError as e:
@@ -113,9 +116,10 @@ class SkipCounter:
         return ", ".join(parts) or "none"
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(Sampler[tuple[int, int]]):
     """A seeded permutation per epoch, split across ranks (like DistributedSampler), that can start
-    part-way through an epoch so a resumed run sees exactly the samples it would have seen."""
+    part-way through an epoch so a resumed run sees exactly the samples it would have seen.
+    Yields (epoch, index) pairs for `PretextDataset`."""
 
     def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
         self.length = length
@@ -132,8 +136,9 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return -(-self.length // self.world_size)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
                  else np.arange(self.length))
         padded = np.resize(order, len(self) * self.world_size)  # repeat the start to even out ranks
-        yield from padded[self.rank::self.world_size][self.start:].tolist()
+        for index in padded[self.rank::self.world_size][self.start:].tolist():
+            yield self.epoch, index

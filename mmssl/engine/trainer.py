@@ -113,6 +113,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         dataset, batch_size=config.data.batch_size, sampler=sampler, collate_fn=collate,
         num_workers=config.data.num_workers, pin_memory=dist.device.type == "cuda",
         prefetch_factor=4 if config.data.num_workers else None,
+        persistent_workers=config.data.num_workers > 0,  # keeps the task's per-video caches
         generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
     )
     model = TaskModel(task, build_video_encoder(config.model.video_encoder)).to(dist.device)
@@ -153,7 +154,6 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     window_start, data_wait, samples = time.perf_counter(), 0.0, 0
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
-        dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, start=step_in_epoch * accumulate * config.data.batch_size)
         skips.reset()
         micro = 0
