@@ -125,6 +125,7 @@ def test_gradient_reaches_both_towers(tiny_synthav: Path, loss: str) -> None:
     audio_grad = model.head.audio.blocks[0][0].weight.grad
     assert video_grad is not None and video_grad.abs().sum() > 0
     assert audio_grad is not None and audio_grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters())  # DDP needs no unused parameters
 
 
 def test_one_training_step_skips_silent_videos(tiny_synthav: Path, tmp_path: Path) -> None:
@@ -154,6 +155,7 @@ def test_av_contrastive_step_trains_both_towers_and_the_temperature(tiny_synthav
     assert model.encoder.features[0].weight.grad.abs().sum() > 0
     assert model.head.audio.blocks[0][0].weight.grad.abs().sum() > 0
     assert (model.head.shared.log_scale.grad is not None) == learn_temperature
+    assert all(p.grad is not None for p in model.parameters())  # DDP needs no unused parameters
 
 
 def test_eval_av_reports_heldout_accuracy_and_retrieval(tiny_synthav: Path, tmp_path: Path) -> None:

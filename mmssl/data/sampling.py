@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmssl.data.manifest import ManifestRow
+from mmssl.io import TooShortError
+
 
 def clip_span(clip_len: int, stride: int) -> int:
     """Frames covered by a clip of `clip_len` frames taken every `stride` frames."""
@@ -21,6 +24,18 @@ def uniform_clips(num_frames: int, clip_len: int, stride: int, num_clips: int) -
     last_start = max(num_frames - clip_span(clip_len, stride), 0)
     starts = np.linspace(0, last_start, num_clips).round().astype(np.int64)
     return np.minimum(starts[:, None] + stride * np.arange(clip_len)[None], num_frames - 1)
+
+
+def clip_with_audio(row: ManifestRow, clip_len: int, stride: int, audio_s: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """A random clip and the start (s) of `audio_s` seconds of audio centred on it, kept inside
+    the video. Raises TooShortError when the video is shorter than the audio window."""
+    duration = row.num_frames / row.fps
+    if duration < audio_s:
+        raise TooShortError(row.path, f"{duration:.2f} s is shorter than the {audio_s} s audio window")
+    frames = random_clip(row.num_frames, clip_len, stride, rng)
+    centre = (frames[0] + frames[-1] + 1) / 2 / row.fps
+    return frames, float(np.clip(centre - audio_s / 2, 0.0, duration - audio_s))
 
 
 # ----------------------------------------------------------------------------- motion weighting

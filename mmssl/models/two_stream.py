@@ -23,11 +23,15 @@ class ContrastiveHead(nn.Module):
     The audio-visual tasks and the clip-contrastive tasks all use this head."""
 
     def __init__(self, video_dim: int, audio_dim: int | None, embed_dim: int = 128, hidden_dim: int = 512,
-                 temperature: float = 0.07) -> None:
+                 temperature: float = 0.07, learn_temperature: bool = True) -> None:
         super().__init__()
         self.video = projection(video_dim, embed_dim, hidden_dim)
         self.audio = projection(audio_dim, embed_dim, hidden_dim) if audio_dim else None
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
+        log_scale = torch.tensor(math.log(1 / temperature))
+        if learn_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:  # a buffer: no parameter without gradient for DDP to wait on
+            self.register_buffer("log_scale", log_scale)
 
     @property
     def scale(self) -> Tensor:
@@ -47,10 +51,12 @@ class AudioStream(nn.Module):
     contrastive head when the task's loss uses embeddings (`embed_dim`; None: no head, so DDP sees
     no unused parameters) and any task head the task sets."""
 
-    def __init__(self, video_dim: int, audio: AudioEncoder, embed_dim: int | None = 128) -> None:
+    def __init__(self, video_dim: int, audio: AudioEncoder, embed_dim: int | None = 128,
+                 learn_temperature: bool = False) -> None:
         super().__init__()
         self.audio = audio
-        self.shared = ContrastiveHead(video_dim, audio.feature_dim, embed_dim) if embed_dim else None
+        self.shared = (ContrastiveHead(video_dim, audio.feature_dim, embed_dim, learn_temperature=learn_temperature)
+                       if embed_dim else None)
 
 
 class TwoStream(nn.Module):

@@ -13,8 +13,7 @@ from torch import nn
 from mmssl.config import AVContrastiveConfig, Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import random_clip
-from mmssl.io import TooShortError
+from mmssl.data.sampling import clip_with_audio
 from mmssl.losses import InfoNCELoss
 from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
@@ -42,19 +41,15 @@ class AudioVisualContrastive(PretextTask):
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         """A clip and `audio_s` seconds of audio centred on it."""
         c = self.config
-        duration = row.num_frames / row.fps
-        if duration < c.audio_s:
-            raise TooShortError(row.path, f"{duration:.2f} s is shorter than the {c.audio_s} s audio window")
-        frames = random_clip(row.num_frames, c.clip_len, c.stride, rng)
-        centre = (frames[0] + frames[-1] + 1) / 2 / row.fps
-        start = float(np.clip(centre - c.audio_s / 2, 0.0, duration - c.audio_s))
+        frames, start = clip_with_audio(row, c.clip_len, c.stride, c.audio_s, rng)
         return Window(frames=frames, audio_start_s=start, audio_duration_s=c.audio_s)
 
     def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return {"frames": clip.video, "audio": clip.audio}
 
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
-        return AudioStream(encoder.feature_dim, build_audio_encoder(self.audio_encoder), self.config.embed_dim)
+        return AudioStream(encoder.feature_dim, build_audio_encoder(self.audio_encoder), self.config.embed_dim,
+                           learn_temperature=self.config.learn_temperature)
 
     def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
         video = head.shared.embed_video(encoder(to_model_input(batch["frames"], self.augment)))

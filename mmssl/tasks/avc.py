@@ -22,8 +22,7 @@ from torch import nn
 from mmssl.config import AVCConfig, Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import random_clip
-from mmssl.io import TooShortError
+from mmssl.data.sampling import clip_with_audio
 from mmssl.losses import MarginContrastiveLoss
 from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
@@ -62,11 +61,7 @@ class AudioVisualCorrespondence(PretextTask):
         negative shifted by >= min_offset_s; one audio span covering both is decoded."""
         c = self.config
         duration = row.num_frames / row.fps
-        if duration < c.audio_s:
-            raise TooShortError(row.path, f"{duration:.2f} s is shorter than the {c.audio_s} s audio window")
-        frames = random_clip(row.num_frames, c.clip_len, c.stride, rng)
-        centre = (frames[0] + frames[-1] + 1) / 2 / row.fps
-        positive = float(np.clip(centre - c.audio_s / 2, 0.0, duration - c.audio_s))
+        frames, positive = clip_with_audio(row, c.clip_len, c.stride, c.audio_s, rng)
         shifts = [s for s in (self._shift(positive, duration, side, rng) for side in (-1, 1)) if s is not None]
         hard = positive + shifts[rng.integers(len(shifts))] if shifts else None
         start = min(positive, hard) if hard is not None else positive
