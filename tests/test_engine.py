@@ -228,9 +228,10 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
     assert "order (linear probe)" in result.stdout
 
 
-def test_visualize_draws_a_png(tiny_synthav: Path, tmp_path: Path) -> None:
-    out = tmp_path / "order.png"
-    subprocess.run([sys.executable, str(ROOT / "tools/visualize.py"), "--task", "order", "--num", "3",
+@pytest.mark.parametrize("task", ["order", "avc"])
+def test_visualize_draws_a_png(tiny_synthav: Path, tmp_path: Path, task: str) -> None:
+    out = tmp_path / f"{task}.png"
+    subprocess.run([sys.executable, str(ROOT / "tools/visualize.py"), "--task", task, "--num", "3",
                     "--out", str(out), f"data.synthav_dir={tiny_synthav}", "data.frame_size=32"],
                    check=True, capture_output=True)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000
