@@ -9,33 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
 
 from mmssl.config import VCOPConfig, load_config
 from mmssl.data.manifest import ManifestRow
 from mmssl.engine.trainer import pretrain
 from mmssl.io import TooShortError
-from mmssl.models import VideoEncoder
 from mmssl.tasks import build_task
 from mmssl.tasks.clip_order import ClipOrderPrediction
 from mmssl.transforms.video import VideoAugment
 
+from helpers import SpyEncoder  # noqa: E402  (tests/ is on sys.path under pytest)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class SpyEncoder(VideoEncoder):
-    """Records its inputs; features are a linear map of the per-channel means."""
-
-    feature_dim = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(3, self.feature_dim)
-        self.inputs: list[Tensor] = []
-
-    def encode(self, x: Tensor) -> Tensor:
-        self.inputs.append(x.detach())
-        return self.proj(x.mean(dim=(2, 3, 4)))
 
 
 @pytest.mark.parametrize("clip_len, stride, interval, num_clips, span", [

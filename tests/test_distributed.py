@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import os
-import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mmssl.engine import distributed as mdist
+
+from helpers import run_ranks  # tests/ is on sys.path under pytest
 
 WORLD_SIZE = 2
 BATCH = 8  # full batch; each rank holds BATCH // WORLD_SIZE rows
@@ -23,12 +22,6 @@ TEMPERATURE = 0.5
 SPAWN_TIMEOUT_S = 60.0
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model() -> nn.Module:
@@ -100,14 +93,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("dist")
-    ctx = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed workers did not finish in {SPAWN_TIMEOUT_S} s")
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return run_ranks(_worker, out_dir, WORLD_SIZE, SPAWN_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -23,7 +21,7 @@ from mmssl.losses import (
     TripletLoss, VICRegLoss, build_loss, cosine_momentum, momentum_update, squared_distances,
 )
 from mmssl.losses.reference import CASES, moco
-from test_distributed import _free_port  # tests/ is on sys.path under pytest
+from helpers import run_ranks  # tests/ is on sys.path under pytest
 
 BATCH, DIM = 12, 6
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_losses.py"
@@ -274,14 +272,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, tuple]]:
     out_dir = tmp_path_factory.mktemp("dist_losses")
-    ctx = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed workers did not finish in {SPAWN_TIMEOUT_S} s")
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return run_ranks(_worker, out_dir, WORLD_SIZE, SPAWN_TIMEOUT_S)
 
 
 def _check_full_batch(name: str, rank_results: list[dict[str, tuple]]) -> None:

@@ -8,35 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmssl.config import OPNConfig, load_config
 from mmssl.data.manifest import ManifestRow
 from mmssl.engine.trainer import pretrain
 from mmssl.io import TooShortError
-from mmssl.models import VideoEncoder
 from mmssl.models.heads import PairwiseHead
 from mmssl.tasks import build_task
 from mmssl.tasks.sorting import SequenceSorting, sequence_classes
 from mmssl.transforms.video import VideoAugment, channel_split, frame_shift
 
+from helpers import SpyEncoder  # noqa: E402  (tests/ is on sys.path under pytest)
+
 ROOT = Path(__file__).resolve().parents[1]
 ROW = ManifestRow("video.mp4", fps=8.0, num_frames=24)
-
-
-class SpyEncoder(VideoEncoder):
-    """Records its inputs; features are a linear map of the per-channel means."""
-
-    feature_dim = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(3, self.feature_dim)
-        self.inputs: list[Tensor] = []
-
-    def encode(self, x: Tensor) -> Tensor:
-        self.inputs.append(x.detach())
-        return self.proj(x.mean(dim=(2, 3, 4)))
 
 
 def find_shift(a: Tensor, b: Tensor, max_shift: int) -> tuple[int, int] | None:
