@@ -39,6 +39,17 @@ class ModelConfig:
 
 
 @dataclass
+class MotionConfig:
+    """High-motion tuple choice (S&L, OPN): keep one of `candidates` uniformly drawn tuples with
+    probability proportional to its motion ** `power` (mean absolute frame difference, per video
+    from one decode at `size` px). candidates 1: uniform sampling, no motion decode."""
+
+    candidates: int = 16
+    power: float = 2.0
+    size: int = 32
+
+
+@dataclass
 class OrderConfig:
     """Shuffle and Learn frame-order verification (SPEC.md): gaps in seconds, so fps-independent."""
 
@@ -46,12 +57,7 @@ class OrderConfig:
     tau_min_s: float = 0.5  # min gap of a negative's middle frame from [b, d] (15 frames at 30 fps)
     positive_share: float = 0.25
     hidden_dim: int = 256
-    # High-motion sampling: keep one of this many uniform candidate tuples, with probability
-    # proportional to its motion ** motion_power (mean absolute frame difference, per video from
-    # one decode at motion_size px). 1: uniform sampling, no motion decode.
-    motion_candidates: int = 16
-    motion_power: float = 2.0
-    motion_size: int = 32
+    motion: MotionConfig = field(default_factory=MotionConfig)
 
 
 @dataclass
@@ -64,6 +70,7 @@ class OPNConfig:
     channel_split: bool = True
     hidden_dim: int = 512  # shared pair layer (OPN's fc7) [unverified]
     dropout: float = 0.5  # before the classifier [unverified]
+    motion: MotionConfig = field(default_factory=MotionConfig)  # OPN's high-motion windows
 
 
 @dataclass
@@ -109,6 +116,72 @@ class AVContrastiveConfig:
 
 
 @dataclass
+class MaskedVideoConfig:
+    """VideoMAE tube masking and pixel reconstruction (SPEC.md); the tubelet is the ViT encoder's."""
+
+    clip_len: int = 16
+    stride: int = 4  # frame step inside the clip (4 on Kinetics, 2 on SSv2 in the paper)
+    mask_ratio: float = 0.9  # share of each frame's patches masked, the same patches in every slot
+    decoder_depth: int = 4  # the decoder is half the encoder's width
+    norm_target: bool = True  # per-tubelet, per-channel normalised pixels as the target
+    norm_eps: float = 1e-6  # (x - mean) / (std + norm_eps)
+
+
+@dataclass
+class Wav2Vec2Config:
+    """wav2vec 2.0 masked contrastive prediction of quantised audio features (SPEC.md)."""
+
+    audio_s: float = 1.0  # the window; the paper crops utterances to at most 250k samples (15.6 s)
+    mask_prob: float = 0.65  # p * M: each step starts a span with probability p = 0.065 (fairseq's mask_prob)
+    mask_length: int = 10  # M
+    min_masks: int = 2  # spans per window at least
+    num_negatives: int = 100  # K distractors per masked step (fewer when a window has fewer masked steps)
+    codebooks: int = 2  # G
+    codebook_entries: int = 320  # V
+    final_dim: int = 256  # the space where context and quantised targets meet (also the codewords' total dim)
+    temperature_start: float = 2.0  # Gumbel softmax: max(start * decay ** step, floor)
+    temperature_decay: float = 0.999995
+    temperature_floor: float = 0.5
+    logit_temperature: float = 0.1  # kappa: cosine similarity / kappa
+    diversity_weight: float = 0.1  # alpha
+    feature_penalty: float = 10.0  # weight of the mean squared feature-encoder output (fairseq)
+    feature_grad_scale: float = 0.1  # gradient into the feature encoder scaled by this (fairseq)
+    feature_dropout: float = 0.1  # on the quantiser's input (fairseq's dropout_features)
+
+
+@dataclass
+class ClipContrastiveConfig:
+    """Two (or num_clips >= 2) clips of one video as positives: SimCLR, MoCo, BYOL, SimSiam, Barlow
+    Twins or VICReg on clips (SPEC.md); the defaults are the papers' values where they have one."""
+
+    num_clips: int = 2  # rho
+    clip_len: int = 8
+    stride: int = 2
+    sampler: str = "cvrl"  # cvrl (2 clips, gap density decreasing linearly to 0) | uniform (independent starts)
+    loss: str = "nt_xent"  # nt_xent (SimCLR) | moco | byol | simsiam | barlow_twins | vicreg
+    temperature: float = 0.1  # nt_xent (SimCLR 0.1) and moco (0.07 in MoCo, 0.2 in MoCo v2)
+    embed_dim: int = 128  # projector output
+    hidden_dim: int = 512  # projector hidden width (and BYOL's predictor)
+    queue_size: int = 65536  # moco: negatives in the queue, at least the global batch
+    moco_momentum: float = 0.999  # moco: constant m of the key encoder's EMA
+    byol_momentum: float = 0.996  # byol: tau_base, raised to 1 on a cosine schedule
+    # colour distortion per clip (SimCLR's strength 1): brightness/contrast factors 1 +- these, a hue
+    # rotation of up to +- `hue` turns, grayscale with probability `grayscale`
+    brightness: float = 0.8
+    contrast: float = 0.8
+    hue: float = 0.2
+    grayscale: float = 0.2
+
+
+@dataclass
+class MultiTaskConfig:
+    """Several tasks from one decoded window per sample; each task's own section configures it."""
+
+    tasks: list[str] = field(default_factory=lambda: ["order", "avc", "masked_video"])
+    weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # of each task's loss
+
+
+@dataclass
 class TaskConfig:
     name: str = "order"
     order: OrderConfig = field(default_factory=OrderConfig)
@@ -116,6 +189,10 @@ class TaskConfig:
     vcop: VCOPConfig = field(default_factory=VCOPConfig)
     avc: AVCConfig = field(default_factory=AVCConfig)
     av_contrastive: AVContrastiveConfig = field(default_factory=AVContrastiveConfig)
+    clip_contrastive: ClipContrastiveConfig = field(default_factory=ClipContrastiveConfig)
+    masked_video: MaskedVideoConfig = field(default_factory=MaskedVideoConfig)
+    wav2vec2: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
 
 
 @dataclass
@@ -164,6 +241,7 @@ class TransferConfig:
     clip_len: int = 8
     stride: int = 2
     num_clips: int = 4  # uniform clips per video: clip-level scores, averaged for video-level
+    audio_s: float = 1.0  # audio probe: num_clips uniform windows of this length per video
     frame_size: int = 64
     batch_size: int = 16
     num_workers: int = 2

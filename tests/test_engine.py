@@ -1,6 +1,7 @@
 """The pretraining spine: configs, dataset seeding and skipping, trainer, resume, DDP, transfer."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -108,6 +109,17 @@ def test_audio_tasks_exclude_silent_files_and_count_them(tiny_synthav: Path) -> 
     no_audio = sum(not r.has_audio for r in rows)
     assert no_audio > 0 and len(dataset) == len(rows) - no_audio
     assert dataset.excluded == {"no_audio": no_audio}
+
+
+def test_videos_too_short_for_the_window_are_left_out_and_counted(tiny_synthav: Path) -> None:
+    """VCOP's 3 clips of 4 frames, 4 apart, span 20 frames: a 10-frame video is left out up front."""
+    rows = read_manifest(tiny_synthav / "manifest.csv", "pretrain")[:6]
+    short = dataclasses.replace(rows[0], num_frames=10)
+    task = build_task(fast_config(tiny_synthav, "task.name=vcop", "task.vcop.clip_len=4", "task.vcop.interval=4"))
+    assert task.min_frames(8.0) == 20
+    dataset = PretextDataset([*rows, short], task, 32)
+    assert dataset.rows == rows and dataset.excluded == {"too_short": 1}
+    assert "too_short (excluded before the run): 1" in SkipCounter(0.05, dataset.excluded).summary()
 
 
 def test_epoch_sampler_splits_ranks_and_resumes_mid_epoch() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmssl.config import OrderConfig
+from mmssl.config import MotionConfig, OrderConfig
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import cumulative_motion, frame_motion, pick_by_motion, tuple_motion
+from mmssl.data.sampling import MotionWeighting, cumulative_motion, frame_motion, pick_by_motion, tuple_motion
 from mmssl.io import TooShortError, write_media
 from mmssl.tasks.order import OrderVerification
 
@@ -21,10 +21,11 @@ def row(path: str = "video.mp4", num_frames: int = NUM_FRAMES) -> ManifestRow:
     return ManifestRow(path, fps=FPS, num_frames=num_frames, duration=num_frames / FPS)
 
 
-def task_with_motion(motion: np.ndarray, **config: float) -> OrderVerification:
+def task_with_motion(motion: np.ndarray, candidates: int = 16, power: float = 2.0,
+                     **config: float) -> OrderVerification:
     """A task whose motion profile for row() is given (no decoding)."""
-    task = OrderVerification(OrderConfig(**config))
-    task._motion[row().path] = cumulative_motion(motion)
+    task = OrderVerification(OrderConfig(motion=MotionConfig(candidates, power), **config))
+    task.motion._profiles[row().path] = cumulative_motion(motion)
     return task
 
 
@@ -38,7 +39,7 @@ def test_tuple_rules(candidates: int) -> None:
     """Positives (b, c, d): b < c < d, 2 <= d - b <= tau_max. Negatives keep b and d as first and
     last frame and take the middle one (a or e) at least tau_min outside [b, d]. Either order."""
     task = task_with_motion(np.random.default_rng(1).uniform(0, 1, NUM_FRAMES - 1),
-                            motion_candidates=candidates)
+                            candidates=candidates)
     orders = {1: set(), 0: set()}
     for frames, label in draws(task, 3000):
         assert len(frames) == 3 and frames.min() >= 0 and frames.max() < NUM_FRAMES
@@ -57,14 +58,14 @@ def test_positive_share_is_about_a_quarter() -> None:
     task = task_with_motion(np.ones(NUM_FRAMES - 1))
     labels = np.array([label for _, label in draws(task, 4000)])
     assert abs(labels.mean() - 0.25) < 4 * np.sqrt(0.25 * 0.75 / len(labels))
-    half = OrderVerification(OrderConfig(positive_share=0.5, motion_candidates=1))
+    half = OrderVerification(OrderConfig(positive_share=0.5, motion=MotionConfig(candidates=1)))
     rng = np.random.default_rng(2)
     labels = np.array([half.window(row(), rng).targets["label"] for _ in range(4000)])
     assert abs(labels.mean() - 0.5) < 4 * np.sqrt(0.25 / len(labels))
 
 
 def test_too_short_video_raises() -> None:
-    task = OrderVerification(OrderConfig(motion_candidates=1))
+    task = OrderVerification(OrderConfig(motion=MotionConfig(candidates=1)))
     with pytest.raises(TooShortError):
         task.window(row(num_frames=2), np.random.default_rng(0))
 
@@ -96,10 +97,10 @@ def test_motion_weighting_prefers_high_motion_windows() -> None:
     def static_share(task: OrderVerification) -> float:
         return float(np.mean([tuple_motion(cum, frames) < 1.0 for frames, _ in draws(task, 2000)]))
 
-    uniform = static_share(task_with_motion(motion, motion_candidates=1))
-    weighted = static_share(task_with_motion(motion, motion_candidates=16, motion_power=1.0))
+    uniform = static_share(task_with_motion(motion, candidates=1))
+    weighted = static_share(task_with_motion(motion, candidates=16, power=1.0))
     assert uniform > 0.3 and weighted < 0.1
-    assert static_share(task_with_motion(motion, motion_candidates=16, motion_power=2.0)) <= weighted
+    assert static_share(task_with_motion(motion, candidates=16, power=2.0)) <= weighted
 
 
 def test_motion_profile_is_decoded_once_per_video(tmp_path: Path) -> None:
@@ -110,9 +111,9 @@ def test_motion_profile_is_decoded_once_per_video(tmp_path: Path) -> None:
         frames[t, 12:20, x:x + 8] = 220
     path = tmp_path / "square.mp4"
     write_media(path, frames, FPS)
-    task = OrderVerification(OrderConfig(motion_size=16))
-    cum = task.motion(row(str(path)))
+    weighting = MotionWeighting(size=16)
+    cum = weighting.profile(row(str(path)))
     assert cum.shape == (NUM_FRAMES,) and cum[0] == 0 and np.all(np.diff(cum) >= 0)
     steps = np.diff(cum)
     assert steps[NUM_FRAMES // 2 + 2:].mean() > 5 * steps[:NUM_FRAMES // 2 - 2].mean()
-    assert task.motion(row(str(path))) is cum  # cached
+    assert weighting.profile(row(str(path))) is cum  # cached

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from mmssl.config import OPNConfig, load_config
+from mmssl.config import MotionConfig, OPNConfig, load_config
 from mmssl.data.manifest import ManifestRow
+from mmssl.data.sampling import cumulative_motion, tuple_motion
 from mmssl.engine.trainer import pretrain
 from mmssl.io import TooShortError
 from mmssl.models.heads import PairwiseHead
@@ -23,6 +24,7 @@ from helpers import SpyEncoder  # noqa: E402  (tests/ is on sys.path under pytes
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = ManifestRow("video.mp4", fps=8.0, num_frames=24)
+UNIFORM = MotionConfig(candidates=1)  # no motion decode: the rows here name no real file
 
 
 def find_shift(a: Tensor, b: Tensor, max_shift: int) -> tuple[int, int] | None:
@@ -45,7 +47,7 @@ def test_twelve_classes_no_class_reverses_another_and_with_reverses_cover_all_24
 
 
 def test_window_shows_the_class_permutation_or_its_reverse_with_uniform_labels() -> None:
-    task = SequenceSorting(OPNConfig(gap_s=0.25))
+    task = SequenceSorting(OPNConfig(gap_s=0.25, motion=UNIFORM))
     rng = np.random.default_rng(0)
     draws = 2400
     counts = np.zeros(12, int)
@@ -66,7 +68,7 @@ def test_window_shows_the_class_permutation_or_its_reverse_with_uniform_labels()
 
 
 def test_short_videos_shrink_the_gap_and_too_short_ones_raise() -> None:
-    task = SequenceSorting(OPNConfig(gap_s=1.0))  # 8 frames at 8 fps: needs 25 frames
+    task = SequenceSorting(OPNConfig(gap_s=1.0, motion=UNIFORM))  # 8 frames at 8 fps: needs 25 frames
     rng = np.random.default_rng(1)
     frames = np.sort(task.window(ManifestRow("short.mp4", fps=8.0, num_frames=10), rng).frames)
     assert np.all(np.diff(frames) == 3)
@@ -74,6 +76,21 @@ def test_short_videos_shrink_the_gap_and_too_short_ones_raise() -> None:
                           np.arange(4))
     with pytest.raises(TooShortError):
         task.window(ManifestRow("s.mp4", fps=8.0, num_frames=3), rng)
+
+
+def test_tuples_come_from_high_motion_windows() -> None:
+    """OPN's large-motion sampling: in a video static for its first half, uniform tuples often lie
+    in the static half (their order is invisible); motion-weighted ones rarely do."""
+    motion = np.where(np.arange(23) < 12, 0.0, 1.0) + 1e-3
+
+    def static_share(candidates: int) -> float:
+        task = SequenceSorting(OPNConfig(gap_s=0.25, motion=MotionConfig(candidates=candidates)))
+        task.motion._profiles[ROW.path] = cumulative_motion(motion)
+        rng = np.random.default_rng(0)
+        windows = [task.window(ROW, rng).frames for _ in range(1000)]
+        return float(np.mean([tuple_motion(task.motion.profile(ROW), w) < 1.0 for w in windows]))
+
+    assert static_share(1) > 0.3 and static_share(16) < 0.1
 
 
 def test_channel_split_copies_one_channel_of_each_frame() -> None:

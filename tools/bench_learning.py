@@ -32,7 +32,15 @@ METHODS = {"order": ROOT / "configs/pretrain/order.yaml",  # later task issues a
            "opn": ROOT / "configs/pretrain/opn.yaml",
            "vcop": ROOT / "configs/pretrain/vcop.yaml",
            "avc": ROOT / "configs/pretrain/avc.yaml",
-           "av_contrastive": ROOT / "configs/pretrain/av_contrastive.yaml"}
+           "av_contrastive": ROOT / "configs/pretrain/av_contrastive.yaml",
+           "simclr": ROOT / "configs/pretrain/simclr.yaml",
+           "moco": ROOT / "configs/pretrain/moco.yaml",
+           "byol": ROOT / "configs/pretrain/byol.yaml",
+           "simsiam": ROOT / "configs/pretrain/simsiam.yaml",
+           "barlow_twins": ROOT / "configs/pretrain/barlow_twins.yaml",
+           "vicreg": ROOT / "configs/pretrain/vicreg.yaml",
+           "masked_video": ROOT / "configs/pretrain/masked_video.yaml",
+           "wav2vec2": ROOT / "configs/pretrain/wav2vec2.yaml"}
 
 
 def main(argv: list[str] | None = None) -> dict:

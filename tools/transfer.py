@@ -6,6 +6,9 @@
   python tools/transfer.py --random-init tiny3d --protocol linear     (a random-init baseline)
 
 linear: logistic regression on frozen features; finetune: encoder + classifier trained end to end.
+An audio encoder (a wav2vec2 checkpoint, or --random-init wav2vec2_tiny) gets the linear probe on
+uniform windows of the audio track (num_clips windows of audio_s seconds); videos without audio
+are left out and counted.
 Scores are clip-level (each uniform clip alone) and video-level (softmax averaged over the clips) on
 the labeled test split (SynthAV's train/test by default; any manifest with train/test splits).
 Writes transfer_<protocol>.json and confusion_<protocol>.png under DIR. Overrides are keys of
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmssl.config import ConfigError, TransferConfig, load_config  # noqa: E402
 from mmssl.engine.checkpoint import latest_checkpoint  # noqa: E402
 from mmssl.eval.transfer import Transfer, load_encoder, random_encoder, save_confusion_png  # noqa: E402
+from mmssl.models.audio import AUDIO_ENCODERS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,10 +58,12 @@ def main(argv: list[str] | None = None) -> dict:
         encoder, encoder_name, task_mode = load_encoder(checkpoint)
         name, out = f"pretrained ({checkpoint.name})", Path(args.out or checkpoint.parent)
     else:
-        encoder_name, task_mode = args.random_init, "clip"
+        encoder_name, task_mode = args.random_init, "audio" if args.random_init in AUDIO_ENCODERS else "clip"
         encoder = random_encoder(encoder_name, config.seed)
         name, out = f"random init ({args.random_init})", Path(args.out or "runs/transfer")
-    mode = task_mode if config.feature_mode == "auto" else config.feature_mode
+    mode = task_mode if config.feature_mode == "auto" or task_mode == "audio" else config.feature_mode
+    if mode == "audio" and args.protocol != "linear":
+        parser.error(f"{encoder_name} is an audio encoder: only --protocol linear (the audio probe)")
     out.mkdir(parents=True, exist_ok=True)
 
     transfer = Transfer(config)
@@ -72,6 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     for label, r in results.items():
         print(f"{label:<40} {r['clip_top1']:>10.1f} {r['clip_top5']:>10.1f} "
               f"{r['video_top1']:>11.1f} {r['video_top5']:>11.1f}")
+    skipped = next(iter(results.values())).get("skipped")
+    if skipped:
+        print(f"videos left out: {skipped}")
     report = {"protocol": args.protocol, "feature_mode": mode, "results": results}
     (out / f"transfer_{args.protocol}.json").write_text(json.dumps(report, indent=2))
     png = save_confusion_png(next(iter(results.values())), out / f"confusion_{args.protocol}.png", name)

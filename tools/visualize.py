@@ -6,9 +6,15 @@ with its frame number in the video (so the true order can be read off), and the 
 (the class) in the row title. Audio-visual tasks: 4 frames of the clip, then the log-mel
 spectrogram of the clip's own audio (with its start time) and, for AVC with AVTS, of the hard
 negative from the same video (with its shift). Easy negatives (another video's audio) are paired
-on the device at training time, so they are not drawn.
+on the device at training time, so they are not drawn. masked_video (VideoMAE): 4 frames of the
+clip, the same frames as the encoder gets them (masked tubes grey) and the reconstruction (visible
+patches kept, masked ones from the decoder, with its MSE on the masked tubelets), by the model of
+--checkpoint (a checkpoint or run folder; its run's config.json is the default config) or at random init.
+With normalised targets a predicted tubelet is drawn with the true tubelet's mean and std, as in
+VideoMAE's visualisation: the pattern inside it is the model's, its colour and contrast are the clip's.
 
   python tools/visualize.py --task order [--config FILE] [--num 8] [--out FILE.png] [key=value ...]
+  python tools/visualize.py --task masked_video [--checkpoint CKPT|RUN_DIR] [...]
 """
 from __future__ import annotations
 
@@ -28,10 +34,14 @@ import torch  # noqa: E402
 from mmssl.config import ConfigError, load_config  # noqa: E402
 from mmssl.data.clip import DecodedClip  # noqa: E402
 from mmssl.data.dataset import PretextDataset  # noqa: E402
-from mmssl.engine.trainer import load_rows  # noqa: E402
+from mmssl.engine.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
+from mmssl.engine.trainer import TaskModel, load_rows  # noqa: E402
 from mmssl.io import MediaError  # noqa: E402
+from mmssl.models import build_video_encoder  # noqa: E402
 from mmssl.tasks import TASKS, build_task  # noqa: E402
+from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize  # noqa: E402
 from mmssl.transforms.audio import LogMel  # noqa: E402
+from mmssl.transforms.video import to_model_input  # noqa: E402
 
 SR = 16000
 LOG_MEL = LogMel(sample_rate=SR)
@@ -45,9 +55,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--num", type=int, default=8, help="samples to draw")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="PNG path (default runs/visualize_<task>.png)")
+    parser.add_argument("--checkpoint", help="masked_video: pretraining checkpoint (or run folder) whose encoder "
+                                             "and decoder reconstruct; default: random init")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_args(argv)
     default = Path(__file__).resolve().parents[1] / f"configs/pretrain/{args.task}.yaml"
+    checkpoint = _checkpoint(Path(args.checkpoint), parser) if args.checkpoint else None
+    if checkpoint is not None and args.task != "masked_video":
+        parser.error("--checkpoint draws reconstructions: --task masked_video only")
+    if checkpoint is not None and (checkpoint.parent / "config.json").exists():
+        default = checkpoint.parent / "config.json"  # the run's own config (JSON is YAML)
     try:
         config = load_config(args.config or (default if default.exists() else None),
                              [*args.overrides, f"task.name={args.task}"])
@@ -67,6 +84,18 @@ def main(argv: list[str] | None = None) -> Path:
         if len(samples) == args.num:
             break
 
+    fig = (_draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
+           if isinstance(dataset.task, MaskedVideo) else _draw_samples(samples, args.task))
+    fig.tight_layout()
+    out = Path(args.out or f"runs/visualize_{args.task}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    print(f"wrote {out}")
+    return out
+
+
+def _draw_samples(samples: list[tuple[DecodedClip, dict]], task: str) -> plt.Figure:
     max_frames = AUDIO_TASK_FRAMES if samples[0][0].audio is not None else None
     width = max(len(_shown(c.window.frames, max_frames)) + len(_audio_panels(c, s)) for c, s in samples)
     fig, axes = plt.subplots(len(samples), width, figsize=(1.3 * width, 1.5 * len(samples)), squeeze=False)
@@ -82,14 +111,51 @@ def main(argv: list[str] | None = None) -> Path:
             ax.set_title(title, fontsize=6, loc="left")
         for ax in row_axes:
             ax.axis("off")
-    fig.suptitle(f"{args.task}: frames as the model sees them (#n: frame number)", fontsize=8)
-    fig.tight_layout()
-    out = Path(args.out or f"runs/visualize_{args.task}.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    print(f"wrote {out}")
-    return out
+    fig.suptitle(f"{task}: frames as the model sees them (#n: frame number)", fontsize=8)
+    return fig
+
+
+def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, dict]], encoder_name: str,
+                          checkpoint: Path | None) -> plt.Figure:
+    """One row per sample: frames, masked input (masked tubes grey), reconstruction, AUDIO_TASK_FRAMES each."""
+    model = TaskModel(task, build_video_encoder(encoder_name)).eval()
+    if checkpoint is not None:
+        load_checkpoint(checkpoint, model=model)
+    mask = torch.stack([sample["mask"] for _, sample in samples])
+    visible = ~mask.flatten(1)
+    x = to_model_input(torch.stack([sample["frames"] for _, sample in samples]))
+    with torch.no_grad():
+        prediction = model.head(model.encoder.forward_features(x, visible), visible, tuple(mask.shape[1:]))
+    pixels = unnormalize(x)
+    target = tubelet_targets(pixels, task.tubelet, task.config.norm_target)
+    clips = {"input": pixels,
+             f"masked {task.config.mask_ratio:.0%}": reconstruct(torch.full_like(prediction, 0.5), pixels, visible,
+                                                                  task.tubelet, normalized=False),
+             "reconstruction": reconstruct(prediction, pixels, visible, task.tubelet, task.config.norm_target)}
+    shown = _shown(samples[0][0].window.frames, AUDIO_TASK_FRAMES)
+    width = len(clips) * len(shown)
+    fig, axes = plt.subplots(len(samples), width, figsize=(1.3 * width, 1.5 * len(samples)), squeeze=False)
+    for i, (row_axes, (clip, _)) in enumerate(zip(axes, samples)):
+        error = float(masked_mse(prediction[i:i + 1], target[i:i + 1], visible[i:i + 1]))
+        for k, (label, video) in enumerate(clips.items()):
+            for position, (ax, index) in enumerate(zip(row_axes[k * len(shown):], shown)):
+                ax.imshow(video[i, :, index].permute(1, 2, 0).numpy())
+                title = f"{label}{f' (MSE {error:.3f})' if label == 'reconstruction' else ''}" if position == 0 else ""
+                ax.set_title(f"{title}\n#{clip.window.frames[index]}", fontsize=6, loc="left")
+        for ax in row_axes:
+            ax.axis("off")
+    weights = f"weights of {checkpoint}" if checkpoint else "random init"
+    fig.suptitle(f"masked_video ({encoder_name}, {weights}): input, masked input, reconstruction "
+                 f"(#n: frame number)", fontsize=8)
+    return fig
+
+
+def _checkpoint(path: Path, parser: argparse.ArgumentParser) -> Path:
+    """A checkpoint file, or the newest checkpoint of a run folder."""
+    found = latest_checkpoint(path) if path.is_dir() else path
+    if found is None or not found.exists():
+        parser.error(f"no checkpoint at {path}")
+    return found
 
 
 def _shown(frames: np.ndarray, max_frames: int | None) -> list[int]:

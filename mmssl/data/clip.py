@@ -13,10 +13,11 @@ from mmssl.data.manifest import ManifestRow
 class Window:
     """What to decode for one sample, and what the task decided when choosing it."""
 
-    frames: np.ndarray  # frame numbers, in the order the sample uses them (repeats allowed)
+    frames: np.ndarray  # frame numbers, in the order the sample uses them (repeats allowed; none: audio only)
     audio_start_s: float | None = None  # None: no audio needed
     audio_duration_s: float = 0.0
     targets: dict[str, int] = field(default_factory=dict)
+    parts: dict[str, "Window"] = field(default_factory=dict)  # a multi-task window's per-task windows
 
 
 @dataclass

@@ -30,9 +30,13 @@ class SampleMaker(Protocol):
 
     def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]: ...
 
+    def min_frames(self, fps: float) -> int: ...
+
 
 class PretextDataset(Dataset):
-    """Samples of one task from the rows of a manifest; each sample decodes only its window."""
+    """Samples of one task from the rows of a manifest; each sample decodes only its window.
+    Rows the task cannot use (no audio track for an audio task, too few frames for its window)
+    are left out up front and counted in `excluded`."""
 
     def __init__(self, rows: Sequence[ManifestRow], task: SampleMaker, frame_size: int | None = None,
                  backend: str = "pyav", seed: int = 0, sample_rate: int = 16000) -> None:
@@ -42,8 +46,10 @@ class PretextDataset(Dataset):
         self.seed = seed
         self.sample_rate = sample_rate
         self.epoch = 0
-        self.rows = [r for r in rows if r.has_audio or not task.needs_audio]
-        self.excluded = Counter({"no_audio": len(rows) - len(self.rows)} if len(rows) > len(self.rows) else {})
+        with_audio = [r for r in rows if r.has_audio or not task.needs_audio]
+        self.rows = [r for r in with_audio if r.num_frames >= task.min_frames(r.fps)]
+        counts = {"no_audio": len(rows) - len(with_audio), "too_short": len(with_audio) - len(self.rows)}
+        self.excluded = Counter({kind: count for kind, count in counts.items() if count})
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -57,14 +63,7 @@ class PretextDataset(Dataset):
     def decode(self, index: int, rng: np.random.Generator) -> DecodedClip:
         """The task's window of row `index`, decoded (raises MediaError for bad files)."""
         row = self.rows[index]
-        window = self.task.window(row, rng)
-        size = (self.frame_size, self.frame_size) if self.frame_size else None
-        with VideoReader(row.path, size=size, backend=self.backend) as reader:
-            video = reader.get_frames(window.frames)
-        audio = None
-        if window.audio_start_s is not None:
-            audio = load_audio(row.path, window.audio_start_s, window.audio_duration_s, self.sample_rate)
-        return DecodedClip(video, audio, window, row)
+        return decode_window(row, self.task.window(row, rng), self.frame_size, self.backend, self.sample_rate)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor] | Skipped:
         """Sample `key`: a row index (of the epoch set with `set_epoch`) or an (epoch, index) pair,
@@ -76,6 +75,21 @@ class PretextDataset(Dataset):
         except MediaError as e:
             log.warning("skipping %s", e)
             return Skipped(self.rows[index].path, e.kind, e.detail)
+
+
+def decode_window(row: ManifestRow, window: Window, frame_size: int | None = None, backend: str = "pyav",
+                  sample_rate: int = 16000) -> DecodedClip:
+    """Exactly the frames (resized to frame_size x frame_size in the decoder) and the audio span of
+    `window` (raises MediaError for bad files). A window without frames decodes no video."""
+    size = (frame_size, frame_size) if frame_size else None
+    video = torch.empty(0, *(size or (0, 0)), 3, dtype=torch.uint8)
+    if len(window.frames):
+        with VideoReader(row.path, size=size, backend=backend) as reader:
+            video = reader.get_frames(window.frames)
+    audio = None
+    if window.audio_start_s is not None:
+        audio = load_audio(row.path, window.audio_start_s, window.audio_duration_s, sample_rate)
+    return DecodedClip(video, audio, window, row)
 
 
 def collate(items: list[dict[str, torch.Tensor] | Skipped]) -> dict[str, object]:

@@ -1,10 +1,13 @@
 """Clip samplers: which frame numbers of a video a clip takes."""
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 
 from mmssl.data.manifest import ManifestRow
-from mmssl.io import TooShortError
+from mmssl.io import TooShortError, VideoReader
 
 
 def clip_span(clip_len: int, stride: int) -> int:
@@ -26,12 +29,50 @@ def uniform_clips(num_frames: int, clip_len: int, stride: int, num_clips: int) -
     return np.minimum(starts[:, None] + stride * np.arange(clip_len)[None], num_frames - 1)
 
 
+def cvrl_gap(num_starts: int, rng: np.random.Generator) -> int:
+    """CVRL's interval between two clips' starts, in frames: d = floor(M * X) with X of density
+    2 (1 - x) on [0, 1], i.e. P(X <= x) = 1 - (1 - x)^2, a density decreasing linearly to 0 at the
+    largest gap M = `num_starts` (the code's `sample_ssl_sequence` inverts the same CDF by bisection;
+    here in closed form, X = 1 - sqrt(1 - U)). d lies in [0, M - 1]."""
+    return int(num_starts * (1 - np.sqrt(1 - rng.random())))
+
+
+def cvrl_clips(num_frames: int, clip_len: int, stride: int, rng: np.random.Generator) -> np.ndarray:
+    """Two clips as CVRL samples them (Qian et al., "Spatiotemporally Contrastive Video Representation
+    Learning", CVPR 2021, Sec. 3.2; code: tensorflow/models `video_ssl_preprocess_ops.sample_ssl_sequence`):
+    a gap d from `cvrl_gap` over the M possible starts, the first start uniform in [0, M - d), the
+    second d frames later, then the two shuffled. [2, clip_len] frame numbers; a video shorter than
+    one clip gives the same clip twice, its last frame repeated (as `random_clip`)."""
+    num_starts = max(num_frames - clip_span(clip_len, stride), 0) + 1
+    gap = cvrl_gap(num_starts, rng)
+    first = int(rng.integers(0, num_starts - gap))
+    starts = rng.permutation([first, first + gap])
+    return np.minimum(starts[:, None] + stride * np.arange(clip_len), num_frames - 1)
+
+
+def independent_clips(num_frames: int, clip_len: int, stride: int, num_clips: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """`num_clips` clips at independent uniformly random starts (rhoBYOL and the other rho-clip
+    methods of Feichtenhofer et al., "A Large-Scale Study on Unsupervised Spatiotemporal Representation
+    Learning", CVPR 2021): [num_clips, clip_len] frame numbers, each clip as `random_clip`.
+
+    The gap between two independent uniform starts on [0, M] has density 2 (M - d) / M^2: CVRL's
+    linear decrease. The two samplers differ only by discretisation (P(d = 0) is 1/M here, about 2/M
+    in `cvrl_clips`), and this one extends to any number of clips with every pairwise gap so shaped."""
+    return np.stack([random_clip(num_frames, clip_len, stride, rng) for _ in range(num_clips)])
+
+
+def frames_for(seconds: float, fps: float) -> int:
+    """Frames a video at `fps` needs to last `seconds`."""
+    return math.ceil(seconds * fps - 1e-6)
+
+
 def clip_with_audio(row: ManifestRow, clip_len: int, stride: int, audio_s: float,
                     rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """A random clip and the start (s) of `audio_s` seconds of audio centred on it, kept inside
     the video. Raises TooShortError when the video is shorter than the audio window."""
     duration = row.num_frames / row.fps
-    if duration < audio_s:
+    if row.num_frames < frames_for(audio_s, row.fps):
         raise TooShortError(row.path, f"{duration:.2f} s is shorter than the {audio_s} s audio window")
     frames = random_clip(row.num_frames, clip_len, stride, rng)
     centre = (frames[0] + frames[-1] + 1) / 2 / row.fps
@@ -77,3 +118,35 @@ def pick_by_motion(candidates: list[np.ndarray], cum: np.ndarray, rng: np.random
     if not np.isfinite(total) or total <= 0:
         return int(rng.integers(len(candidates)))
     return int(rng.choice(len(candidates), p=scores / total))
+
+
+class MotionWeighting:
+    """High-motion tuple choice (Shuffle and Learn's and OPN's flow-weighted sampling, with
+    `frame_motion` as the proxy): draw `candidates` tuples with `draw()` and keep one with
+    probability proportional to its `tuple_motion` ** `power`. The video's motion profile comes
+    from one decode of all its frames at `size` px, cached per path (per DataLoader worker).
+    `candidates` 1: uniform sampling, no motion decode."""
+
+    def __init__(self, candidates: int = 16, power: float = 2.0, size: int = 32) -> None:
+        self.candidates = max(1, candidates)
+        self.power = power
+        self.size = size
+        self._profiles: dict[str, np.ndarray] = {}
+
+    def choose(self, row: ManifestRow, draw: Callable[[], np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        candidates = [draw() for _ in range(self.candidates)]
+        if len(candidates) == 1:
+            return candidates[0]
+        return candidates[pick_by_motion(candidates, self.profile(row), rng, self.power)]
+
+    def profile(self, row: ManifestRow) -> np.ndarray:
+        """Cumulative motion [num_frames] of the video (`cumulative_motion` of `frame_motion`)."""
+        cum = self._profiles.get(row.path)
+        if cum is None:
+            size = (self.size, self.size) if self.size else None
+            with VideoReader(row.path, size=size) as reader:
+                frames = reader.get_frames(np.arange(reader.num_frames)).numpy()
+            cum = self._profiles[row.path] = cumulative_motion(frame_motion(frames))
+        if len(cum) < row.num_frames:  # the manifest counts more frames than decode: pad static
+            cum = np.concatenate([cum, np.full(row.num_frames - len(cum), cum[-1] if len(cum) else 0.0)])
+        return cum

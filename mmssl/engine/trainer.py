@@ -36,7 +36,8 @@ from mmssl.engine.checkpoint import (
     save_checkpoint,
 )
 from mmssl.models import VideoEncoder, build_video_encoder
-from mmssl.tasks import PretextTask, build_task
+from mmssl.models.audio import AudioEncoder, build_audio_encoder
+from mmssl.tasks import PretextTask, build_task, task_class
 
 log = logging.getLogger(__name__)
 REFERENCE_BATCH = 32  # optim.lr is the rate for this total batch; scaled linearly otherwise
@@ -49,7 +50,7 @@ class NonFiniteLossError(FloatingPointError):
 class TaskModel(nn.Module):
     """Encoder + task head, with the task's loss as forward (so DDP syncs their gradients)."""
 
-    def __init__(self, task: PretextTask, encoder: VideoEncoder) -> None:
+    def __init__(self, task: PretextTask, encoder: VideoEncoder | AudioEncoder) -> None:
         super().__init__()
         self.task = task
         self.encoder = encoder
@@ -57,6 +58,14 @@ class TaskModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.task.loss(batch, self.encoder, self.head)
+
+
+def build_encoder(config: Config) -> tuple[VideoEncoder | AudioEncoder, str]:
+    """The encoder a run trains (and transfers) and its registry name, by the task's `encoder_kind`:
+    model.video_encoder, or model.audio_encoder for tasks on audio alone (wav2vec 2.0)."""
+    if task_class(config.task.name).encoder_kind == "audio":
+        return build_audio_encoder(config.model.audio_encoder), config.model.audio_encoder
+    return build_video_encoder(config.model.video_encoder), config.model.video_encoder
 
 
 def load_rows(config: Config) -> list[ManifestRow]:
@@ -108,6 +117,9 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     task = build_task(config)
     dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend,
                              seed=config.train.seed)
+    if not len(dataset):
+        raise ValueError(f"no video of split {config.data.split!r} fits task {task.name!r} "
+                         f"(left out: {dict(dataset.excluded)})")
     sampler = EpochSampler(len(dataset), config.train.seed, dist.rank, dist.world_size)
     loader = DataLoader(
         dataset, batch_size=config.data.batch_size, sampler=sampler, collate_fn=collate,
@@ -116,7 +128,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         persistent_workers=config.data.num_workers > 0,  # keeps the task's per-video caches
         generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
     )
-    model = TaskModel(task, build_video_encoder(config.model.video_encoder)).to(dist.device)
+    model = TaskModel(task, build_encoder(config)[0]).to(dist.device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = build_optimizer(config, model)

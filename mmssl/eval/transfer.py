@@ -3,11 +3,14 @@
 Scores: clip-level top-1/top-5 (each of a video's `num_clips` uniform clips on its own) and
 video-level (softmax averaged over the clips), plus the video-level confusion matrix.
 Feature modes: "clip" feeds [C, T, H, W] clips to the encoder; "frames" feeds each frame (T=1)
-and concatenates the T feature vectors in time order (for encoders pretrained on frame tasks).
+and concatenates the T feature vectors in time order (for encoders pretrained on frame tasks);
+"audio" feeds `num_clips` uniform windows of `audio_s` seconds of the audio track to an audio
+encoder (linear probe only; videos without audio are left out and counted).
 """
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,8 +27,9 @@ from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import ManifestRow, class_names, read_manifest
 from mmssl.data.sampling import random_clip, uniform_clips
 from mmssl.data.synthetic import ensure_synthav
-from mmssl.engine.trainer import cosine_schedule
+from mmssl.engine.trainer import build_encoder, cosine_schedule
 from mmssl.models import VideoEncoder, build_video_encoder
+from mmssl.models.audio import AUDIO_ENCODERS, AudioEncoder, build_audio_encoder
 from mmssl.tasks import task_class
 from mmssl.transforms.video import VideoAugment, to_model_input
 
@@ -41,6 +45,9 @@ class LabeledClips:
         self.class_index = {name: i for i, name in enumerate(classes)}
         self.clip_len, self.stride, self.num_clips, self.random = clip_len, stride, num_clips, random
 
+    def min_frames(self, fps: float) -> int:
+        return 1  # a short video repeats its last frame
+
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         clips = (random_clip(row.num_frames, self.clip_len, self.stride, rng)[None] if self.random
                  else uniform_clips(row.num_frames, self.clip_len, self.stride, self.num_clips))
@@ -51,20 +58,45 @@ class LabeledClips:
         return {"frames": frames, "label": torch.tensor(clip.window.targets["label"])}
 
 
-def load_encoder(checkpoint: str | Path) -> tuple[VideoEncoder, str, str]:
-    """The video encoder saved in a pretraining checkpoint, its registry name and its task's
-    feature mode."""
+class LabeledAudio:
+    """CPU half of the audio probe: the whole audio track (zero-padded to at least `audio_s`) and
+    the label, no frames; `make_sample` cuts `num_windows` uniform windows of `audio_s` seconds."""
+
+    needs_audio = True
+
+    def __init__(self, classes: list[str], audio_s: float, num_windows: int, sample_rate: int = 16000) -> None:
+        self.class_index = {name: i for i, name in enumerate(classes)}
+        self.audio_s, self.num_windows, self.sample_rate = audio_s, num_windows, sample_rate
+
+    def min_frames(self, fps: float) -> int:
+        return 1  # a short track is zero-padded
+
+    def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
+        return Window(frames=np.zeros(0, dtype=np.int64), audio_start_s=0.0,
+                      audio_duration_s=max(row.num_frames / row.fps, self.audio_s),
+                      targets={"label": self.class_index[row.label]})
+
+    def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        windows = uniform_clips(len(clip.audio), round(self.audio_s * self.sample_rate), 1, self.num_windows)
+        return {"audio": clip.audio[windows], "label": torch.tensor(clip.window.targets["label"])}
+
+
+def load_encoder(checkpoint: str | Path) -> tuple[VideoEncoder | AudioEncoder, str, str]:
+    """The encoder saved in a pretraining checkpoint (the video encoder, or the audio encoder of an
+    audio-only task such as wav2vec 2.0), its registry name and its task's feature mode ("audio"
+    for an audio encoder)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = from_dict(state["config"])
-    encoder = build_video_encoder(config.model.video_encoder)
+    encoder, name = build_encoder(config)
     prefix = "encoder."
     encoder.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
-    return encoder, config.model.video_encoder, task_class(config.task.name).feature_mode
+    return encoder, name, task_class(config.task.name).feature_mode
 
 
-def random_encoder(name: str, seed: int) -> VideoEncoder:
+def random_encoder(name: str, seed: int) -> VideoEncoder | AudioEncoder:
+    """The video or audio encoder registered under `name`, at a seeded random init."""
     torch.manual_seed(seed)
-    return build_video_encoder(name)
+    return build_audio_encoder(name) if name in AUDIO_ENCODERS else build_video_encoder(name)
 
 
 def encode(encoder: VideoEncoder, frames: torch.Tensor, mode: str,
@@ -78,6 +110,29 @@ def encode(encoder: VideoEncoder, frames: torch.Tensor, mode: str,
     if mode == "clip":
         return rearrange(encoder(x), "(b k) d -> b k d", b=b)
     raise ValueError(f"unknown feature mode {mode!r}: clip or frames")
+
+
+def encode_audio(encoder: AudioEncoder, audio: torch.Tensor) -> torch.Tensor:
+    """float [B, K, samples] -> features [B, K, D]."""
+    return rearrange(encoder(rearrange(audio, "b k s -> (b k) s")), "(b k) d -> b k d", b=len(audio))
+
+
+def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
+                     config: TransferConfig) -> torch.Tensor:
+    """Multinomial logistic regression on standardised frozen features (full batch, AdamW): train
+    features [N, K, F] (each of a video's K clips a sample) and labels [N] -> test logits [M, K, classes]."""
+    k = train_x.shape[1]
+    train_x, train_y = train_x.flatten(0, 1), train_y.repeat_interleave(k)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    torch.manual_seed(config.seed)
+    classifier = nn.Linear(train_x.shape[1], num_classes)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=config.linear_lr, weight_decay=config.linear_weight_decay)
+    for _ in range(config.linear_epochs):
+        optimizer.zero_grad()
+        F.cross_entropy(classifier((train_x - mean) / std), train_y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return classifier((test_x - mean) / std)
 
 
 class Transfer:
@@ -94,46 +149,53 @@ class Transfer:
                              f"and {config.test_split!r}")
         self.classes = class_names(self.train_rows + self.test_rows)
 
-    def loader(self, rows: list[ManifestRow], random: bool, shuffle: bool, seed: int = 0) -> DataLoader:
+    def loader(self, rows: list[ManifestRow], random: bool, shuffle: bool, seed: int = 0,
+               audio: bool = False) -> DataLoader:
+        """Labeled clips of `rows` (one random clip or `num_clips` uniform ones), or with `audio`
+        `num_clips` uniform audio windows."""
         c = self.config
-        clips = LabeledClips(self.classes, c.clip_len, c.stride, c.num_clips, random)
+        clips = (LabeledAudio(self.classes, c.audio_s, c.num_clips) if audio
+                 else LabeledClips(self.classes, c.clip_len, c.stride, c.num_clips, random))
         dataset = PretextDataset(rows, clips, c.frame_size, seed=seed)
         return DataLoader(dataset, batch_size=c.batch_size, shuffle=shuffle, collate_fn=collate,
                           num_workers=c.num_workers, generator=torch.Generator().manual_seed(seed))
 
     @torch.no_grad()
-    def features(self, encoder: VideoEncoder, rows: list[ManifestRow], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen features [N, K, F] of every video's uniform clips, and the labels [N]."""
+    def features(self, encoder: VideoEncoder | AudioEncoder, rows: list[ManifestRow],
+                 mode: str) -> tuple[torch.Tensor, torch.Tensor, Counter]:
+        """Frozen features [N, K, F] of every video's uniform clips (or audio windows), the labels
+        [N], and the videos left out by reason (no audio track, failed decodes)."""
         encoder.eval().to(self.device)
-        features, labels = [], []
-        for batch in self.loader(rows, random=False, shuffle=False):
-            if "frames" in batch:
-                features.append(encode(encoder, batch["frames"].to(self.device), mode).float().cpu())
+        loader = self.loader(rows, random=False, shuffle=False, audio=mode == "audio")
+        features, labels, skipped = [], [], Counter(loader.dataset.excluded)
+        for batch in loader:
+            skipped.update(batch.pop("skipped"))
+            if "label" in batch:
+                x = (encode_audio(encoder, batch["audio"].to(self.device)) if mode == "audio"
+                     else encode(encoder, batch["frames"].to(self.device), mode))
+                features.append(x.float().cpu())
                 labels.append(batch["label"])
-        return torch.cat(features), torch.cat(labels)
+        return torch.cat(features), torch.cat(labels), skipped
 
-    def linear_probe(self, encoder: VideoEncoder, mode: str) -> dict:
-        """Multinomial logistic regression on standardised frozen clip features (full batch)."""
-        c = self.config
-        train_x, train_y = self.features(encoder, self.train_rows, mode)
-        test_x, test_y = self.features(encoder, self.test_rows, mode)
-        k = train_x.shape[1]
-        train_x, train_y = train_x.flatten(0, 1), train_y.repeat_interleave(k)
-        mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-        torch.manual_seed(c.seed)
-        classifier = nn.Linear(train_x.shape[1], len(self.classes))
-        optimizer = torch.optim.AdamW(classifier.parameters(), lr=c.linear_lr, weight_decay=c.linear_weight_decay)
-        for _ in range(c.linear_epochs):
-            optimizer.zero_grad()
-            F.cross_entropy(classifier((train_x - mean) / std), train_y).backward()
-            optimizer.step()
-        with torch.no_grad():
-            logits = classifier((test_x - mean) / std)
-        return self.scores(logits, test_y)
+    def linear_probe(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
+        """`fit_linear_probe` on frozen features of the train split, scored on the test split;
+        "skipped" counts the videos left out by reason."""
+        train_x, train_y, train_skipped = self.features(encoder, self.train_rows, mode)
+        test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode)
+        logits = fit_linear_probe(train_x, train_y, test_x, len(self.classes), self.config)
+        return {**self.scores(logits, test_y), "num_train_videos": len(train_y), "num_test_videos": len(test_y),
+                "skipped": dict(train_skipped + test_skipped)}
+
+    def audio_linear_probe(self, encoder: AudioEncoder) -> dict:
+        """The linear probe on frozen features of `num_clips` uniform `audio_s`-second windows of
+        each video's audio (videos without audio left out, counted under "skipped")."""
+        return self.linear_probe(encoder, "audio")
 
     def finetune(self, encoder: VideoEncoder, mode: str) -> dict:
         """Encoder + linear classifier trained end to end on one random clip per video per epoch."""
         c = self.config
+        if mode == "audio":
+            raise ValueError("fine-tuning takes video encoders; audio encoders have the linear probe")
         torch.manual_seed(c.seed)
         encoder = copy.deepcopy(encoder).to(self.device).train()
         feature_dim = encoder.feature_dim * (c.clip_len if mode == "frames" else 1)
@@ -156,7 +218,7 @@ class Transfer:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-        test_x, test_y = self.features(encoder, self.test_rows, mode)
+        test_x, test_y, _ = self.features(encoder, self.test_rows, mode)
         with torch.no_grad():
             logits = classifier(test_x.to(self.device)).cpu()
         return self.scores(logits, test_y)

@@ -10,8 +10,9 @@ from mmssl.models.video import (
     register_video_encoder,
     repeat_frames,
 )
+from mmssl.models.vit import VIT_PRESETS, VideoViT  # registers vit_tiny, vit_small, vit_base
 
 __all__ = [
-    "TORCHVISION_SPECS", "VIDEO_ENCODERS", "Registry", "Tiny3D", "TorchvisionVideoEncoder", "UnknownNameError",
-    "VideoEncoder", "build_video_encoder", "register_video_encoder", "repeat_frames",
+    "TORCHVISION_SPECS", "VIDEO_ENCODERS", "VIT_PRESETS", "Registry", "Tiny3D", "TorchvisionVideoEncoder",
+    "UnknownNameError", "VideoEncoder", "VideoViT", "build_video_encoder", "register_video_encoder", "repeat_frames",
 ]

@@ -14,6 +14,24 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.0) -> nn.
     return nn.Sequential(*layers)
 
 
+def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2,
+                   out_bn: bool = False) -> nn.Sequential:
+    """(num_layers - 1) x [Linear -> BN -> ReLU], then Linear (-> BN without affine if `out_bn`).
+
+    The projectors and predictors of the siamese methods: BYOL's projector and predictor (2 layers),
+    SimSiam's projector (3 layers, BN on the output) and predictor (2 layers, a bottleneck), Barlow
+    Twins' projector and VICReg's expander (3 layers)."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    if out_bn:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
 class ConcatHead(nn.Module):
     """Features of the K inputs of a sample, concatenated, then an MLP classifier.
 

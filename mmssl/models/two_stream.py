@@ -8,13 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.models.audio import AudioEncoder
+from mmssl.models.heads import projection_mlp
 from mmssl.models.video import VideoEncoder
-
-
-def projection(in_dim: int, out_dim: int, hidden_dim: int) -> nn.Sequential:
-    """Linear -> BN -> ReLU -> Linear (SimCLR's projection MLP)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim))
 
 
 class ContrastiveHead(nn.Module):
@@ -25,8 +20,8 @@ class ContrastiveHead(nn.Module):
     def __init__(self, video_dim: int, audio_dim: int | None, embed_dim: int = 128, hidden_dim: int = 512,
                  temperature: float = 0.07, learn_temperature: bool = True) -> None:
         super().__init__()
-        self.video = projection(video_dim, embed_dim, hidden_dim)
-        self.audio = projection(audio_dim, embed_dim, hidden_dim) if audio_dim else None
+        self.video = projection_mlp(video_dim, hidden_dim, embed_dim)
+        self.audio = projection_mlp(audio_dim, hidden_dim, embed_dim) if audio_dim else None
         log_scale = torch.tensor(math.log(1 / temperature))
         if learn_temperature:
             self.log_scale = nn.Parameter(log_scale)

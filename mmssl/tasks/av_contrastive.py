@@ -13,7 +13,7 @@ from torch import nn
 from mmssl.config import AVContrastiveConfig, Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import clip_with_audio
+from mmssl.data.sampling import clip_with_audio, frames_for
 from mmssl.losses import InfoNCELoss
 from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
@@ -37,6 +37,9 @@ class AudioVisualContrastive(PretextTask):
     @classmethod
     def from_config(cls, config: Config, augment: VideoAugment) -> "AudioVisualContrastive":
         return cls(config.task.av_contrastive, config.model.audio_encoder, augment)
+
+    def min_frames(self, fps: float) -> int:
+        return frames_for(self.config.audio_s, fps)
 
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         """A clip and `audio_s` seconds of audio centred on it."""

@@ -22,7 +22,7 @@ from torch import nn
 from mmssl.config import AVCConfig, Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import clip_with_audio
+from mmssl.data.sampling import clip_with_audio, frames_for
 from mmssl.losses import MarginContrastiveLoss
 from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
@@ -55,6 +55,9 @@ class AudioVisualCorrespondence(PretextTask):
     def set_step(self, step: int, total_steps: int) -> None:
         past_curriculum = step >= self.config.curriculum_share * total_steps
         self.hard_share = self.config.hard_share if self.config.hard_negatives and past_curriculum else 0.0
+
+    def min_frames(self, fps: float) -> int:
+        return frames_for(self.config.audio_s, fps)
 
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         """The clip, the positive audio centred on it and (when the video is long enough) a hard

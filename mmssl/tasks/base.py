@@ -26,12 +26,18 @@ if TYPE_CHECKING:
 class PretextTask(ABC):
     name: str
     needs_audio: bool = False
-    feature_mode: str = "clip"  # how transfer feeds the encoder: "clip" or "frames" (T=1 each)
+    encoder_kind: str = "video"  # the encoder the run trains and transfers: model.video_encoder or model.audio_encoder
+    feature_mode: str = "clip"  # how transfer feeds the encoder: "clip", "frames" (T=1 each) or "audio"
 
     @classmethod
     @abstractmethod
     def from_config(cls, config: "Config", augment: VideoAugment) -> "PretextTask":
         """The task with its section of the run's config."""
+
+    def min_frames(self, fps: float) -> int:
+        """Frames a video at `fps` needs to hold this task's window: shorter videos are left out
+        before the run and counted (as too_short), not skipped sample by sample."""
+        return 1
 
     def set_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each optimizer step (curricula, schedules)."""

@@ -55,6 +55,9 @@ class ClipOrderPrediction(PretextTask):
         c = self.config
         return c.num_clips * clip_span(c.clip_len, c.stride) + c.interval * (c.num_clips - 1)
 
+    def min_frames(self, fps: float) -> int:
+        return self.window_span
+
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         """The n clips' frames, clip p[i] at position i for a random permutation p; label: p's index."""
         c = self.config

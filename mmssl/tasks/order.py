@@ -23,8 +23,8 @@ from torch import nn
 from mmssl.config import Config, OrderConfig
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import cumulative_motion, frame_motion, pick_by_motion
-from mmssl.io import TooShortError, VideoReader
+from mmssl.data.sampling import MotionWeighting
+from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import ConcatHead
 from mmssl.tasks.base import PretextTask
@@ -38,26 +38,30 @@ class OrderVerification(PretextTask):
     def __init__(self, config: OrderConfig, augment: VideoAugment | None = None) -> None:
         self.config = config
         self.augment = augment
-        self._motion: dict[str, np.ndarray] = {}  # path -> cumulative motion, filled on first use
+        self.motion = MotionWeighting(config.motion.candidates, config.motion.power, config.motion.size)
 
     @classmethod
     def from_config(cls, config: Config, augment: VideoAugment) -> "OrderVerification":
         return cls(config.task.order, augment)
 
+    def gaps(self, fps: float) -> tuple[int, int]:
+        """tau_min and tau_max in frames at `fps`."""
+        return max(1, round(self.config.tau_min_s * fps)), max(2, round(self.config.tau_max_s * fps))
+
+    def min_frames(self, fps: float) -> int:
+        """A negative's shortest window: b, d = b + 2, and the outside frame tau_min away."""
+        return 3 + self.gaps(fps)[0]
+
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         """Sample (b, c, d) and, for a negative, a or e; positive label 1, negative 0.
 
         The label is drawn first (positive with probability `positive_share`). Then, as in the
-        paper, the tuple comes from a high-motion window: `motion_candidates` tuples of that label
-        are drawn uniformly and one is kept with probability proportional to its motion (the
-        motion across the smaller of its two gaps, mean absolute frame difference as the proxy
-        for optical flow; see `mmssl.data.sampling`), so tuples inside static stretches, whose
-        order cannot be seen, are rarely used. `motion_candidates` 1 draws uniformly."""
+        paper, the tuple comes from a high-motion window (`MotionWeighting`: one of
+        `motion.candidates` uniformly drawn tuples of that label, kept with probability
+        proportional to its motion across the smaller of its two gaps), so tuples inside static
+        stretches, whose order cannot be seen, are rarely used."""
         positive = bool(rng.random() < self.config.positive_share)
-        candidates = [self._draw(row, positive, rng) for _ in range(max(1, self.config.motion_candidates))]
-        frames = candidates[0]
-        if len(candidates) > 1:
-            frames = candidates[pick_by_motion(candidates, self.motion(row), rng, self.config.motion_power)]
+        frames = self.motion.choose(row, lambda: self._draw(row, positive, rng), rng)
         if rng.random() < 0.5:
             frames = frames[::-1].copy()
         return Window(frames=frames, targets={"label": int(positive)})
@@ -65,8 +69,7 @@ class OrderVerification(PretextTask):
     def _draw(self, row: ManifestRow, positive: bool, rng: np.random.Generator) -> np.ndarray:
         """One uniformly drawn tuple (b, c, d) of the given label, in time order."""
         n = row.num_frames
-        tau_max = max(2, round(self.config.tau_max_s * row.fps))
-        tau_min = max(1, round(self.config.tau_min_s * row.fps))
+        tau_min, tau_max = self.gaps(row.fps)
         sides = ["before", "after"]
         rng.shuffle(sides)
         for side in ([None] if positive else sides):
@@ -89,19 +92,6 @@ class OrderVerification(PretextTask):
             return np.array([b, middle, d])
         raise TooShortError(row.path, f"{n} frames cannot hold a Shuffle and Learn tuple "
                                       f"(tau_min {tau_min}, tau_max {tau_max})")
-
-    def motion(self, row: ManifestRow) -> np.ndarray:
-        """Cumulative motion [num_frames] of a video (`cumulative_motion` of `frame_motion`),
-        from one decode of all its frames at `motion_size` pixels, cached per path."""
-        cum = self._motion.get(row.path)
-        if cum is None:
-            size = self.config.motion_size
-            with VideoReader(row.path, size=(size, size) if size else None) as reader:
-                frames = reader.get_frames(np.arange(reader.num_frames)).numpy()
-            cum = self._motion[row.path] = cumulative_motion(frame_motion(frames))
-        if len(cum) < row.num_frames:  # the manifest counts more frames than decode: pad static
-            cum = np.concatenate([cum, np.full(row.num_frames - len(cum), cum[-1] if len(cum) else 0.0)])
-        return cum
 
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
         return ConcatHead(encoder.feature_dim, 3, self.config.hidden_dim, 2)

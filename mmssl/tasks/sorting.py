@@ -8,9 +8,11 @@ permutation p (lexicographic) with p[0] < p[-1]; no class is the reverse of anot
 classes with their reverses cover all n! orders. A sample draws a class uniformly, then shows the
 reverse of its permutation with probability 0.5, keeping the label.
 
-Window choice: the tuple's start is uniform over the video (the paper picks high-motion windows
-by optical flow; SynthAV's objects are always moving). A video too short for the gap gets the
-largest gap that fits; one with fewer than `num_frames` frames raises TooShortError.
+Window choice: as in the paper, from high-motion windows (the paper weights by optical flow;
+here `MotionWeighting` keeps one of `motion.candidates` uniform tuples with probability
+proportional to the motion across its smallest gap, mean absolute frame difference as the proxy):
+the order of frames inside a static stretch cannot be seen. A video too short for the gap gets
+the largest gap that fits; one with fewer than `num_frames` frames raises TooShortError.
 
 Augmentation, batched on the device: one random crop (and flip, colour jitter) shared by the
 frames of a tuple, then spatial jitter (each frame moved by its own few pixels) and channel
@@ -33,7 +35,7 @@ from torch import nn
 from mmssl.config import Config, OPNConfig
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import random_clip
+from mmssl.data.sampling import MotionWeighting, random_clip
 from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import PairwiseHead
@@ -57,10 +59,14 @@ class SequenceSorting(PretextTask):
         self.config = config
         self.augment = augment
         self.classes = sequence_classes(config.num_frames)
+        self.motion = MotionWeighting(config.motion.candidates, config.motion.power, config.motion.size)
 
     @classmethod
     def from_config(cls, config: Config, augment: VideoAugment) -> "SequenceSorting":
         return cls(config.task.opn, augment)
+
+    def min_frames(self, fps: float) -> int:
+        return self.config.num_frames
 
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         """The tuple's frames in the order of a random class's permutation (reversed with
@@ -69,7 +75,7 @@ class SequenceSorting(PretextTask):
         if n < k:
             raise TooShortError(row.path, f"{n} frames cannot hold an OPN tuple of {k} distinct frames")
         gap = min(max(1, round(self.config.gap_s * row.fps)), (n - 1) // (k - 1))
-        tuple_frames = random_clip(n, k, gap, rng)
+        tuple_frames = self.motion.choose(row, lambda: random_clip(n, k, gap, rng), rng)
         label = int(rng.integers(len(self.classes)))
         order = np.array(self.classes[label])
         if rng.random() < 0.5:

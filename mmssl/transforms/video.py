@@ -3,6 +3,7 @@ float conversion, crops, flips and colour jitter happen here in one pass (one af
 for crop + flip + resize). Every frame of a sample gets the same spatial transform."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -96,3 +97,19 @@ def frame_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     grid = F.affine_grid(theta, [b * t, c, h, w], align_corners=False)
     out = F.grid_sample(frames, grid, mode="nearest", padding_mode="reflection", align_corners=False)
     return rearrange(out, "(b t) c h w -> b c t h w", b=b)
+
+
+def colour_distortion(x: Tensor, hue: float, grayscale: float) -> Tensor:
+    """Per clip of x (normalised float [N, 3, T, H, W]): a rotation of the colours about the gray axis
+    by an angle uniform in +- `hue` turns (a hue shift, as SimCLR's hue jitter), or with probability
+    `grayscale` the mean of the channels instead. Both maps are linear and keep gray gray, so with the
+    same mean and std for every channel (mmssl.transforms.video) they commute with the normalisation."""
+    n = x.shape[0]
+    angle = (torch.rand(n, device=x.device) * 2 - 1) * (2 * math.pi * hue)
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    average = x.new_full((3, 3), 1 / 3)  # u u^T, u = (1, 1, 1) / sqrt(3)
+    cross = x.new_tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / math.sqrt(3)  # v -> u x v
+    rotation = cos * torch.eye(3, device=x.device) + (1 - cos) * average + sin * cross  # Rodrigues
+    gray = torch.rand(n, device=x.device) < grayscale
+    matrix = torch.where(gray[:, None, None], average, rotation)
+    return torch.einsum("nij,njthw->nithw", matrix, x)

@@ -1,0 +1,219 @@
+"""Clip contrastive learning: clips of the same video are positives.
+
+rho = `num_clips` (2 by default) clips of `clip_len` frames every `stride` frames, from one decode of
+one window: `sampler` "cvrl" draws two clips whose gap has a density decreasing linearly to 0 at the
+largest possible gap (Qian et al., "Spatiotemporally Contrastive Video Representation Learning" (CVRL),
+CVPR 2021); "uniform" draws rho independent uniform starts (rhoBYOL and co.: Feichtenhofer, Fan, Xiong,
+Girshick, He, "A Large-Scale Study on Unsupervised Spatiotemporal Representation Learning", CVPR 2021).
+Both give the same gap distribution up to discretisation (mmssl.data.sampling.independent_clips);
+CVRL's sampler is defined for two clips only, so rho > 2 needs "uniform". Each clip is augmented on
+its own on the device: one crop/flip/colour distortion shared by the frames of a clip, independent
+between clips; the colour distortion is SimCLR's at strength 1 (brightness, contrast, hue, grayscale;
+no saturation), which the clips of a video need more than images do: they share their colours. One encoder (shared weights) embeds every clip; `loss` picks the objective, on projections z
+and predictions p (mmssl.losses has the formulas):
+
+- nt_xent (SimCLR, Chen et al. 2020): z = the shared ContrastiveHead's L2-normalised embedding;
+  NT-Xent over the batch gathered from all GPUs with gradient.
+- moco (MoCo v2, He et al. 2020; Chen et al. 2020): the query is clip 0 through the online encoder and
+  ContrastiveHead, the keys clips 1..rho-1 through the momentum copy, updated by
+  theta_k <- m theta_k + (1 - m) theta_q before the key forward; logits [q.k+, q.queue] / T, label 0;
+  the keys are enqueued after the logits (gathered from all GPUs). One query clip and every other clip
+  a key, as rhoMoCo in pySlowFast (`ContrastiveModel`, type "moco").
+- byol (Grill et al. 2020): 2-layer projector and predictor; target = EMA copy of encoder + projector,
+  tau_k = 1 - (1 - tau_base)(1 + cos(pi k / K)) / 2; loss 2 - 2 cos(p_i, sg(z'_j)), symmetric.
+- simsiam (Chen and He 2021): 3-layer projector with BN on its output, bottleneck predictor (hidden
+  embed_dim / 4); -(cos(p_i, sg(z_j)) + cos(p_j, sg(z_i))) / 2.
+- barlow_twins (Zbontar et al. 2021), vicreg (Bardes et al. 2022): 3-layer projector; the loss on
+  z_i, z_j with batch statistics over all GPUs.
+
+With rho > 2 clips the loss is the mean over the clip pairs i < j (MoCo: over the keys). The target
+network of MoCo and BYOL lives in the task head with requires_grad=False (DDP and the optimizer skip
+it; checkpoints keep it); the encoder exported for transfer is the online one.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from mmssl.config import ClipContrastiveConfig, Config
+from mmssl.data.clip import Window
+from mmssl.data.manifest import ManifestRow
+from mmssl.data.sampling import cvrl_clips, independent_clips
+from mmssl.losses import build_loss, cosine_momentum, momentum_update
+from mmssl.models import VideoEncoder
+from mmssl.models.heads import projection_mlp
+from mmssl.models.two_stream import ContrastiveHead
+from mmssl.tasks.base import PretextTask
+from mmssl.transforms.video import VideoAugment, colour_distortion, to_model_input
+
+SAMPLERS = ("cvrl", "uniform")
+LOSSES = ("nt_xent", "moco", "byol", "simsiam", "barlow_twins", "vicreg")
+MOMENTUM_LOSSES = ("moco", "byol")  # with a target (momentum) network
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy whose parameters take no gradient: DDP and the optimizer leave them out."""
+    copied = copy.deepcopy(module)
+    copied.requires_grad_(False)
+    return copied
+
+
+def pair_mean(loss_fn: Callable[..., Tensor], *per_clip: Tensor) -> Tensor:
+    """Mean over the clip pairs i < j of loss_fn(a_i, a_j, b_i, b_j, ...) for per_clip = (a, b, ...),
+    each [clips, B, D]."""
+    pairs = itertools.combinations(range(len(per_clip[0])), 2)
+    return torch.stack([loss_fn(*(t[c] for t in per_clip for c in pair)) for pair in pairs]).mean()
+
+
+class ClipContrastiveHead(nn.Module):
+    """What the task adds to the encoder: the projector, the predictor (BYOL, SimSiam), the loss module
+    (it holds MoCo's queue) and, given `encoder`, the target network: frozen copies of the encoder and
+    the projector that follow the online ones by EMA (`follow`)."""
+
+    target_step: Tensor
+
+    def __init__(self, projector: nn.Module, criterion: nn.Module, predictor: nn.Module | None = None,
+                 encoder: VideoEncoder | None = None) -> None:
+        super().__init__()
+        self.projector = projector
+        self.predictor = predictor
+        self.criterion = criterion
+        self.target_encoder = frozen_copy(encoder) if encoder is not None else None
+        self.target_projector = frozen_copy(projector) if encoder is not None else None
+        # the optimizer step whose online weights the target last took in (a buffer: saved, resumed)
+        self.register_buffer("target_step", torch.zeros((), dtype=torch.long))
+
+    def project(self, features: Tensor, target: bool = False) -> Tensor:
+        projector = self.target_projector if target else self.projector
+        return projector.embed_video(features) if isinstance(projector, ContrastiveHead) else projector(features)
+
+    @torch.no_grad()
+    def embed_target(self, x: Tensor) -> Tensor:
+        return self.project(self.target_encoder(x), target=True)
+
+    @torch.no_grad()
+    def follow(self, encoder: VideoEncoder, step: int, momentum: float) -> None:
+        """theta_target <- m theta_target + (1 - m) theta_online (encoder and projector), once per
+        optimizer step: at the first forward of a step past `target_step` (micro-batches of an
+        accumulated step see the same online weights, so a second update would be a wrong one)."""
+        if step <= int(self.target_step):
+            return
+        momentum_update(encoder, self.target_encoder, momentum)
+        momentum_update(self.projector, self.target_projector, momentum)
+        self.target_step.fill_(step)
+
+
+class ClipContrastive(PretextTask):
+    name = "clip_contrastive"
+    feature_mode = "clip"
+
+    def __init__(self, config: ClipContrastiveConfig, augment: VideoAugment | None = None) -> None:
+        if config.num_clips < 2 or config.clip_len < 1 or config.stride < 1:
+            raise ValueError(f"clip_contrastive needs num_clips >= 2, clip_len >= 1 and stride >= 1, got {config}")
+        if config.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {config.sampler!r}; choose {' or '.join(SAMPLERS)}")
+        if config.sampler == "cvrl" and config.num_clips != 2:
+            raise ValueError("CVRL's sampler draws two clips; for num_clips > 2 use sampler 'uniform', whose "
+                             "every pairwise gap has the same linearly decreasing density")
+        if config.loss not in LOSSES:
+            raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+        self.config = config
+        self.augment = (dataclasses.replace(augment, brightness=config.brightness, contrast=config.contrast)
+                        if augment is not None else None)  # None: no augmentation at all
+        self.step, self.total_steps = 0, 1
+
+    @classmethod
+    def from_config(cls, config: Config, augment: VideoAugment) -> ClipContrastive:
+        return cls(config.task.clip_contrastive, augment)
+
+    def set_step(self, step: int, total_steps: int) -> None:
+        self.step, self.total_steps = step, total_steps
+
+    @property
+    def momentum(self) -> float:
+        """The target's EMA rate for the update at this step's first forward: MoCo's constant m, or
+        BYOL's tau of the previous step (BYOL updates after optimizer step k - 1 with tau_{k-1})."""
+        c = self.config
+        if c.loss == "moco":
+            return c.moco_momentum
+        return cosine_momentum(self.step - 1, self.total_steps, base=c.byol_momentum)
+
+    def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
+        """The rho clips' frames, clip after clip, in one window (one decode)."""
+        c = self.config
+        clips = (cvrl_clips(row.num_frames, c.clip_len, c.stride, rng) if c.sampler == "cvrl"
+                 else independent_clips(row.num_frames, c.clip_len, c.stride, c.num_clips, rng))
+        return Window(frames=clips.reshape(-1))
+
+    def build_head(self, encoder: VideoEncoder) -> nn.Module:
+        c = self.config
+        if c.loss in ("nt_xent", "moco"):
+            projector = ContrastiveHead(encoder.feature_dim, None, c.embed_dim, c.hidden_dim, c.temperature,
+                                        learn_temperature=False)
+        else:
+            projector = projection_mlp(encoder.feature_dim, c.hidden_dim, c.embed_dim,
+                                       num_layers=2 if c.loss == "byol" else 3, out_bn=c.loss == "simsiam")
+        predictor = None
+        if c.loss == "byol":
+            predictor = projection_mlp(c.embed_dim, c.hidden_dim, c.embed_dim)
+        elif c.loss == "simsiam":
+            predictor = projection_mlp(c.embed_dim, c.embed_dim // 4, c.embed_dim)
+        return ClipContrastiveHead(projector, self._criterion(), predictor,
+                                   encoder if c.loss in MOMENTUM_LOSSES else None)
+
+    def _criterion(self) -> nn.Module:
+        c = self.config
+        kwargs: dict[str, dict[str, object]] = {
+            "nt_xent": {"temperature": c.temperature, "gather_distributed": True},
+            "moco": {"dim": c.embed_dim, "queue_size": c.queue_size, "temperature": c.temperature,
+                     "gather_distributed": True},
+            "barlow_twins": {"gather_distributed": True},
+            "vicreg": {"gather_distributed": True},
+        }
+        return build_loss(c.loss, **kwargs.get(c.loss, {}))
+
+    def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder,
+             head: nn.Module) -> dict[str, torch.Tensor]:
+        c = self.config
+        clips = rearrange(batch["frames"], "b (k t) h w c -> (k b) t h w c", k=c.num_clips)
+        x = to_model_input(clips, self.augment)  # each clip of each sample augmented on its own
+        if self.augment is not None:
+            x = colour_distortion(x, c.hue, c.grayscale)
+        if c.loss in MOMENTUM_LOSSES:
+            head.follow(encoder, self.step, self.momentum)  # before the target (key) forward
+        if c.loss == "moco":
+            x = rearrange(x, "(k b) c t h w -> k b c t h w", k=c.num_clips)
+            query = head.project(encoder(x[0]))
+            keys = head.embed_target(rearrange(x[1:], "k b c t h w -> (k b) c t h w"))
+            loss = head.criterion(query.repeat(c.num_clips - 1, 1), keys)
+            return {"loss": loss, **_agreement(query, keys[:len(query)])}
+        z = head.project(encoder(x))
+        per_clip = rearrange(z, "(k b) d -> k b d", k=c.num_clips)
+        if c.loss == "byol":
+            predictions = rearrange(head.predictor(z), "(k b) d -> k b d", k=c.num_clips)
+            targets = rearrange(head.embed_target(x), "(k b) d -> k b d", k=c.num_clips)
+            loss = pair_mean(head.criterion, predictions, targets)
+        elif c.loss == "simsiam":
+            predictions = rearrange(head.predictor(z), "(k b) d -> k b d", k=c.num_clips)
+            loss = pair_mean(head.criterion, predictions, per_clip)
+        else:
+            loss = pair_mean(head.criterion, per_clip)
+        return {"loss": loss, **_agreement(per_clip[0], per_clip[1])}
+
+
+@torch.no_grad()
+def _agreement(a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    """Detached metrics of two clips' embeddings [B, D]: their mean cosine, and the std over the batch
+    of the L2-normalised embeddings, averaged over dimensions (about 1/sqrt(D) when spread, 0 when
+    collapsed)."""
+    a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+    return {"positive_cos": (a * b).sum(-1).mean(), "embedding_std": a.std(0).mean()}

@@ -1,0 +1,140 @@
+"""Masked video reconstruction: VideoMAE (Tong, Song, Wang, Wang, "VideoMAE: Masked Autoencoders
+are Data-Efficient Learners for Self-Supervised Video Pre-Training", NeurIPS 2022).
+
+Window: one clip of `clip_len` frames every `stride` frames at a uniformly random start.
+Tube masking, in the workers with the sample's rng: on the (t, h, w) token grid of the model input
+(the encoder's tubelet, 2x16x16 in the paper, tiles the clip), one random spatial mask with exactly
+int(mask_ratio * h * w) masked patches, repeated in every temporal slot (16 frames at 224 px,
+ratio 0.9: 1408 of 1568 tokens masked, 160 visible). The sample carries the uint8 frames and the
+bool mask [t, h, w] (True: masked).
+
+On the device: random resized crop + flip only (VideoMAE's augmentation; colour jitter off), to the
+decoded frame size, so the crop never changes the token grid and the mask applies to the cropped
+clip. The encoder sees the visible tokens only; the decoder (half the encoder's width) predicts the
+pixels of every masked tubelet. Target: the model input's pixels in [0, 1], per tubelet and per
+channel normalised, (x - mean) / (std + 1e-6) with the unbiased std over the t*p*p values
+(`norm_target`). Loss: mean squared error over the masked tubelets only.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from mmssl.config import Config, MaskedVideoConfig
+from mmssl.data.clip import DecodedClip, Window
+from mmssl.data.manifest import ManifestRow
+from mmssl.data.sampling import random_clip
+from mmssl.models import VIT_PRESETS, VideoEncoder, VideoViT
+from mmssl.models.vit import Grid, VideoMAEDecoder, build_videomae_decoder
+from mmssl.tasks.base import PretextTask
+from mmssl.transforms.video import MEAN, STD, VideoAugment, to_model_input
+
+
+def tube_mask(grid: Grid, ratio: float, rng: np.random.Generator) -> torch.Tensor:
+    """VideoMAE tube mask: bool [t, h, w], True on int(ratio * h * w) random patches of a frame,
+    the same patches in every temporal slot."""
+    t, h, w = grid
+    spatial = np.zeros(h * w, dtype=bool)
+    spatial[rng.permutation(h * w)[:int(ratio * h * w)]] = True
+    return torch.from_numpy(np.ascontiguousarray(repeat(spatial, "(h w) -> t h w", t=t, h=h)))
+
+
+CLIP, TUBELETS = "b c (t p0) (h p1) (w p2)", "b (t h w) (p0 p1 p2) c"  # einops layouts: tubelets in grid order
+
+
+def tubelet_targets(pixels: torch.Tensor, tubelet: tuple[int, int, int], normalize: bool,
+                    eps: float = 1e-6) -> torch.Tensor:
+    """Pixels [B, C, T, H, W] -> one target row per tubelet [B, N, t*p*p*C] in the decoder's (t, p, p, c)
+    order, tokens in (t, h, w) grid order. `normalize`: per tubelet and channel,
+    (x - mean) / (unbiased std + eps) over the tubelet's t*p*p values (VideoMAE: eps 1e-6)."""
+    patches = rearrange(pixels, f"{CLIP} -> {TUBELETS}", **dict(zip(("p0", "p1", "p2"), tubelet)))
+    if normalize:
+        patches = (patches - patches.mean(2, keepdim=True)) / (patches.std(2, keepdim=True) + eps)
+    return rearrange(patches, "b n p c -> b n (p c)")
+
+
+def reconstruct(prediction: torch.Tensor, pixels: torch.Tensor, visible: torch.Tensor,
+                tubelet: tuple[int, int, int], normalized: bool, eps: float = 1e-6) -> torch.Tensor:
+    """The clip [B, C, T, H, W] (pixels in [0, 1]) with its masked tubelets replaced by the decoder's
+    prediction [B, N_masked, t*p*p*C]; a normalised prediction is mapped back with the original
+    tubelet's own per-channel mean and unbiased std (as VideoMAE's visualisation does)."""
+    sizes = dict(zip(("p0", "p1", "p2"), tubelet))
+    patches = rearrange(pixels, f"{CLIP} -> {TUBELETS}", **sizes)
+    predicted = rearrange(prediction, "b n (p c) -> b n p c", c=pixels.shape[1])
+    if normalized:
+        masked = patches[~visible].reshape(predicted.shape)
+        predicted = predicted * (masked.std(2, keepdim=True) + eps) + masked.mean(2, keepdim=True)
+    patches = patches.masked_scatter(~visible[..., None, None], predicted.to(patches.dtype))
+    t, h, w = (n // p for n, p in zip(pixels.shape[2:], tubelet))
+    return rearrange(patches, f"{TUBELETS} -> {CLIP}", t=t, h=h, w=w, **sizes).clamp(0, 1)
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the masked tokens only: prediction [B, N_masked, P] (masked tokens in
+    grid order), target [B, N, P], visible bool [B, N]."""
+    return F.mse_loss(prediction, target[~visible].reshape(prediction.shape))
+
+
+def unnormalize(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of to_model_input's normalisation: float [B, C, T, H, W] -> pixels in [0, 1]."""
+    return x * x.new_tensor(STD).view(1, -1, 1, 1, 1) + x.new_tensor(MEAN).view(1, -1, 1, 1, 1)
+
+
+class MaskedVideo(PretextTask):
+    name = "masked_video"
+    feature_mode = "clip"
+
+    def __init__(self, config: MaskedVideoConfig, tubelet: tuple[int, int, int],
+                 augment: VideoAugment | None = None) -> None:
+        if not 0 <= config.mask_ratio < 1 or config.clip_len < 1 or config.stride < 1 or config.decoder_depth < 0:
+            raise ValueError(f"VideoMAE needs 0 <= mask_ratio < 1, clip_len, stride >= 1, decoder_depth >= 0, "
+                             f"got {config}")
+        if config.clip_len % tubelet[0]:
+            raise ValueError(f"clip_len {config.clip_len} is not a multiple of the tubelet's {tubelet[0]} frames")
+        self.config = config
+        self.tubelet = tuple(tubelet)
+        self.augment = dataclasses.replace(augment, brightness=0.0, contrast=0.0) if augment else None
+
+    @classmethod
+    def from_config(cls, config: Config, augment: VideoAugment) -> MaskedVideo:
+        name = config.model.video_encoder
+        if name not in VIT_PRESETS:
+            raise ValueError(f"masked_video needs a ViT encoder ({', '.join(VIT_PRESETS)}), got {name!r}")
+        return cls(config.task.masked_video, VIT_PRESETS[name].tubelet, augment)
+
+    def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
+        return Window(frames=random_clip(row.num_frames, self.config.clip_len, self.config.stride, rng))
+
+    def token_grid(self, num_frames: int, height: int, width: int) -> Grid:
+        """The (t, h, w) token grid of a clip; the frames must tile into whole tubelets."""
+        if num_frames % self.tubelet[0] or height % self.tubelet[1] or width % self.tubelet[2]:
+            raise ValueError(f"a {num_frames}x{height}x{width} clip does not tile into {self.tubelet} tubelets")
+        return num_frames // self.tubelet[0], height // self.tubelet[1], width // self.tubelet[2]
+
+    def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """The uint8 frames and the tube mask on their token grid."""
+        grid = self.token_grid(*clip.video.shape[:3])
+        return {"frames": clip.video, "mask": tube_mask(grid, self.config.mask_ratio, rng)}
+
+    def build_head(self, encoder: VideoEncoder) -> VideoMAEDecoder:
+        if not isinstance(encoder, VideoViT) or encoder.tubelet != self.tubelet:
+            raise ValueError(f"masked_video masks {self.tubelet} tubelets: it needs a VideoViT with that tubelet, "
+                             f"got {type(encoder).__name__} {getattr(encoder, 'tubelet', '')}")
+        return build_videomae_decoder(encoder, self.config.decoder_depth)
+
+    def loss(self, batch: dict[str, torch.Tensor], encoder: VideoViT, head: nn.Module) -> dict[str, torch.Tensor]:
+        x = to_model_input(batch["frames"], self.augment)
+        mask = batch["mask"]
+        grid = encoder.grid(x.shape)
+        if tuple(mask.shape[1:]) != grid:
+            raise ValueError(f"mask grid {tuple(mask.shape[1:])} does not match the model input's token grid {grid}")
+        visible = ~rearrange(mask, "b t h w -> b (t h w)")
+        prediction = head(encoder.forward_features(x, visible), visible, grid)
+        with torch.no_grad():
+            target = tubelet_targets(unnormalize(x), self.tubelet, self.config.norm_target, self.config.norm_eps)
+        return {"loss": masked_mse(prediction, target, visible)}

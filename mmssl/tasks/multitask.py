@@ -1,0 +1,96 @@
+"""Multi-task pretraining from one decode: several pretext tasks share one encoder and each sample.
+
+Every task picks its own window of the sample's video (its own random stream); the union of their
+frames and the span covering their audio are decoded once, and each task's sample is cut from that
+decode as if it had decoded its window alone. Its keys enter the batch as "<task>/<key>". On the
+device each task runs its own loss on the shared encoder with its own head; the total loss is the
+weighted sum, and every task's loss and metrics are logged under its name.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmssl.config import Config, MultiTaskConfig
+from mmssl.data.clip import DecodedClip, Window
+from mmssl.data.manifest import ManifestRow
+from mmssl.models import VideoEncoder
+from mmssl.tasks.base import PretextTask
+from mmssl.transforms.video import VideoAugment
+
+
+class MultiTask(PretextTask):
+    name = "multitask"
+
+    def __init__(self, tasks: dict[str, PretextTask], weights: dict[str, float], sample_rate: int = 16000) -> None:
+        if not tasks or set(tasks) != set(weights):
+            raise ValueError(f"multitask needs one weight per task, got tasks {list(tasks)} and weights {weights}")
+        kinds = {task.encoder_kind for task in tasks.values()}
+        if len(kinds) != 1:
+            raise ValueError(f"the tasks of a multi-task run share one encoder; got kinds {sorted(kinds)}")
+        self.tasks = tasks
+        self.weights = weights
+        self.sample_rate = sample_rate
+        self.encoder_kind = kinds.pop()
+        self.needs_audio = any(task.needs_audio for task in tasks.values())
+        modes = {task.feature_mode for task in tasks.values()}
+        self.feature_mode = modes.pop() if len(modes) == 1 else "clip"
+
+    @classmethod
+    def from_config(cls, config: Config, augment: VideoAugment) -> "MultiTask":
+        from mmssl.tasks import task_class  # the registry imports this module
+
+        c: MultiTaskConfig = config.task.multitask
+        if len(c.tasks) != len(c.weights) or len(set(c.tasks)) != len(c.tasks) or cls.name in c.tasks:
+            raise ValueError(f"task.multitask: give distinct tasks (not multitask) and one weight each, got {c}")
+        tasks = {name: task_class(name).from_config(config, augment) for name in c.tasks}
+        return cls(tasks, dict(zip(c.tasks, c.weights)))
+
+    def min_frames(self, fps: float) -> int:
+        return max(task.min_frames(fps) for task in self.tasks.values())
+
+    def set_step(self, step: int, total_steps: int) -> None:
+        for task in self.tasks.values():
+            task.set_step(step, total_steps)
+
+    def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
+        """Each task's window (from its own child stream), and their union: the sorted distinct
+        frames and the audio span covering every task's."""
+        streams = rng.spawn(len(self.tasks))
+        parts = {name: task.window(row, stream) for (name, task), stream in zip(self.tasks.items(), streams)}
+        frames = np.unique(np.concatenate([w.frames for w in parts.values()]).astype(np.int64))
+        spans = [(w.audio_start_s, w.audio_start_s + w.audio_duration_s)
+                 for w in parts.values() if w.audio_start_s is not None]
+        start = min(s for s, _ in spans) if spans else None
+        duration = max(e for _, e in spans) - start if spans else 0.0
+        return Window(frames=frames, audio_start_s=start, audio_duration_s=duration, parts=parts)
+
+    def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        union = clip.window
+        sample: dict[str, torch.Tensor] = {}
+        for (name, task), child in zip(self.tasks.items(), rng.spawn(len(self.tasks))):
+            part = union.parts[name]
+            video = clip.video[torch.from_numpy(np.searchsorted(union.frames, part.frames))]
+            audio = None
+            if part.audio_start_s is not None:
+                offset = round((part.audio_start_s - union.audio_start_s) * self.sample_rate)
+                audio = clip.audio[offset:offset + round(part.audio_duration_s * self.sample_rate)]
+            own = task.make_sample(DecodedClip(video, audio, part, clip.row), child)
+            sample.update({f"{name}/{key}": value for key, value in own.items()})
+        return sample
+
+    def build_head(self, encoder: VideoEncoder) -> nn.Module:
+        return nn.ModuleDict({name: task.build_head(encoder) for name, task in self.tasks.items()})
+
+    def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
+        """sum_k w_k * loss_k, with each task's loss dict logged as "<task>/<metric>"."""
+        out: dict[str, torch.Tensor] = {}
+        total = 0.0
+        for name, task in self.tasks.items():
+            prefix = f"{name}/"
+            own = task.loss({k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}, encoder, head[name])
+            total = total + self.weights[name] * own["loss"]
+            out.update({prefix + key: value.detach() for key, value in own.items()})
+        out["loss"] = total
+        return out
