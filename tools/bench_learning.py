@@ -3,9 +3,11 @@
 
 For each method (a pretraining config) and seed: pretrain, then a linear probe on frozen features;
 against the same encoder at random init (linear probe) and supervised training from random init
-on the labeled train split (the fine-tune protocol). Mean and std over seeds, as a table and JSON.
+on the labeled train split (the fine-tune protocol); with --finetune, also the pretrained encoder
+fine-tuned the same way. An audio-only method (wav2vec 2.0) is probed on its audio encoder's
+features of each labeled video's audio. Mean and std over seeds, as a table and JSON.
 
-  python tools/bench_learning.py [--methods order ...] [--seeds 3] [--out FILE.json]
+  python tools/bench_learning.py [--methods order ...] [--seeds 3] [--finetune] [--out FILE.json]
                                  [--transfer key=value ...] [-- key=value ...]
 
 Overrides apply to every pretraining config (e.g. train.max_steps=300 for a quick look).
@@ -28,7 +30,7 @@ from mmssl.eval.transfer import Transfer, load_encoder, random_encoder  # noqa: 
 from mmssl.tasks import task_class  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"order": ROOT / "configs/pretrain/order.yaml",  # later task issues add rows here
+METHODS = {"order": ROOT / "configs/pretrain/order.yaml",
            "opn": ROOT / "configs/pretrain/opn.yaml",
            "vcop": ROOT / "configs/pretrain/vcop.yaml",
            "avc": ROOT / "configs/pretrain/avc.yaml",
@@ -40,7 +42,8 @@ METHODS = {"order": ROOT / "configs/pretrain/order.yaml",  # later task issues a
            "barlow_twins": ROOT / "configs/pretrain/barlow_twins.yaml",
            "vicreg": ROOT / "configs/pretrain/vicreg.yaml",
            "masked_video": ROOT / "configs/pretrain/masked_video.yaml",
-           "wav2vec2": ROOT / "configs/pretrain/wav2vec2.yaml"}
+           "wav2vec2": ROOT / "configs/pretrain/wav2vec2.yaml",
+           "multitask": ROOT / "configs/pretrain/multitask.yaml"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--synthav-dir", default="data/synthav")
     parser.add_argument("--work", default="runs/bench_learning", help="folder for the pretraining runs")
     parser.add_argument("--out", default="runs/bench_learning.json")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also fine-tune each pretrained video encoder on the train split")
     parser.add_argument("--transfer", nargs="*", default=[], metavar="key=value",
                         help="TransferConfig overrides (mmssl/config.py), e.g. finetune_epochs=10")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining config overrides")
@@ -72,6 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
                  pretrain_minutes=minutes)
             _add(rows, f"random init {name} (linear probe)", mode,
                  transfer.linear_probe(random_encoder(name, seed), mode))
+            if mode == "audio":  # an audio encoder: the probe is on its features of the videos' audio
+                continue
+            if args.finetune:
+                _add(rows, f"{method} (fine-tune)", "clip", transfer.finetune(encoder, "clip"))
             _add(rows, f"supervised {name} (train split, from scratch)", "clip",
                  transfer.finetune(random_encoder(name, seed), "clip"))
 
