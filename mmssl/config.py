@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,6 @@ class MaskedVideoConfig:
     mask_ratio: float = 0.9  # share of each frame's patches masked, the same patches in every slot
     decoder_depth: int = 4  # the decoder is half the encoder's width
     norm_target: bool = True  # per-tubelet, per-channel normalised pixels as the target
-    norm_eps: float = 1e-6  # (x - mean) / (std + norm_eps)
 
 
 @dataclass
@@ -273,19 +273,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config
 
 
-def merge(node: Any, data: dict[str, Any], prefix: str = "") -> None:
-    """Set the fields of dataclass `node` from nested dict `data`, checking keys and types."""
+def merge(node: Any, data: dict[str, Any], prefix: str = "", unknown: list[str] | None = None) -> None:
+    """Set the fields of dataclass `node` from nested dict `data`, checking keys and types. Unknown
+    keys are errors, or, given an `unknown` list, collected there and skipped."""
     fields = {f.name: f for f in dataclasses.fields(node)}
     hints = typing.get_type_hints(type(node))
     for key, value in data.items():
         name = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(f"unknown config key {name!r}; known here: {', '.join(sorted(fields))}")
+            if unknown is None:
+                raise ConfigError(f"unknown config key {name!r}; known here: {', '.join(sorted(fields))}")
+            unknown.append(name)
+            continue
         current = getattr(node, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{name!r} is a section: give it a mapping, not {value!r}")
-            merge(current, value, f"{name}.")
+            merge(current, value, f"{name}.", unknown)
         else:
             setattr(node, key, _coerce(value, hints[key], name))
 
@@ -295,8 +299,14 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
+    """A saved run's config (a checkpoint's). It holds every task's section, so keys this version
+    no longer has (a setting renamed or removed since) are skipped with a warning, and their
+    defaults apply: old checkpoints keep loading."""
     config = Config()
-    merge(config, data)
+    dropped: list[str] = []
+    merge(config, data, unknown=dropped)
+    if dropped:
+        warnings.warn(f"saved config keys unknown to this version, ignored: {', '.join(dropped)}", stacklevel=2)
     return config
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmssl.config import Config, ConfigError, TransferConfig, load_config
+from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_config, to_dict
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
 from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
@@ -40,6 +40,15 @@ def test_every_shipped_config_loads() -> None:
     for path in files:
         root = TransferConfig if "transfer" in path.parts else Config
         load_config(path, root=root)
+
+
+def test_saved_configs_with_keys_since_removed_still_load() -> None:
+    saved = to_dict(Config())
+    saved["task"]["order"]["motion_candidates"] = 16  # renamed to task.order.motion.candidates
+    saved["optim"]["lr"] = 0.5
+    with pytest.warns(UserWarning, match="task.order.motion_candidates"):
+        config = from_dict(saved)
+    assert config.optim.lr == 0.5 and config.task.order.motion.candidates == 16
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

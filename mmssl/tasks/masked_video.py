@@ -47,19 +47,18 @@ def tube_mask(grid: Grid, ratio: float, rng: np.random.Generator) -> torch.Tenso
 CLIP, TUBELETS = "b c (t p0) (h p1) (w p2)", "b (t h w) (p0 p1 p2) c"  # einops layouts: tubelets in grid order
 
 
-def tubelet_targets(pixels: torch.Tensor, tubelet: tuple[int, int, int], normalize: bool,
-                    eps: float = 1e-6) -> torch.Tensor:
+def tubelet_targets(pixels: torch.Tensor, tubelet: tuple[int, int, int], normalize: bool) -> torch.Tensor:
     """Pixels [B, C, T, H, W] -> one target row per tubelet [B, N, t*p*p*C] in the decoder's (t, p, p, c)
     order, tokens in (t, h, w) grid order. `normalize`: per tubelet and channel,
-    (x - mean) / (unbiased std + eps) over the tubelet's t*p*p values (VideoMAE: eps 1e-6)."""
+    (x - mean) / (unbiased std + 1e-6) over the tubelet's t*p*p values (VideoMAE)."""
     patches = rearrange(pixels, f"{CLIP} -> {TUBELETS}", **dict(zip(("p0", "p1", "p2"), tubelet)))
     if normalize:
-        patches = (patches - patches.mean(2, keepdim=True)) / (patches.std(2, keepdim=True) + eps)
+        patches = (patches - patches.mean(2, keepdim=True)) / (patches.std(2, keepdim=True) + 1e-6)
     return rearrange(patches, "b n p c -> b n (p c)")
 
 
 def reconstruct(prediction: torch.Tensor, pixels: torch.Tensor, visible: torch.Tensor,
-                tubelet: tuple[int, int, int], normalized: bool, eps: float = 1e-6) -> torch.Tensor:
+                tubelet: tuple[int, int, int], normalized: bool) -> torch.Tensor:
     """The clip [B, C, T, H, W] (pixels in [0, 1]) with its masked tubelets replaced by the decoder's
     prediction [B, N_masked, t*p*p*C]; a normalised prediction is mapped back with the original
     tubelet's own per-channel mean and unbiased std (as VideoMAE's visualisation does)."""
@@ -68,7 +67,7 @@ def reconstruct(prediction: torch.Tensor, pixels: torch.Tensor, visible: torch.T
     predicted = rearrange(prediction, "b n (p c) -> b n p c", c=pixels.shape[1])
     if normalized:
         masked = patches[~visible].reshape(predicted.shape)
-        predicted = predicted * (masked.std(2, keepdim=True) + eps) + masked.mean(2, keepdim=True)
+        predicted = predicted * (masked.std(2, keepdim=True) + 1e-6) + masked.mean(2, keepdim=True)
     patches = patches.masked_scatter(~visible[..., None, None], predicted.to(patches.dtype))
     t, h, w = (n // p for n, p in zip(pixels.shape[2:], tubelet))
     return rearrange(patches, f"{TUBELETS} -> {CLIP}", t=t, h=h, w=w, **sizes).clamp(0, 1)
@@ -136,5 +135,5 @@ class MaskedVideo(PretextTask):
         visible = ~rearrange(mask, "b t h w -> b (t h w)")
         prediction = head(encoder.forward_features(x, visible), visible, grid)
         with torch.no_grad():
-            target = tubelet_targets(unnormalize(x), self.tubelet, self.config.norm_target, self.config.norm_eps)
+            target = tubelet_targets(unnormalize(x), self.tubelet, self.config.norm_target)
         return {"loss": masked_mse(prediction, target, visible)}
