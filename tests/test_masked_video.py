@@ -18,7 +18,14 @@ from mmssl.eval.transfer import load_encoder
 from mmssl.models import VIT_PRESETS, VideoViT, build_video_encoder
 from mmssl.models.vit import sincos_3d
 from mmssl.tasks import build_task
-from mmssl.tasks.masked_video import MaskedVideo, masked_mse, tube_mask, tubelet_targets, unnormalize
+from mmssl.tasks.masked_video import (
+    MaskedVideo,
+    masked_mse,
+    reconstruct,
+    tube_mask,
+    tubelet_targets,
+    unnormalize,
+)
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +72,11 @@ def test_targets_per_tubelet_and_channel(normalize: bool) -> None:
             if normalize:
                 block = (block - block.mean()) / (block.std(ddof=1) + 1e-6)
             np.testing.assert_allclose(target[b, token, c::3], block, rtol=1e-10, atol=1e-12)
+    visible = ~torch.stack([tube_mask((2, 2, 3), 0.5, np.random.default_rng(s)).flatten() for s in (0, 1)])
+    perfect = torch.from_numpy(target)[~visible].reshape(2, 6, -1)  # a prediction equal to the masked targets
+    torch.testing.assert_close(reconstruct(perfect, pixels, visible, (2, 8, 8), normalize), pixels)
+    grey = reconstruct(torch.full_like(perfect, 0.5), pixels, visible, (2, 8, 8), normalized=False)
+    assert torch.equal(grey == 0.5, repeat(~visible, "b (t h w) -> b 3 (t 2) (h 8) (w 8)", t=2, h=2))
 
 
 def test_loss_is_the_mse_over_masked_tokens_only() -> None:
