@@ -16,8 +16,8 @@ from mmssl.models import (
 )
 
 TORCHVISION_DIMS = {"r3d_18": 512, "mc3_18": 512, "r2plus1d_18": 512, "s3d": 1024}
-FEATURE_DIMS = {**TORCHVISION_DIMS, "tiny3d": 256}
-CLIP_SIZES = {name: (4, 32, 32) for name in TORCHVISION_DIMS} | {"tiny3d": (8, 64, 64)}  # T, H, W
+FEATURE_DIMS = {**TORCHVISION_DIMS, "tiny3d": 256, "vit_tiny": 192}
+CLIP_SIZES = {name: (4, 32, 32) for name in TORCHVISION_DIMS} | {"tiny3d": (8, 64, 64), "vit_tiny": (8, 64, 64)}  # T, H, W
 
 
 @pytest.fixture(scope="module", params=sorted(FEATURE_DIMS))
