@@ -201,6 +201,7 @@ class OptimConfig:
     lr: float = 1e-3  # for batch_size 32 per optimizer step; scaled linearly with the total batch
     weight_decay: float = 0.05
     momentum: float = 0.9  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only (VideoMAE: 0.9, 0.95)
     warmup_epochs: float = 1.0
     min_lr: float = 1e-5
     grad_clip: float = 0.0  # 0: off
@@ -237,6 +238,7 @@ class TransferConfig:
     synthav_dir: str = "data/synthav"
     train_split: str = "train"
     test_split: str = "test"
+    label_column: str = "label"  # the manifest column to predict: label, or another (SynthAV: shape, heard as timbre)
     feature_mode: str = "auto"  # auto (the pretext task's), clip, or frames (T=1 each, concatenated)
     clip_len: int = 8
     stride: int = 2

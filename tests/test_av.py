@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmssl.config import load_config
+from mmssl.config import TransferConfig, load_config
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import read_manifest
+from mmssl.data.synthetic import SHAPES
 from mmssl.engine.trainer import TaskModel, pretrain
+from mmssl.eval.transfer import Transfer, load_audio_encoder
 from mmssl.models import build_video_encoder
 from mmssl.models.audio import build_audio_encoder
 from mmssl.tasks import build_task
@@ -169,3 +171,25 @@ def test_eval_av_reports_heldout_accuracy_and_retrieval(tiny_synthav: Path, tmp_
         assert 0 <= result["retrieval_v2a_r1"] <= result["retrieval_v2a_r5"] <= 100
         assert result["retrieval_candidates"] == 16  # 20 test videos, 20% without audio
         assert any(key.startswith("heldout_") for key in result)
+
+
+def test_audio_tower_of_an_av_checkpoint_is_probed_on_the_shape_labels(tiny_synthav: Path, tmp_path: Path) -> None:
+    config, _ = avc(tiny_synthav, "data.batch_size=4", "data.num_workers=0", "train.max_steps=1")
+    checkpoint = pretrain(config, tmp_path / "avc")
+    encoder, name = load_audio_encoder(checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)["model"]
+    assert name == config.model.audio_encoder
+    assert all(torch.equal(value, saved[f"head.audio.{key}"]) for key, value in encoder.state_dict().items())
+
+    transfer = Transfer(TransferConfig(synthav_dir=str(tiny_synthav), label_column="shape", num_clips=2,
+                                       num_workers=0, linear_epochs=5), torch.device("cpu"))
+    shapes = {row.path: row.extra["shape"] for row in read_manifest(tiny_synthav / "manifest.csv", "test")}
+    assert set(transfer.classes) <= set(SHAPES) and len(transfer.classes) > 1
+    assert all(row.label == shapes[row.path] for row in transfer.test_rows)
+    result = transfer.linear_probe(encoder, "audio")
+    assert result["num_test_videos"] == 16 and result["skipped"] == {"no_audio": 8}
+
+    order = load_config(None, [f"data.synthav_dir={tiny_synthav}", "data.frame_size=32", "data.batch_size=4",
+                               "data.num_workers=0", "train.max_steps=1"])
+    with pytest.raises(ValueError, match="trains no audio encoder"):
+        load_audio_encoder(pretrain(order, tmp_path / "order"))

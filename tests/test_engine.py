@@ -18,7 +18,7 @@ from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_co
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
 from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
-from mmssl.engine.trainer import NonFiniteLossError, cosine_schedule, pretrain
+from mmssl.engine.trainer import NonFiniteLossError, build_optimizer, cosine_schedule, pretrain
 from mmssl.eval.transfer import Transfer, load_encoder
 from mmssl.tasks import build_task
 
@@ -71,6 +71,15 @@ def test_cosine_schedule_warms_up_then_decays() -> None:
     assert len(lr) == 20 and lr[0] == 0 and lr[5] == pytest.approx(1.0)
     assert np.all(np.diff(lr[:6]) > 0) and np.all(np.diff(lr[5:]) < 0) and lr[-1] > 0.1
 
+
+
+def test_optimizer_takes_betas_and_spares_biases_and_norms_from_decay() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = build_optimizer(load_config(None, ["optim.betas=[0.9, 0.95]", "optim.weight_decay=0.1"]), model)
+    decayed, spared = optimizer.param_groups
+    assert all(group["betas"] == (0.9, 0.95) for group in optimizer.param_groups)
+    assert [p.ndim for p in decayed["params"]] == [2] and decayed["weight_decay"] == 0.1
+    assert len(spared["params"]) == 3 and spared["weight_decay"] == 0.0
 
 # --- dataset ---------------------------------------------------------------------------------------
 
@@ -205,7 +214,7 @@ def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "checkpoint_000003.pt", weights_only=True)
     assert state["step"] == 3
-    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # rank 0 alone logs
 
 

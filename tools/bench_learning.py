@@ -5,16 +5,19 @@ For each method (a pretraining config) and seed: pretrain, then a linear probe o
 against the same encoder at random init (linear probe) and supervised training from random init
 on the labeled train split (the fine-tune protocol); with --finetune, also the pretrained encoder
 fine-tuned the same way. An audio-only method (wav2vec 2.0) is probed on its audio encoder's
-features of each labeled video's audio. Mean and std over seeds, as a table and JSON.
+features of each labeled video's audio. Every method with an audio encoder (wav2vec 2.0, the
+audio towers of the audio-visual methods) also gets an audio probe on --audio-label (SynthAV's
+main shape by default: heard as timbre, 4 classes). Mean and std over seeds, as a table and JSON.
 
   python tools/bench_learning.py [--methods order ...] [--seeds 3] [--finetune] [--out FILE.json]
-                                 [--transfer key=value ...] [-- key=value ...]
+                                 [--audio-label shape] [--transfer key=value ...] [-- key=value ...]
 
 Overrides apply to every pretraining config (e.g. train.max_steps=300 for a quick look).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -26,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from mmssl.config import TransferConfig, load_config  # noqa: E402
 from mmssl.engine.trainer import pretrain  # noqa: E402
-from mmssl.eval.transfer import Transfer, load_encoder, random_encoder  # noqa: E402
+from mmssl.eval.transfer import Transfer, load_audio_encoder, load_encoder, random_encoder  # noqa: E402
 from mmssl.tasks import task_class  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,14 +60,18 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also fine-tune each pretrained video encoder on the train split")
     parser.add_argument("--transfer", nargs="*", default=[], metavar="key=value",
                         help="TransferConfig overrides (mmssl/config.py), e.g. finetune_epochs=10")
+    parser.add_argument("--audio-label", default="shape",
+                        help="manifest column the audio-encoder probe predicts (SynthAV's shape: the timbre)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining config overrides")
     args = parser.parse_args(argv)
 
     transfer_config = load_config(None, [f"synthav_dir={args.synthav_dir}", *args.transfer], root=TransferConfig)
     transfer = Transfer(transfer_config)
+    audio_transfer = Transfer(dataclasses.replace(transfer_config, label_column=args.audio_label))
     rows: dict[str, dict] = {}
     for method in args.methods:
-        mode = task_class(load_config(METHODS[method]).task.name).feature_mode
+        task = task_class(load_config(METHODS[method]).task.name)
+        mode = task.feature_mode
         for seed in range(args.seeds):
             config = load_config(METHODS[method], [*args.overrides, f"train.seed={seed}",
                                                    f"data.synthav_dir={args.synthav_dir}"])
@@ -72,11 +79,17 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint = pretrain(config, Path(args.work) / f"{method}_seed{seed}")
             minutes = (time.perf_counter() - start) / 60
             encoder, name, _ = load_encoder(checkpoint)
-            transfer.config.seed = seed
+            transfer.config.seed = audio_transfer.config.seed = seed
             _add(rows, f"{method} (linear probe)", mode, transfer.linear_probe(encoder, mode),
                  pretrain_minutes=minutes)
             _add(rows, f"random init {name} (linear probe)", mode,
                  transfer.linear_probe(random_encoder(name, seed), mode))
+            if task.needs_audio:  # its audio encoder, probed on the audio label (e.g. shape)
+                audio_encoder, audio_name = load_audio_encoder(checkpoint)
+                _add(rows, f"{method} audio encoder ({args.audio_label}, linear probe)", "audio",
+                     audio_transfer.linear_probe(audio_encoder, "audio"))
+                _add(rows, f"random init {audio_name} ({args.audio_label}, linear probe)", "audio",
+                     audio_transfer.linear_probe(random_encoder(audio_name, seed), "audio"))
             if mode == "audio":  # an audio encoder: the probe is on its features of the videos' audio
                 continue
             if args.finetune:
@@ -86,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     table = {label: _summary(row) for label, row in rows.items()}
     print(f"\nSynthAV: {len(transfer.classes)} classes, {len(transfer.train_rows)} labeled train / "
-          f"{len(transfer.test_rows)} test videos, {args.seeds} seeds")
+          f"{len(transfer.test_rows)} test videos, {args.seeds} seeds; audio probes: "
+          f"{len(audio_transfer.classes)} {args.audio_label} classes")
     print(f"{'method':<52} {'features':<8} {'video top-1':>15} {'clip top-1':>15}  per seed (video)")
     for label, s in table.items():
         print(f"{label:<52} {s['feature_mode']:<8} {s['video_top1_mean']:>7.1f} ± {s['video_top1_std']:<5.1f}"

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mmssl.config import Config, to_dict
+from mmssl.config import Config, from_dict, to_dict
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, collate
 from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.data.synthetic import ensure_synthav
@@ -68,6 +68,15 @@ def build_encoder(config: Config) -> tuple[VideoEncoder | AudioEncoder, str]:
     return build_video_encoder(config.model.video_encoder), config.model.video_encoder
 
 
+def load_task_model(checkpoint: str | Path) -> tuple[TaskModel, Config]:
+    """The whole pretraining model of a checkpoint (encoder + task head, in eval mode) and its config."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config = from_dict(state["config"])
+    model = TaskModel(build_task(config), build_encoder(config)[0])
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
 def load_rows(config: Config) -> list[ManifestRow]:
     """The config's manifest split; SynthAV (made on first use, by rank 0) when none is named."""
     manifest = config.data.manifest
@@ -97,7 +106,7 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = config.optim
     if opt.name == "adamw":
-        return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+        return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     raise ValueError(f"unknown optimizer {opt.name!r}; choose adamw or sgd")

@@ -7,23 +7,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from mmssl.config import Config, from_dict
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import read_manifest
 from mmssl.data.synthetic import ensure_synthav
-from mmssl.engine.trainer import TaskModel
-from mmssl.models import build_video_encoder
-from mmssl.tasks import build_task
+from mmssl.engine.trainer import load_task_model
 from mmssl.transforms.video import to_model_input
-
-
-def load_task_model(checkpoint: str | Path) -> tuple[TaskModel, Config]:
-    """The whole pretraining model (encoder + task head) of a checkpoint, in eval mode."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    config = from_dict(state["config"])
-    model = TaskModel(build_task(config), build_video_encoder(config.model.video_encoder))
-    model.load_state_dict(state["model"])
-    return model.eval(), config
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +21,15 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmssl.config import TransferConfig, from_dict
+from mmssl.config import TransferConfig
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import ManifestRow, class_names, read_manifest
 from mmssl.data.sampling import random_clip, uniform_clips
 from mmssl.data.synthetic import ensure_synthav
-from mmssl.engine.trainer import build_encoder, cosine_schedule
+from mmssl.engine.trainer import build_encoder, cosine_schedule, load_task_model
 from mmssl.models import VideoEncoder, build_video_encoder
 from mmssl.models.audio import AUDIO_ENCODERS, AudioEncoder, build_audio_encoder
-from mmssl.tasks import task_class
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 FINETUNE_AUGMENT = VideoAugment(crop_scale=(0.6, 1.0), flip=False)  # a flip turns left into right
@@ -81,16 +80,32 @@ class LabeledAudio:
         return {"audio": clip.audio[windows], "label": torch.tensor(clip.window.targets["label"])}
 
 
+def labeled_rows(manifest: str | Path, split: str, column: str = "label") -> list[ManifestRow]:
+    """The rows of `split` that have a value in `column` ("label" or an extra column such as
+    SynthAV's "shape"), with that value as their label."""
+    rows = read_manifest(manifest, split)
+    if column != "label":
+        rows = [replace(r, label=r.extra.get(column, "")) for r in rows]
+    return [r for r in rows if r.label]
+
+
 def load_encoder(checkpoint: str | Path) -> tuple[VideoEncoder | AudioEncoder, str, str]:
-    """The encoder saved in a pretraining checkpoint (the video encoder, or the audio encoder of an
+    """The encoder a pretraining checkpoint trained (the video encoder, or the audio encoder of an
     audio-only task such as wav2vec 2.0), its registry name and its task's feature mode ("audio"
     for an audio encoder)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    config = from_dict(state["config"])
-    encoder, name = build_encoder(config)
-    prefix = "encoder."
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
-    return encoder, name, task_class(config.task.name).feature_mode
+    model, config = load_task_model(checkpoint)
+    return model.encoder, build_encoder(config)[1], model.task.feature_mode
+
+
+def load_audio_encoder(checkpoint: str | Path) -> tuple[AudioEncoder, str]:
+    """The audio encoder of a pretraining checkpoint and its registry name: an audio-only task's
+    encoder (wav2vec 2.0) or the audio tower of an audio-visual task (AVC, AV InfoNCE, a
+    multi-task run with one of them)."""
+    model, config = load_task_model(checkpoint)
+    encoder = next((m for m in model.modules() if isinstance(m, AudioEncoder)), None)
+    if encoder is None:
+        raise ValueError(f"{checkpoint}: task {config.task.name!r} trains no audio encoder")
+    return encoder, config.model.audio_encoder
 
 
 def random_encoder(name: str, seed: int) -> VideoEncoder | AudioEncoder:
@@ -142,11 +157,11 @@ class Transfer:
         self.config = config
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         manifest = config.manifest or str(ensure_synthav(config.synthav_dir))
-        self.train_rows = [r for r in read_manifest(manifest, config.train_split) if r.label]
-        self.test_rows = [r for r in read_manifest(manifest, config.test_split) if r.label]
+        self.train_rows = labeled_rows(manifest, config.train_split, config.label_column)
+        self.test_rows = labeled_rows(manifest, config.test_split, config.label_column)
         if not self.train_rows or not self.test_rows:
-            raise ValueError(f"{manifest}: need labeled rows in splits {config.train_split!r} "
-                             f"and {config.test_split!r}")
+            raise ValueError(f"{manifest}: need rows with a {config.label_column!r} in splits "
+                             f"{config.train_split!r} and {config.test_split!r}")
         self.classes = class_names(self.train_rows + self.test_rows)
 
     def loader(self, rows: list[ManifestRow], random: bool, shuffle: bool, seed: int = 0,
