@@ -86,8 +86,8 @@ def test_head_matches_vcop() -> None:
 
 
 def test_one_training_step(tiny_synthav: Path, tmp_path: Path) -> None:
-    config = load_config(ROOT / "configs/pretrain/vcop.yaml", [  # a 16-frame window of the 24-frame videos
-        "data.frame_size=32", "data.batch_size=4", "data.num_workers=0", "train.max_steps=1",
+    config = load_config(ROOT / "configs/pretrain/vcop.yaml", [  # a 23-frame window of the 24-frame videos
+        "task.vcop.interval=1", "data.frame_size=32", "data.batch_size=4", "data.num_workers=0", "train.max_steps=1",
         "train.log_every=1", f"data.synthav_dir={tiny_synthav}"])
     task = build_task(config)
     assert isinstance(task, ClipOrderPrediction) and task.window_span <= 24
