@@ -84,3 +84,10 @@ def test_shipped_config_trains_one_step_and_logs_each_task(tiny_synthav: Path, t
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     for name in config.task.multitask.tasks:
         assert np.isfinite(record[f"{name}/loss"])
+
+
+def test_shipped_config_sets_each_task_as_its_own_config_does() -> None:
+    config = load_config(ROOT / "configs/pretrain/multitask.yaml")
+    for name in config.task.multitask.tasks:
+        single = load_config(ROOT / f"configs/pretrain/{name}.yaml")
+        assert getattr(config.task, name) == getattr(single.task, name), name
