@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
                  pretrain_minutes=minutes)
             baseline(f"random init {name} (linear probe, {mode})", seed, mode,
                      lambda: transfer.linear_probe(random_encoder(name, seed), mode))
-            if task.needs_audio and (mode != "audio" or args.audio_label != "label"):  # not probed yet
+            # the audio encoder on --audio-label, unless the row above was that already (audio-only, label)
+            if task.needs_audio and (mode != "audio" or args.audio_label != "label"):
                 audio_encoder, audio_name = load_audio_encoder(checkpoint)
                 _add(rows, f"{method} audio encoder ({args.audio_label}, linear probe)", "audio",
                      audio_transfer.linear_probe(audio_encoder, "audio"))

@@ -36,7 +36,7 @@ from mmssl.engine.checkpoint import (
     save_checkpoint,
 )
 from mmssl.models import VideoEncoder, build_video_encoder
-from mmssl.models.audio import AudioEncoder, build_audio_encoder
+from mmssl.models.audio import AUDIO_ENCODERS, AudioEncoder, build_audio_encoder
 from mmssl.tasks import PretextTask, build_task, task_class
 
 log = logging.getLogger(__name__)
@@ -60,19 +60,28 @@ class TaskModel(nn.Module):
         return self.task.loss(batch, self.encoder, self.head)
 
 
-def build_encoder(config: Config) -> tuple[VideoEncoder | AudioEncoder, str]:
-    """The encoder a run trains (and transfers) and its registry name, by the task's `encoder_kind`:
+def encoder_name(config: Config) -> str:
+    """The registry name of the encoder a run trains (and transfers), by the task's `encoder_kind`:
     model.video_encoder, or model.audio_encoder for tasks on audio alone (wav2vec 2.0)."""
-    if task_class(config.task.name).encoder_kind == "audio":
-        return build_audio_encoder(config.model.audio_encoder), config.model.audio_encoder
-    return build_video_encoder(config.model.video_encoder), config.model.video_encoder
+    audio = task_class(config.task.name).encoder_kind == "audio"
+    return config.model.audio_encoder if audio else config.model.video_encoder
+
+
+def build_named_encoder(name: str) -> VideoEncoder | AudioEncoder:
+    """The video or audio encoder registered under `name`, at random init."""
+    return build_audio_encoder(name) if name in AUDIO_ENCODERS else build_video_encoder(name)
+
+
+def build_encoder(config: Config) -> VideoEncoder | AudioEncoder:
+    """The encoder a run trains, at random init (`encoder_name`)."""
+    return build_named_encoder(encoder_name(config))
 
 
 def load_task_model(checkpoint: str | Path) -> tuple[TaskModel, Config]:
     """The whole pretraining model of a checkpoint (encoder + task head, in eval mode) and its config."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = from_dict(state["config"])
-    model = TaskModel(build_task(config), build_encoder(config)[0])
+    model = TaskModel(build_task(config), build_encoder(config))
     model.load_state_dict(state["model"])
     return model.eval(), config
 
@@ -137,7 +146,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         persistent_workers=config.data.num_workers > 0,  # keeps the task's per-video caches
         generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
     )
-    model = TaskModel(task, build_encoder(config)[0]).to(dist.device)
+    model = TaskModel(task, build_encoder(config)).to(dist.device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = build_optimizer(config, model)

@@ -27,9 +27,9 @@ from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import ManifestRow, class_names, read_manifest
 from mmssl.data.sampling import random_clip, uniform_clips
 from mmssl.data.synthetic import ensure_synthav
-from mmssl.engine.trainer import build_encoder, cosine_schedule, load_task_model
-from mmssl.models import VideoEncoder, build_video_encoder
-from mmssl.models.audio import AUDIO_ENCODERS, AudioEncoder, build_audio_encoder
+from mmssl.engine.trainer import build_named_encoder, cosine_schedule, encoder_name, load_task_model
+from mmssl.models import VideoEncoder
+from mmssl.models.audio import AudioEncoder
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 FINETUNE_AUGMENT = VideoAugment(crop_scale=(0.6, 1.0), flip=False)  # a flip turns left into right
@@ -94,7 +94,7 @@ def load_encoder(checkpoint: str | Path) -> tuple[VideoEncoder | AudioEncoder, s
     audio-only task such as wav2vec 2.0), its registry name and its task's feature mode ("audio"
     for an audio encoder)."""
     model, config = load_task_model(checkpoint)
-    return model.encoder, build_encoder(config)[1], model.task.feature_mode
+    return model.encoder, encoder_name(config), model.task.feature_mode
 
 
 def load_audio_encoder(checkpoint: str | Path) -> tuple[AudioEncoder, str]:
@@ -111,7 +111,7 @@ def load_audio_encoder(checkpoint: str | Path) -> tuple[AudioEncoder, str]:
 def random_encoder(name: str, seed: int) -> VideoEncoder | AudioEncoder:
     """The video or audio encoder registered under `name`, at a seeded random init."""
     torch.manual_seed(seed)
-    return build_audio_encoder(name) if name in AUDIO_ENCODERS else build_video_encoder(name)
+    return build_named_encoder(name)
 
 
 def encode(encoder: VideoEncoder, frames: torch.Tensor, mode: str,

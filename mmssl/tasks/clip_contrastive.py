@@ -9,8 +9,9 @@ Both give the same gap distribution up to discretisation (mmssl.data.sampling.in
 CVRL's sampler is defined for two clips only, so rho > 2 needs "uniform". Each clip is augmented on
 its own on the device: one crop/flip/colour distortion shared by the frames of a clip, independent
 between clips; the colour distortion is SimCLR's at strength 1 (brightness, contrast, hue, grayscale;
-no saturation), which the clips of a video need more than images do: they share their colours. One encoder (shared weights) embeds every clip; `loss` picks the objective, on projections z
-and predictions p (mmssl.losses has the formulas):
+no saturation), which the clips of a video need more than images do: they share their colours.
+One encoder (shared weights) embeds every clip; `loss` picks the objective, on projections z and
+predictions p (mmssl.losses has the formulas):
 
 - nt_xent (SimCLR, Chen et al. 2020): z = the shared ContrastiveHead's L2-normalised embedding;
   NT-Xent over the batch gathered from all GPUs with gradient.
@@ -35,7 +36,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import math
 from collections.abc import Callable
 
 import numpy as np

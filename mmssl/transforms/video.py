@@ -99,7 +99,7 @@ def frame_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     return rearrange(out, "(b t) c h w -> b c t h w", b=b)
 
 
-def colour_distortion(x: Tensor, hue: float, grayscale: float) -> Tensor:
+def colour_distortion(x: torch.Tensor, hue: float, grayscale: float) -> torch.Tensor:
     """Per clip of x (normalised float [N, 3, T, H, W]): a rotation of the colours about the gray axis
     by an angle uniform in +- `hue` turns (a hue shift, as SimCLR's hue jitter), or with probability
     `grayscale` the mean of the channels instead. Both maps are linear and keep gray gray, so with the
