@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
 
 
-def avc(synthav: Path, *overrides: str):
-    config = load_config(ROOT / "configs/pretrain/avc.yaml",
+def avts(synthav: Path, *overrides: str):
+    """avts.yaml (AVC with hard negatives) at test sizes: its windows hold both the positive and the hard audio."""
+    config = load_config(ROOT / "configs/pretrain/avts.yaml",
                          [f"data.synthav_dir={synthav}", "data.frame_size=32", "task.avc.clip_len=4", *overrides])
     return config, build_task(config)
 
@@ -36,7 +37,7 @@ def click_time(audio: torch.Tensor) -> float:
 
 
 def test_positive_audio_is_aligned_with_its_frames(tiny_synthav: Path) -> None:
-    _, task = avc(tiny_synthav)
+    _, task = avts(tiny_synthav)
     rows = [r for r in read_manifest(tiny_synthav / "manifest.csv") if r.has_audio and r.extra["impacts"]]
     dataset = PretextDataset(rows, task, 32)
     checked = 0
@@ -64,7 +65,7 @@ def _other_impact_near(row, start: float) -> bool:
 
 
 def test_hard_negatives_never_overlap_the_positive(tiny_synthav: Path) -> None:
-    _, task = avc(tiny_synthav)
+    _, task = avts(tiny_synthav)
     rows = [r for r in read_manifest(tiny_synthav / "manifest.csv") if r.has_audio]
     hard_found = 0
     for row in rows:
@@ -80,7 +81,7 @@ def test_hard_negatives_never_overlap_the_positive(tiny_synthav: Path) -> None:
 
 
 def test_pairs_balance_and_never_pair_a_clip_with_its_own_audio() -> None:
-    config = load_config(ROOT / "configs/pretrain/avc.yaml")
+    config = load_config(ROOT / "configs/pretrain/avts.yaml")
     task = build_task(config)
     task.set_step(99, 100)  # past the curriculum: hard negatives allowed
     size = 4000
@@ -98,11 +99,22 @@ def test_pairs_balance_and_never_pair_a_clip_with_its_own_audio() -> None:
 
 
 def test_curriculum_starts_with_easy_negatives_only() -> None:
-    task = build_task(load_config(ROOT / "configs/pretrain/avc.yaml"))
+    task = build_task(load_config(ROOT / "configs/pretrain/avts.yaml"))
     task.set_step(0, 100)
     assert task.hard_share == 0.0
     task.set_step(30, 100)
     assert task.hard_share == 0.25
+
+
+def test_avc_without_hard_negatives_decodes_only_the_positive_audio(tiny_synthav: Path) -> None:
+    config = load_config(ROOT / "configs/pretrain/avc.yaml", [f"data.synthav_dir={tiny_synthav}"])
+    task = build_task(config)
+    task.set_step(99, 100)
+    assert task.hard_share == 0.0
+    for row in [r for r in read_manifest(tiny_synthav / "manifest.csv") if r.has_audio]:
+        window = task.window(row, np.random.default_rng(0))
+        assert window.targets == {"positive_offset": 0, "hard_offset": NO_HARD}
+        assert window.audio_duration_s == config.task.avc.audio_s
 
 
 def test_log_mel_shape_and_audio_encoder() -> None:
@@ -114,7 +126,7 @@ def test_log_mel_shape_and_audio_encoder() -> None:
 
 @pytest.mark.parametrize("loss", ["ce", "margin"])
 def test_gradient_reaches_both_towers(tiny_synthav: Path, loss: str) -> None:
-    config, task = avc(tiny_synthav, f"task.avc.loss={loss}")
+    config, task = avts(tiny_synthav, f"task.avc.loss={loss}")
     task.set_step(99, 100)
     rows = [r for r in read_manifest(tiny_synthav / "manifest.csv", "pretrain") if r.has_audio][:6]
     batch = collate([PretextDataset(rows, task, 32)[i] for i in range(6)])
@@ -131,7 +143,7 @@ def test_gradient_reaches_both_towers(tiny_synthav: Path, loss: str) -> None:
 
 
 def test_one_training_step_skips_silent_videos(tiny_synthav: Path, tmp_path: Path) -> None:
-    config, _ = avc(tiny_synthav, "data.batch_size=4", "data.num_workers=0", "train.max_steps=1")
+    config, _ = avts(tiny_synthav, "data.batch_size=4", "data.num_workers=0", "train.max_steps=1")
     pretrain(config, tmp_path)
     summary = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "excluded" in line]
     assert '"no_audio"' in summary[0]
@@ -174,7 +186,7 @@ def test_eval_av_reports_heldout_accuracy_and_retrieval(tiny_synthav: Path, tmp_
 
 
 def test_audio_tower_of_an_av_checkpoint_is_probed_on_the_shape_labels(tiny_synthav: Path, tmp_path: Path) -> None:
-    config, _ = avc(tiny_synthav, "data.batch_size=4", "data.num_workers=0", "train.max_steps=1")
+    config, _ = avts(tiny_synthav, "data.batch_size=4", "data.num_workers=0", "train.max_steps=1")
     checkpoint = pretrain(config, tmp_path / "avc")
     encoder, name = load_audio_encoder(checkpoint)
     saved = torch.load(checkpoint, weights_only=True)["model"]

@@ -60,12 +60,13 @@ class AudioVisualCorrespondence(PretextTask):
         return frames_for(self.config.audio_s, fps)
 
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
-        """The clip, the positive audio centred on it and (when the video is long enough) a hard
-        negative shifted by >= min_offset_s; one audio span covering both is decoded."""
+        """The clip, the positive audio centred on it and (with hard negatives on, when the video is
+        long enough) a hard negative shifted by >= min_offset_s; one audio span covering both is decoded."""
         c = self.config
         duration = row.num_frames / row.fps
         frames, positive = clip_with_audio(row, c.clip_len, c.stride, c.audio_s, rng)
-        shifts = [s for s in (self._shift(positive, duration, side, rng) for side in (-1, 1)) if s is not None]
+        sides = (-1, 1) if c.hard_negatives else ()
+        shifts = [s for s in (self._shift(positive, duration, side, rng) for side in sides) if s is not None]
         hard = positive + shifts[rng.integers(len(shifts))] if shifts else None
         start = min(positive, hard) if hard is not None else positive
         end = max(positive, hard) + c.audio_s if hard is not None else positive + c.audio_s
