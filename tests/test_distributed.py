@@ -1,4 +1,6 @@
-"""Two CPU processes with gloo: a loss over the gathered batch must get full-batch gradients."""
+"""Two CPU processes with gloo: a loss over the gathered batch must get full-batch gradients, MoCo's
+shuffling BN must give each rank its own rows computed on a shuffled slice, and DDP must train a
+model with LayerDrop (ranks skipping different layers)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mmssl.engine import distributed as mdist
+from mmssl.models.audio import Wav2Vec2Encoder
 
 from helpers import run_ranks  # tests/ is on sys.path under pytest
 
@@ -20,6 +23,8 @@ WORLD_SIZE = 2
 BATCH = 8  # full batch; each rank holds BATCH // WORLD_SIZE rows
 TEMPERATURE = 0.5
 SPAWN_TIMEOUT_S = 60.0
+SHUFFLE_SEED = 3  # every rank seeds this before `shuffled_forward`: rank 0's permutation is reproducible
+LAYER_DROP_STEPS = 6
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -73,11 +78,48 @@ def _run(info: mdist.DistInfo) -> dict[str, object]:
         ddp.zero_grad()
         _nt_xent(ddp, x1, x2, gather, rank).backward()  # DDP averages the grads over ranks
         result[name] = _grads(ddp)
+    local = _views()[0].chunk(WORLD_SIZE)[rank]
+    for name, module in [("shuffled_linear", _model()), ("shuffled_bn", nn.BatchNorm1d(6).double())]:
+        torch.manual_seed(SHUFFLE_SEED)
+        result[name] = mdist.shuffled_forward(module, local)
+    result["layer_drop"] = _train_with_layer_drop(rank)
     rank_values = torch.arange(3.0, requires_grad=True) + 10 * rank
     result["gather_no_grad"] = mdist.gather_no_grad(rank_values)
     result["reduce_mean"] = mdist.reduce_mean(torch.tensor(rank))
     mdist.barrier()
     return result
+
+
+class _MaskedContext(nn.Module):
+    """wav2vec 2.0's masked forward of pretraining (half the steps masked): only LayerDrop leaves
+    parameters unused in it."""
+
+    def __init__(self, encoder: Wav2Vec2Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        features, _ = self.encoder.extract(waveform)
+        mask = torch.rand(features.shape[:2]) < 0.5
+        return self.encoder.context(self.encoder.project(self.encoder.normalize(features)), mask)
+
+
+def _train_with_layer_drop(rank: int) -> dict[str, object]:
+    """A few DDP steps of a wav2vec 2.0 encoder whose 2 blocks are each dropped half the time, the
+    ranks drawing their drops apart."""
+    torch.manual_seed(0)
+    encoder = Wav2Vec2Encoder("wav2vec2_tiny")
+    plain = mdist.has_layer_drop(encoder)
+    encoder.model.encoder.transformer.layer_drop = 0.5
+    ddp = mdist.wrap_ddp(_MaskedContext(encoder), torch.device("cpu"))
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    torch.manual_seed(100 + rank)
+    for _ in range(LAYER_DROP_STEPS):
+        optimizer.zero_grad()
+        ddp(torch.randn(2, 3200)).pow(2).mean().backward()
+        optimizer.step()
+    return {"has_layer_drop": (plain, mdist.has_layer_drop(encoder)),
+            "params": [p.detach().clone() for p in encoder.parameters()]}
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -131,6 +173,35 @@ def test_gather_no_grad_and_reduce_mean(results: list[dict]) -> None:
         torch.testing.assert_close(r["reduce_mean"], torch.tensor(0.5))
 
 
+def test_shuffled_forward_returns_own_rows(results: list[dict]) -> None:
+    for rank, r in enumerate(results):
+        with torch.no_grad():
+            expected = _model()(_views()[0].chunk(WORLD_SIZE)[rank])
+        torch.testing.assert_close(r["shuffled_linear"], expected)
+
+
+def test_shuffled_forward_normalises_over_a_shuffled_slice(results: list[dict]) -> None:
+    x = _views()[0]
+    torch.manual_seed(SHUFFLE_SEED)
+    order = torch.randperm(BATCH)
+    local = BATCH // WORLD_SIZE
+    assert set(order[:local].tolist()) != set(range(local))  # the permutation mixes the ranks' rows
+    bn = nn.BatchNorm1d(6).double()
+    shuffled = torch.cat([bn(x[order[r * local:(r + 1) * local]]) for r in range(WORLD_SIZE)])
+    expected = shuffled[order.argsort()].detach()
+    got = torch.cat([r["shuffled_bn"] for r in results])
+    torch.testing.assert_close(got, expected)
+    unshuffled = torch.cat([bn(part) for part in x.chunk(WORLD_SIZE)]).detach()
+    assert not torch.allclose(got, unshuffled)
+
+
+def test_ddp_trains_through_layer_drop(results: list[dict]) -> None:
+    for r in results:
+        assert r["layer_drop"]["has_layer_drop"] == (False, True)
+    for a, b in zip(results[0]["layer_drop"]["params"], results[1]["layer_drop"]["params"], strict=True):
+        torch.testing.assert_close(a, b)  # gradients were averaged over the ranks every step
+
+
 def test_single_process_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
@@ -141,6 +212,7 @@ def test_single_process_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (mdist.get_rank(), mdist.get_world_size(), mdist.is_main_process()) == (0, 1, True)
     x = torch.randn(3, 2, requires_grad=True)
     assert mdist.gather_with_grad(x) is x
+    torch.testing.assert_close(mdist.shuffled_forward(lambda v: v * 2, x), x * 2)
     assert not mdist.gather_no_grad(x).requires_grad
     torch.testing.assert_close(mdist.reduce_mean(torch.tensor(3)), torch.tensor(3.0))
     mdist.barrier()

@@ -6,11 +6,14 @@ gathers and reductions are the identity, and `barrier` does nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -119,3 +122,38 @@ def reduce_mean(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
         x /= get_world_size()
     return x
+
+
+def has_layer_drop(model: nn.Module) -> bool:
+    """Whether a submodule skips whole layers at random in training (LayerDrop, Fan et al. 2020;
+    torchaudio's wav2vec 2.0 Transformer keeps its rate in `layer_drop`)."""
+    return any(float(getattr(m, "layer_drop", 0.0) or 0.0) > 0 for m in model.modules())
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP around `model` on `device`. With LayerDrop each rank skips other layers in a step, so
+    their parameters get no gradient there: DDP then has to look for unused parameters (as fairseq
+    does), or its reducer stops the next step with "Expected to have finished reduction"."""
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=has_layer_drop(model))
+
+
+@torch.no_grad()
+def shuffled_forward(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` with the batch shuffled over the ranks: MoCo's shuffling BN (He et al. 2020,
+    Sec. 3.3; `_batch_shuffle_ddp` in facebookresearch/moco). The inputs of all ranks are gathered,
+    permuted by one random permutation (rank 0's, broadcast), each rank runs its slice of the
+    permuted batch, and the outputs are gathered and put back in order, so each rank gets the rows
+    of its own `x`, but computed with BatchNorm statistics of a random subset of the global batch.
+    Without it the query and its key share their BN statistics' subset, a signal that lets the
+    contrastive task be solved without learning good features. No gradient (keys need none); `x`
+    must have the same shape on every rank. One process: `module(x)` (like MoCo's code, there is
+    nothing to shuffle over)."""
+    if get_world_size() == 1:
+        return module(x)
+    full = gather_no_grad(x)
+    order = torch.randperm(len(full), device=full.device)
+    dist.broadcast(order, src=0)
+    own = slice(get_rank() * len(x), (get_rank() + 1) * len(x))
+    outputs = gather_no_grad(module(full[order[own]]))
+    return outputs[order.argsort()[own]]

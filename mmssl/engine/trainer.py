@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -150,8 +149,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = build_optimizer(config, model)
-    ddp = DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None) \
-        if dist.world_size > 1 else model
+    ddp = distributed.wrap_ddp(model, dist.device) if dist.world_size > 1 else model
     forward = torch.compile(ddp) if config.train.compile else ddp
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) \
         if dist.device.type == "cuda" and config.train.amp == "auto" else nullcontext()

@@ -18,8 +18,9 @@ predictions p (mmssl.losses has the formulas):
 - moco (MoCo v2, He et al. 2020; Chen et al. 2020): the query is clip 0 through the online encoder and
   ContrastiveHead, the keys clips 1..rho-1 through the momentum copy, updated by
   theta_k <- m theta_k + (1 - m) theta_q before the key forward; logits [q.k+, q.queue] / T, label 0;
-  the keys are enqueued after the logits (gathered from all GPUs). One query clip and every other clip
-  a key, as rhoMoCo in pySlowFast (`ContrastiveModel`, type "moco").
+  the keys are enqueued after the logits (gathered from all GPUs); on several GPUs the keys' batch is
+  shuffled over the GPUs for the key forward (shuffling BN). One query clip and every other clip a
+  key, as rhoMoCo in pySlowFast (`ContrastiveModel`, type "moco").
 - byol (Grill et al. 2020): 2-layer projector and predictor; target = EMA copy of encoder + projector,
   tau_k = 1 - (1 - tau_base)(1 + cos(pi k / K)) / 2; loss 2 - 2 cos(p_i, sg(z'_j)), symmetric.
 - simsiam (Chen and He 2021): 3-layer projector with BN on its output, bottleneck predictor (hidden
@@ -48,6 +49,7 @@ from mmssl.config import ClipContrastiveConfig, Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import cvrl_clips, independent_clips
+from mmssl.engine.distributed import shuffled_forward
 from mmssl.losses import build_loss, cosine_momentum, momentum_update
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import projection_mlp
@@ -193,7 +195,7 @@ class ClipContrastive(PretextTask):
         if c.loss == "moco":
             x = rearrange(x, "(k b) c t h w -> k b c t h w", k=c.num_clips)
             query = head.project(encoder(x[0]))
-            keys = head.embed_target(rearrange(x[1:], "k b c t h w -> (k b) c t h w"))
+            keys = shuffled_forward(head.embed_target, rearrange(x[1:], "k b c t h w -> (k b) c t h w"))
             loss = head.criterion(query.repeat(c.num_clips - 1, 1), keys)
             return {"loss": loss, **_agreement(query, keys[:len(query)])}
         z = head.project(encoder(x))
