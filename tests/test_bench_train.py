@@ -19,6 +19,7 @@ def test_bench_train_quick(tiny_synthav: Path, tmp_path: Path) -> None:
     assert report["compute"]["flops_per_step"] > 0
     assert variants["fp32 eager"]["speedup_vs_fp32_eager"] == 1.0
     assert {"bf16 autocast", "bf16 + channels_last_3d"} <= set(variants)
+    assert report["end_to_end"]["task"] == "avc"  # AVTS, the default --pretrain-config
     for workers in ("0", "1"):
         r = report["end_to_end"]["workers"][workers]
         assert r["step_s"] > 0 and 0 <= r["data_wait_share"] <= 1

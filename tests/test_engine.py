@@ -18,7 +18,7 @@ from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_co
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
 from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
-from mmssl.engine.trainer import NonFiniteLossError, build_optimizer, cosine_schedule, pretrain
+from mmssl.engine.trainer import NonFiniteLossError, build_optimizer, cosine_schedule, pretrain, to_channels_last_3d
 from mmssl.eval.transfer import Transfer, load_encoder
 from mmssl.tasks import build_task
 
@@ -166,6 +166,14 @@ def test_trainer_steps_and_writes_metrics_and_checkpoint(tiny_synthav: Path, tmp
     assert any("skipped" in r for r in records)
     state = torch.load(final, weights_only=True)
     assert state["step"] == 4 and state["config"]["task"]["name"] == "order"
+
+
+def test_channels_last_run_of_an_audio_visual_task(tiny_synthav: Path, tmp_path: Path) -> None:
+    config = fast_config(tiny_synthav, "task.name=avc", "train.max_steps=2", "train.channels_last=true")
+    assert pretrain(config, tmp_path).exists()  # the audio tower's 2D convs stay as they are
+    model = to_channels_last_3d(torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)))
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not model[0].weight.is_contiguous() and model[1].weight.is_contiguous()
 
 
 def test_non_finite_loss_stops_naming_the_step(tiny_synthav: Path, tmp_path: Path) -> None:

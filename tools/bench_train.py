@@ -7,37 +7,51 @@ encoder -> linear classifier -> cross-entropy -> AdamW) per variant: fp32 eager 
 bf16 autocast, + channels_last_3d, + torch.compile. Reported: steps/s, clips/s, the ratio to fp32
 eager measured in the same run, and MFU = counted FLOP/s over the device's peak (--peak-tflops; the
 FLOPs of one step are counted by torch.utils.flop_counter, forward + backward).
-Part 2 (end to end): the same step fed by the real PretextDataset DataLoader (decoding SynthAV in
-worker processes, pinned memory, uint8 to the device) for several worker counts: data-wait share
-and step time over the compute-only step time.
+Part 2 (end to end): a pretraining step (the trainer's TaskModel and DataLoader for
+--pretrain-config, AVTS by default: video clip + audio window decoded in the workers; augmentation,
+log-mel and the loss on the device), in the fastest variant of part 1, fed by the loader for several
+worker counts (pinned memory, uint8 to the device) against the same step on one batch resident on
+the device: data-wait share and step time over the compute-only step time. SynthAV is made at
+--size px (data/synthav_<size>px) so that the workers decode frames of the trained size.
 
   python tools/bench_train.py [--encoder r2plus1d_18] [--frames 16] [--size 112] [--batch 32]
-                              [--workers 0 2 4 8 16] [--compile] [--out runs/bench_train.json]
+                              [--workers 0 2 4 8 16] [--compile] [--pretrain-config FILE]
+                              [--out runs/bench_train.json]
   python tools/bench_train.py --quick      (tiny3d, small clips: seconds on a CPU; what CI runs)
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from mmssl.data.dataset import PretextDataset, collate  # noqa: E402
-from mmssl.data.manifest import class_names, read_manifest  # noqa: E402
-from mmssl.data.synthetic import ensure_synthav  # noqa: E402
-from mmssl.eval.transfer import LabeledClips  # noqa: E402
+from mmssl.config import Config, load_config  # noqa: E402
+from mmssl.data.dataset import EpochSampler, PretextDataset, collate  # noqa: E402
+from mmssl.data.synthetic import SynthAVConfig, ensure_synthav  # noqa: E402
+from mmssl.engine.trainer import (  # noqa: E402
+    TaskModel,
+    build_encoder,
+    build_loader,
+    build_optimizer,
+    load_rows,
+    to_channels_last_3d,
+)
 from mmssl.models import build_video_encoder  # noqa: E402
+from mmssl.tasks import build_task  # noqa: E402
 from mmssl.transforms.video import to_model_input  # noqa: E402
 
 VARIANTS = {  # name: (bf16 autocast, channels_last_3d, torch.compile)
@@ -64,7 +78,7 @@ def make_step(encoder: str, device: torch.device, bf16: bool, channels_last: boo
     torch.manual_seed(0)
     model = Classifier(encoder).to(device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+        to_channels_last_3d(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     forward = torch.compile(model) if compile_ else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -88,15 +102,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step, batches: list[tuple[torch.Tensor, torch.Tensor]], warmup: int, steps: int,
-               device: torch.device) -> float:
-    """Seconds per step over `steps` steps after `warmup` (cycling through `batches`)."""
-    for i in range(warmup):
-        step(*batches[i % len(batches)])
+def time_steps(run: Callable[[], object], warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per call of `run` (one training step) over `steps` calls after `warmup`."""
+    for _ in range(warmup):
+        run()
     synchronize(device)
     start = time.perf_counter()
-    for i in range(steps):
-        step(*batches[i % len(batches)])
+    for _ in range(steps):
+        run()
     synchronize(device)
     return (time.perf_counter() - start) / steps
 
@@ -118,8 +131,8 @@ def compute_part(args: argparse.Namespace, device: torch.device) -> dict:
     for name, (bf16, channels_last, compile_) in VARIANTS.items():
         if compile_ and not args.compile:
             continue
-        seconds = time_steps(make_step(args.encoder, device, bf16, channels_last, compile_), batches,
-                             args.warmup, args.steps, device)
+        step, cycle = make_step(args.encoder, device, bf16, channels_last, compile_), itertools.cycle(batches)
+        seconds = time_steps(lambda: step(*next(cycle)), args.warmup, args.steps, device)
         results[name] = {"step_s": seconds, "steps_per_s": 1 / seconds, "clips_per_s": args.batch / seconds,
                          "tflops": flops / seconds / 1e12}
     reference = results["fp32 eager"]["step_s"]
@@ -129,34 +142,73 @@ def compute_part(args: argparse.Namespace, device: torch.device) -> dict:
     return {"flops_per_step": flops, "variants": results}
 
 
+def make_task_step(config: Config, device: torch.device, bf16: bool, channels_last: bool, compile_: bool):
+    """The trainer's optimizer step for `config`'s pretext task on a batch dict already on `device`
+    (the task's device-side work included: uint8 -> float, augmentation, log-mel)."""
+    torch.manual_seed(0)
+    model = TaskModel(build_task(config), build_encoder(config)).to(device)
+    if channels_last:
+        to_channels_last_3d(model)
+    optimizer = build_optimizer(config, model)
+    forward = torch.compile(model) if compile_ else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with autocast:
+            loss = forward(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return model.task, step
+
+
+def pretrain_config(args: argparse.Namespace) -> Config:
+    """`args.pretrain_config` at the benchmark's encoder, clip length, stride, frame size and batch,
+    on the SynthAV folder of `args.synthav_dir` (made at `args.size` px when missing)."""
+    config = load_config(args.pretrain_config, [f"model.video_encoder={args.encoder}", f"data.frame_size={args.size}",
+                                                f"data.batch_size={args.batch}", f"data.synthav_dir={args.synthav_dir}",
+                                                "data.manifest=''", "data.split=pretrain"])
+    clips = getattr(config.task, config.task.name)
+    for key, value in (("clip_len", args.frames), ("stride", args.stride)):
+        if hasattr(clips, key):
+            setattr(clips, key, value)
+    ensure_synthav(args.synthav_dir, None if Path(args.synthav_dir, "manifest.csv").exists()
+                   else SynthAVConfig(size=args.size))
+    return config
+
+
 def end_to_end_part(args: argparse.Namespace, device: torch.device, variant: str) -> dict:
-    bf16, channels_last, compile_ = VARIANTS[variant]
-    step = make_step(args.encoder, device, bf16, channels_last, compile_)
-    manifest = ensure_synthav(args.synthav_dir)
-    rows = [r for r in read_manifest(manifest) if r.label]
-    clips = LabeledClips(class_names(rows), args.frames, args.stride, 1, random=True)
-    dataset = PretextDataset(rows, clips, args.size)
+    """The pretraining step of `args.pretrain_config` fed by the trainer's DataLoader (decoding SynthAV
+    in worker processes, pinned memory, uint8 to the device) for each worker count, against the same
+    step on one batch resident on the device."""
+    config = pretrain_config(args)
+    task, step = make_task_step(config, device, *VARIANTS[variant])
+    dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend)
+    sampler = EpochSampler(len(dataset), config.train.seed)
 
-    def to_device(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return (batch["frames"][:, 0].to(device, non_blocking=True),
-                batch["label"].to(device, non_blocking=True))
+    def to_device(batch: dict) -> dict[str, torch.Tensor]:
+        batch.pop("skipped")
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
-    resident = [to_device(collate([dataset[i] for i in range(args.batch)]))]
-    compute_s = time_steps(step, resident, args.warmup, args.steps, device)
-    results = {"variant": variant, "compute_only_step_s": compute_s, "workers": {}}
+    resident = to_device(collate([dataset[(0, i)] for i in range(args.batch)]))
+    compute_s = time_steps(lambda: step(resident), args.warmup, args.steps, device)
+    results = {"variant": variant, "task": task.name, "config": args.pretrain_config,
+               "compute_only_step_s": compute_s, "workers": {}}
     for workers in args.workers:
-        loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, collate_fn=collate, drop_last=True,
-                            num_workers=workers, pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
+        config.data.num_workers = workers
+        loader = build_loader(dataset, sampler, config, device)
         wait = total = 0.0
-        done = 0
+        done = epoch = 0
         while done < args.warmup + args.steps:
+            sampler.set_epoch(epoch)
+            epoch += 1
             start = time.perf_counter()
             for batch in loader:
                 got = time.perf_counter()
-                if "frames" in batch:
-                    step(*to_device(batch))
-                    synchronize(device)
+                step(to_device(batch))
+                synchronize(device)
                 if done >= args.warmup:
                     wait += got - start
                     total += time.perf_counter() - start
@@ -164,6 +216,7 @@ def end_to_end_part(args: argparse.Namespace, device: torch.device, variant: str
                 if done >= args.warmup + args.steps:
                     break
                 start = time.perf_counter()
+        del loader  # stops its persistent workers before the next count starts its own
         step_s = total / args.steps
         results["workers"][str(workers)] = {"step_s": step_s, "data_wait_share": wait / total,
                                             "end_to_end_over_compute": step_s / compute_s,
@@ -184,13 +237,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="include the torch.compile variant")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak for MFU (bf16 dense; e.g. an H100 SXM's 989)")
-    parser.add_argument("--synthav-dir", default="data/synthav")
+    parser.add_argument("--pretrain-config", default=str(ROOT / "configs/pretrain/avts.yaml"),
+                        help="the pretext task of the end-to-end part (its clip_len and stride become "
+                             "--frames and --stride)")
+    parser.add_argument("--synthav-dir", default=None,
+                        help="SynthAV folder of the end-to-end part (default: data/synthav, or "
+                             "data/synthav_<size>px made at --size px)")
     parser.add_argument("--quick", action="store_true", help="tiny3d, 8x32x32 clips, batch 4, 2 steps")
     parser.add_argument("--out", default="runs/bench_train.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.encoder, args.frames, args.size, args.batch, args.steps, args.warmup = "tiny3d", 8, 32, 4, 2, 1
         args.workers = [0, 1]
+    if args.synthav_dir is None:
+        args.synthav_dir = "data/synthav" if args.size == SynthAVConfig.size else f"data/synthav_{args.size}px"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -206,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         print(f"{name:<36} {r['steps_per_s']:>8.2f} {r['clips_per_s']:>8.1f} {r['speedup_vs_fp32_eager']:>12.2f} "
               f"{r['tflops']:>8.2f} {mfu:>6}")
-    print(f"\nend to end ({fastest}), SynthAV at {args.size}px: compute-only step "
+    print(f"\nend to end: {pipeline['task']} pretraining ({Path(args.pretrain_config).name}, {fastest}), "
+          f"SynthAV at {args.size}px: compute-only step "
           f"{pipeline['compute_only_step_s'] * 1e3:.1f} ms")
     print(f"{'workers':>7} {'step ms':>8} {'clips/s':>8} {'data wait':>9} {'e2e / compute':>13}")
     for workers, r in pipeline["workers"].items():

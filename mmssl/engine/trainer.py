@@ -120,6 +120,28 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {opt.name!r}; choose adamw or sgd")
 
 
+def to_channels_last_3d(model: nn.Module) -> nn.Module:
+    """`model` with its Conv3d weights in channels_last_3d (NDHWC) layout, in place; 2D and 1D convs
+    (an audio tower's) keep theirs: `model.to(memory_format=torch.channels_last_3d)` stops at the
+    first 4-D weight ("required rank 5 tensor")."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv3d):
+            module.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def build_loader(dataset: PretextDataset, sampler: EpochSampler, config: Config, device: torch.device) -> DataLoader:
+    """The pretraining DataLoader: `config.data.num_workers` persistent workers (they keep the task's
+    per-video caches), 4 batches prefetched per worker, pinned memory when feeding a GPU."""
+    workers = config.data.num_workers
+    return DataLoader(
+        dataset, batch_size=config.data.batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
+    )
+
+
 def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> Path:
     """Train `config`'s task; write checkpoints and metrics.jsonl under `out_dir`; return the final
     checkpoint's path. `resume`: "auto" (the newest checkpoint in out_dir, if any) or a path."""
@@ -138,16 +160,10 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         raise ValueError(f"no video of split {config.data.split!r} fits task {task.name!r} "
                          f"(left out: {dict(dataset.excluded)})")
     sampler = EpochSampler(len(dataset), config.train.seed, dist.rank, dist.world_size)
-    loader = DataLoader(
-        dataset, batch_size=config.data.batch_size, sampler=sampler, collate_fn=collate,
-        num_workers=config.data.num_workers, pin_memory=dist.device.type == "cuda",
-        prefetch_factor=4 if config.data.num_workers else None,
-        persistent_workers=config.data.num_workers > 0,  # keeps the task's per-video caches
-        generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
-    )
+    loader = build_loader(dataset, sampler, config, dist.device)
     model = TaskModel(task, build_encoder(config)).to(dist.device)
     if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+        to_channels_last_3d(model)
     optimizer = build_optimizer(config, model)
     ddp = distributed.wrap_ddp(model, dist.device) if dist.world_size > 1 else model
     forward = torch.compile(ddp) if config.train.compile else ddp
