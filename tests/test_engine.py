@@ -18,7 +18,16 @@ from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_co
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
 from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
-from mmssl.engine.trainer import NonFiniteLossError, build_optimizer, cosine_schedule, pretrain, to_channels_last_3d
+from mmssl.engine.trainer import (
+    NonFiniteLossError,
+    TaskModel,
+    build_encoder,
+    build_optimizer,
+    cosine_schedule,
+    load_rows,
+    pretrain,
+    to_channels_last_3d,
+)
 from mmssl.eval.transfer import Transfer, load_encoder
 from mmssl.tasks import build_task
 
@@ -40,6 +49,24 @@ def test_every_shipped_config_loads() -> None:
     for path in files:
         root = TransferConfig if "transfer" in path.parts else Config
         load_config(path, root=root)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/pretrain").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_pretraining_config_steps_under_bf16_autocast(tiny_synthav: Path, path: Path) -> None:
+    """The trainer's default on a GPU (bf16 autocast), on the CPU: one step of each shipped config."""
+    config = load_config(path, [f"data.synthav_dir={tiny_synthav}", "data.frame_size=32"])
+    if config.task.name == "vcop":
+        config.task.vcop.interval = 0  # 3 clips of 7 frames in tiny SynthAV's 24 frames
+    task = build_task(config)
+    dataset = PretextDataset(load_rows(config), task, config.data.frame_size)
+    batch = collate([dataset[(0, i)] for i in range(4)])
+    batch.pop("skipped")
+    model = TaskModel(task, build_encoder(config))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(batch)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_saved_configs_with_keys_since_removed_still_load() -> None:

@@ -192,7 +192,8 @@ class VideoMAEDecoder(nn.Module):
 
     def forward(self, tokens: Tensor, visible: Tensor, grid: Grid) -> Tensor:
         b, n = visible.shape
-        placed = tokens.new_zeros(b, n, self.dim).masked_scatter(visible[..., None], self.embed(tokens))
+        embedded = self.embed(tokens)  # bf16 under autocast: the grid takes its dtype
+        placed = embedded.new_zeros(b, n, self.dim).masked_scatter(visible[..., None], embedded)
         x = torch.where(visible[..., None], placed, self.mask_token) + self.pos_embed(grid, tokens.device)
         x = self.norm(self.blocks(x))
         return self.head(rearrange(x[~visible], "(b n) d -> b n d", b=b))
