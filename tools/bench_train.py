@@ -64,37 +64,44 @@ NUM_CLASSES = 10
 
 
 class Classifier(nn.Module):
+    """Supervised action recognition with the trainer's interface: forward(batch) -> {"loss": ...}
+    on uint8 [B, T, H, W, C] "frames" and "label"."""
+
     def __init__(self, encoder_name: str) -> None:
         super().__init__()
         self.encoder = build_video_encoder(encoder_name)
         self.fc = nn.Linear(self.encoder.feature_dim, NUM_CLASSES)
 
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.encoder(clips))
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.fc(self.encoder(to_model_input(batch["frames"])))
+        return {"loss": F.cross_entropy(logits, batch["label"])}
 
 
-def make_step(encoder: str, device: torch.device, bf16: bool, channels_last: bool, compile_: bool):
-    """A training-step function on uint8 [B, T, H, W, C] clips and labels."""
-    torch.manual_seed(0)
-    model = Classifier(encoder).to(device)
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, bf16: bool, channels_last: bool,
+              compile_: bool) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """One optimizer step of `model` (forward(batch) -> {"loss": ...}, as the trainer's TaskModel)
+    on a batch dict already on the device, in a variant of VARIANTS."""
     if channels_last:
         to_channels_last_3d(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     forward = torch.compile(model) if compile_ else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
-    def step(frames: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = to_model_input(frames)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+    def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast:
-            loss = F.cross_entropy(forward(x), labels)
+            loss = forward(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss
 
     return step
+
+
+def classifier_step(encoder: str, device: torch.device, *variant: bool) -> Callable[[dict], torch.Tensor]:
+    """The supervised step of part 1 on a fresh seeded Classifier."""
+    torch.manual_seed(0)
+    model = Classifier(encoder).to(device)
+    return make_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), *variant)
 
 
 def synchronize(device: torch.device) -> None:
@@ -114,25 +121,25 @@ def time_steps(run: Callable[[], object], warmup: int, steps: int, device: torch
     return (time.perf_counter() - start) / steps
 
 
-def count_flops(encoder: str, device: torch.device, frames: torch.Tensor, labels: torch.Tensor) -> int:
+def count_flops(encoder: str, device: torch.device, batch: dict[str, torch.Tensor]) -> int:
     """FLOPs of one fp32 training step (forward + backward), counted by PyTorch's FLOP counter."""
-    step = make_step(encoder, device, bf16=False, channels_last=False, compile_=False)
+    step = classifier_step(encoder, device, False, False, False)
     with FlopCounterMode(display=False) as counter:
-        step(frames, labels)
+        step(batch)
     return counter.get_total_flops()
 
 
 def compute_part(args: argparse.Namespace, device: torch.device) -> dict:
     shape = (args.batch, args.frames, args.size, args.size, 3)
-    batches = [(torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
-                torch.randint(0, NUM_CLASSES, (args.batch,), device=device)) for _ in range(2)]
-    flops = count_flops(args.encoder, device, *batches[0])
+    batches = [{"frames": torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
+                "label": torch.randint(0, NUM_CLASSES, (args.batch,), device=device)} for _ in range(2)]
+    flops = count_flops(args.encoder, device, batches[0])
     results = {}
     for name, (bf16, channels_last, compile_) in VARIANTS.items():
         if compile_ and not args.compile:
             continue
-        step, cycle = make_step(args.encoder, device, bf16, channels_last, compile_), itertools.cycle(batches)
-        seconds = time_steps(lambda: step(*next(cycle)), args.warmup, args.steps, device)
+        step, cycle = classifier_step(args.encoder, device, bf16, channels_last, compile_), itertools.cycle(batches)
+        seconds = time_steps(lambda: step(next(cycle)), args.warmup, args.steps, device)
         results[name] = {"step_s": seconds, "steps_per_s": 1 / seconds, "clips_per_s": args.batch / seconds,
                          "tflops": flops / seconds / 1e12}
     reference = results["fp32 eager"]["step_s"]
@@ -140,28 +147,6 @@ def compute_part(args: argparse.Namespace, device: torch.device) -> dict:
         r["speedup_vs_fp32_eager"] = reference / r["step_s"]
         r["mfu"] = r["tflops"] / args.peak_tflops if args.peak_tflops else None
     return {"flops_per_step": flops, "variants": results}
-
-
-def make_task_step(config: Config, device: torch.device, bf16: bool, channels_last: bool, compile_: bool):
-    """The trainer's optimizer step for `config`'s pretext task on a batch dict already on `device`
-    (the task's device-side work included: uint8 -> float, augmentation, log-mel)."""
-    torch.manual_seed(0)
-    model = TaskModel(build_task(config), build_encoder(config)).to(device)
-    if channels_last:
-        to_channels_last_3d(model)
-    optimizer = build_optimizer(config, model)
-    forward = torch.compile(model) if compile_ else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-    def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with autocast:
-            loss = forward(batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return model.task, step
 
 
 def pretrain_config(args: argparse.Namespace) -> Config:
@@ -184,7 +169,9 @@ def end_to_end_part(args: argparse.Namespace, device: torch.device, variant: str
     in worker processes, pinned memory, uint8 to the device) for each worker count, against the same
     step on one batch resident on the device."""
     config = pretrain_config(args)
-    task, step = make_task_step(config, device, *VARIANTS[variant])
+    torch.manual_seed(0)
+    model = TaskModel(build_task(config), build_encoder(config)).to(device)
+    task, step = model.task, make_step(model, build_optimizer(config, model), *VARIANTS[variant])
     dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend)
     sampler = EpochSampler(len(dataset), config.train.seed)
 
