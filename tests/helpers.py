@@ -11,13 +11,38 @@ import torch
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
+from mmssl.config import load_config
+from mmssl.data.dataset import PretextDataset, collate
+from mmssl.engine.trainer import TaskModel, build_encoder, load_rows
 from mmssl.models import VideoEncoder
+from mmssl.tasks import build_task
+
+PRETRAINING_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs/pretrain").glob("*.yaml"))
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def shipped_config_batches(path: Path, synthav: Path, count: int = 1,
+                           ) -> tuple[TaskModel, list[dict[str, Tensor]]]:
+    """A shipped pretraining config on tiny SynthAV (32 px): its seeded TaskModel and `count` batches
+    of 4 decoded samples (batch k: epoch k's samples 4k .. 4k + 3)."""
+    config = load_config(path, [f"data.synthav_dir={synthav}", "data.frame_size=32"])
+    if config.task.name == "vcop":
+        config.task.vcop.interval = 0  # 3 clips of 7 frames in tiny SynthAV's 24 frames
+    task = build_task(config)
+    dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend)
+    torch.manual_seed(0)
+    model = TaskModel(task, build_encoder(config))
+    batches = []
+    for k in range(count):
+        batch = collate([dataset[(k, i % len(dataset))] for i in range(4 * k, 4 * k + 4)])
+        batch.pop("skipped")
+        batches.append(batch)
+    return model, batches
 
 
 def run_ranks(worker: Callable, out_dir: Path, world_size: int, timeout_s: float) -> list:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PRETRAINING_CONFIGS, shipped_config_batches  # tests/ is on sys.path under pytest
 
 from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_config, to_dict
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
@@ -20,11 +21,8 @@ from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.engine.trainer import (
     NonFiniteLossError,
-    TaskModel,
-    build_encoder,
     build_optimizer,
     cosine_schedule,
-    load_rows,
     pretrain,
     to_channels_last_3d,
 )
@@ -51,17 +49,10 @@ def test_every_shipped_config_loads() -> None:
         load_config(path, root=root)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs/pretrain").glob("*.yaml")), ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", PRETRAINING_CONFIGS, ids=lambda path: path.stem)
 def test_every_pretraining_config_steps_under_bf16_autocast(tiny_synthav: Path, path: Path) -> None:
     """The trainer's default on a GPU (bf16 autocast), on the CPU: one step of each shipped config."""
-    config = load_config(path, [f"data.synthav_dir={tiny_synthav}", "data.frame_size=32"])
-    if config.task.name == "vcop":
-        config.task.vcop.interval = 0  # 3 clips of 7 frames in tiny SynthAV's 24 frames
-    task = build_task(config)
-    dataset = PretextDataset(load_rows(config), task, config.data.frame_size)
-    batch = collate([dataset[(0, i)] for i in range(4)])
-    batch.pop("skipped")
-    model = TaskModel(task, build_encoder(config))
+    model, (batch,) = shipped_config_batches(path, tiny_synthav)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(batch)["loss"]
     loss.backward()

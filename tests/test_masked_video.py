@@ -16,7 +16,7 @@ from mmssl.data.clip import DecodedClip, Window
 from mmssl.engine.trainer import pretrain
 from mmssl.eval.transfer import load_encoder
 from mmssl.models import VIT_PRESETS, VideoViT, build_video_encoder
-from mmssl.models.vit import sincos_3d
+from mmssl.models.vit import sincos_3d, split_tokens
 from mmssl.tasks import build_task
 from mmssl.tasks.masked_video import (
     MaskedVideo,
@@ -72,28 +72,41 @@ def test_targets_per_tubelet_and_channel(normalize: bool) -> None:
             if normalize:
                 block = (block - block.mean()) / (block.std(ddof=1) + 1e-6)
             np.testing.assert_allclose(target[b, token, c::3], block, rtol=1e-10, atol=1e-12)
-    visible = ~torch.stack([tube_mask((2, 2, 3), 0.5, np.random.default_rng(s)).flatten() for s in (0, 1)])
-    perfect = torch.from_numpy(target)[~visible].reshape(2, 6, -1)  # a prediction equal to the masked targets
-    torch.testing.assert_close(reconstruct(perfect, pixels, visible, (2, 8, 8), normalize), pixels)
-    grey = reconstruct(torch.full_like(perfect, 0.5), pixels, visible, (2, 8, 8), normalized=False)
+    mask = torch.stack([tube_mask((2, 2, 3), 0.5, np.random.default_rng(s)).flatten() for s in (0, 1)])
+    visible = ~mask
+    _, masked = split_tokens(mask, 6)
+    perfect = torch.from_numpy(target)[mask].reshape(2, 6, -1)  # a prediction equal to the masked targets
+    torch.testing.assert_close(reconstruct(perfect, pixels, masked, (2, 8, 8), normalize), pixels)
+    grey = reconstruct(torch.full_like(perfect, 0.5), pixels, masked, (2, 8, 8), normalized=False)
     assert torch.equal(grey == 0.5, repeat(~visible, "b (t h w) -> b 3 (t 2) (h 8) (w 8)", t=2, h=2))
+
+
+def test_split_tokens_indexes_visible_then_masked_in_grid_order() -> None:
+    mask = torch.stack([tube_mask((2, 3, 3), 0.6, np.random.default_rng(s)).reshape(-1) for s in range(4)])
+    keep, masked = split_tokens(mask, 2 * 5)
+    assert keep.shape == (4, 8) and masked.shape == (4, 10)
+    for row, k, m in zip(mask, keep, masked):
+        assert k.tolist() == torch.nonzero(~row).flatten().tolist()
+        assert m.tolist() == torch.nonzero(row).flatten().tolist()
 
 
 def test_loss_is_the_mse_over_masked_tokens_only() -> None:
     torch.manual_seed(0)
-    visible = ~torch.stack([tube_mask((2, 3, 3), 0.6, np.random.default_rng(s)).reshape(-1) for s in (0, 1)])
+    mask = torch.stack([tube_mask((2, 3, 3), 0.6, np.random.default_rng(s)).reshape(-1) for s in (0, 1)])
+    visible = ~mask
+    _, masked = split_tokens(mask, int(mask[0].sum()))
     target = torch.randn(2, 18, 5)
-    prediction = torch.randn(2, int((~visible[0]).sum()), 5)
-    loss = masked_mse(prediction, target, visible)
+    prediction = torch.randn(2, int(mask[0].sum()), 5)
+    loss = masked_mse(prediction, target, masked)
     direct = np.mean([((prediction[b, i] - target[b, n]) ** 2).mean() for b in range(2)
                       for i, n in enumerate(torch.nonzero(~visible[b]).flatten())])
     assert loss.item() == pytest.approx(float(direct), rel=1e-6)
     changed = target.clone()
     changed[visible] += 10.0  # every unmasked target
-    assert torch.equal(masked_mse(prediction, changed, visible), loss)
+    assert torch.equal(masked_mse(prediction, changed, masked), loss)
     changed = target.clone()
-    changed[0, torch.nonzero(~visible[0])[0, 0]] += 1.0  # one masked target
-    assert masked_mse(prediction, changed, visible) != loss
+    changed[0, torch.nonzero(mask[0])[0, 0]] += 1.0  # one masked target
+    assert masked_mse(prediction, changed, masked) != loss
 
 
 def tiny_batch(frame_size: int = 32, clip_len: int = 8, seed: int = 0) -> tuple[MaskedVideo, dict]:
@@ -113,7 +126,7 @@ def test_encoder_sees_visible_tokens_only() -> None:
     encoder = build_video_encoder("vit_tiny").eval()
     decoder = task.build_head(encoder)
     mask = batch["mask"]  # [3, 4, 4, 4]
-    visible = ~mask.flatten(1)
+    visible, _ = task.split(mask)
     tokens = encoder.forward_features(to_model_input(batch["frames"]), visible)
     assert tokens.shape == (3, 4 * 4, 192)  # 4 visible patches x 4 temporal slots
     in_masked_tube = repeat(mask, "b t h w -> b (t 2) (h 8) (w 8) 1")  # the frames' [B, T, H, W, C] layout
@@ -140,11 +153,11 @@ def test_task_loss_uses_the_cropped_clip_and_masked_tubelets() -> None:
     torch.manual_seed(7)  # the same crop and flip
     x = to_model_input(batch["frames"], task.augment)
     assert x.shape[-3:] == (8, 32, 32)  # the crop keeps the token grid
-    visible = ~batch["mask"].flatten(1)
-    prediction = decoder(encoder.forward_features(x, visible), visible, (4, 4, 4))
+    keep, masked = task.split(batch["mask"])
+    prediction = decoder(encoder.forward_features(x, keep), keep, masked, (4, 4, 4))
     pixels = unnormalize(x)
     assert float(pixels.min()) > -1e-5 and float(pixels.max()) < 1 + 1e-5
-    target = tubelet_targets(pixels, (2, 8, 8), normalize=True)[~visible].reshape(prediction.shape)
+    target = tubelet_targets(pixels, (2, 8, 8), normalize=True)[batch["mask"].flatten(1)].reshape(prediction.shape)
     assert float(loss) == pytest.approx(float(((prediction - target) ** 2).mean()), rel=1e-5)
 
 

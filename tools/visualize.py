@@ -122,21 +122,21 @@ def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, di
     if checkpoint is not None:
         load_checkpoint(checkpoint, model=model)
     mask = torch.stack([sample["mask"] for _, sample in samples])
-    visible = ~mask.flatten(1)
+    keep, masked = task.split(mask)
     x = to_model_input(torch.stack([sample["frames"] for _, sample in samples]))
     with torch.no_grad():
-        prediction = model.head(model.encoder.forward_features(x, visible), visible, tuple(mask.shape[1:]))
+        prediction = model.head(model.encoder.forward_features(x, keep), keep, masked, tuple(mask.shape[1:]))
     pixels = unnormalize(x)
     target = tubelet_targets(pixels, task.tubelet, task.config.norm_target)
     clips = {"input": pixels,
-             f"masked {task.config.mask_ratio:.0%}": reconstruct(torch.full_like(prediction, 0.5), pixels, visible,
+             f"masked {task.config.mask_ratio:.0%}": reconstruct(torch.full_like(prediction, 0.5), pixels, masked,
                                                                   task.tubelet, normalized=False),
-             "reconstruction": reconstruct(prediction, pixels, visible, task.tubelet, task.config.norm_target)}
+             "reconstruction": reconstruct(prediction, pixels, masked, task.tubelet, task.config.norm_target)}
     shown = _shown(samples[0][0].window.frames, AUDIO_TASK_FRAMES)
     width = len(clips) * len(shown)
     fig, axes = plt.subplots(len(samples), width, figsize=(1.3 * width, 1.5 * len(samples)), squeeze=False)
     for i, (row_axes, (clip, _)) in enumerate(zip(axes, samples)):
-        error = float(masked_mse(prediction[i:i + 1], target[i:i + 1], visible[i:i + 1]))
+        error = float(masked_mse(prediction[i:i + 1], target[i:i + 1], masked[i:i + 1]))
         for k, (label, video) in enumerate(clips.items()):
             for position, (ax, index) in enumerate(zip(row_axes[k * len(shown):], shown)):
                 ax.imshow(video[i, :, index].permute(1, 2, 0).numpy())

@@ -8,10 +8,13 @@ Self-Supervised Video Pre-Training", NeurIPS 2022) on a ViT (Dosovitskiy et al.,
     a learned table on the preset's grid, trilinearly resized to the input's grid);
   - pre-norm blocks: x + Attn(LN(x)), then x + MLP(LN(x)) (MLP ratio 4, GELU), attention through
     ``F.scaled_dot_product_attention``; a final LayerNorm.
-``forward_features(x, visible)`` returns normalised tokens ``[B, N, D]``; with a boolean
-``visible`` ``[B, N]`` (the same count per sample) only those tokens enter the blocks, as in
-VideoMAE's encoder. ``forward(x)`` (the ``VideoEncoder`` interface, for linear probes and
-fine-tuning) is the final LayerNorm of the mean of all tokens, VideoMAE's mean pooling + fc_norm.
+``forward_features(x, keep)`` returns normalised tokens ``[B, N, D]``; with ``keep``, indices
+``[B, N_visible]`` of the visible tokens (MAE's ``ids_keep``, from ``split_tokens``), only those
+tokens enter the blocks, as in VideoMAE's encoder. Tokens are picked by index (gather/scatter), not
+by a boolean mask: the shapes stay static and nothing waits on the device, so ``torch.compile``
+takes the encoder and the decoder in one graph each. ``forward(x)`` (the ``VideoEncoder`` interface,
+for linear probes and fine-tuning) is the final LayerNorm of the mean of all tokens, VideoMAE's mean
+pooling + fc_norm.
 
 Departure: VideoMAE's fixed table is a 1D sine-cosine over the flattened token index of one fixed
 grid; here the channels are split over the t, h and w coordinates (a 3D sine-cosine, as MAE's 2D
@@ -26,7 +29,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from mmssl.models.video import VideoEncoder, register_video_encoder, repeat_frames
@@ -70,6 +73,20 @@ def sincos_3d(grid: Grid, dim: int, device: torch.device | None = None) -> Tenso
     part = 2 * (dim // 6)
     coords = torch.meshgrid(*(torch.arange(n, device=device) for n in grid), indexing="ij")
     return torch.cat([sincos_1d(c.reshape(-1), d) for c, d in zip(coords, (part, part, dim - 2 * part))], dim=1)
+
+
+def split_tokens(mask: Tensor, num_masked: int) -> tuple[Tensor, Tensor]:
+    """MAE's ``ids_keep`` and its complement: bool `mask` [B, N] (True: masked), `num_masked` True in
+    every row -> indices of the visible tokens [B, N - num_masked] and of the masked ones
+    [B, num_masked], each in grid order (a stable sort puts visible first)."""
+    order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
+    num_visible = mask.shape[1] - num_masked
+    return order[:, :num_visible], order[:, num_visible:]
+
+
+def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
+    """Tokens [B, N, D] at `index` [B, M] -> [B, M, D]."""
+    return tokens.gather(1, repeat(index, "b m -> b m d", d=tokens.shape[-1]))
 
 
 class PositionEmbedding(nn.Module):
@@ -148,16 +165,12 @@ class VideoViT(VideoEncoder):
         t, h, w = size[-3:]
         return max(t, self.min_frames) // self.tubelet[0], h // self.tubelet[1], w // self.tubelet[2]
 
-    def forward_features(self, x: Tensor, visible: Tensor | None = None) -> Tensor:
-        """Normalised tokens [B, N, D] of float [B, C, T, H, W]; with bool `visible` [B, N], only
-        the visible tokens (in grid order), the same number per sample: [B, N_visible, D]."""
+    def forward_features(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Normalised tokens [B, N, D] of float [B, C, T, H, W]; with `keep` [B, N_visible] (indices
+        into the token grid, `split_tokens`), only those tokens: [B, N_visible, D]."""
         tokens = self.embed(x)
-        if visible is not None:
-            counts = visible.sum(1)
-            if visible.shape != tokens.shape[:2] or not bool((counts == counts[0]).all()):
-                raise ValueError(f"visible must be bool {list(tokens.shape[:2])} with the same count per "
-                                 f"sample, got {list(visible.shape)} with counts {counts.tolist()}")
-            tokens = rearrange(tokens[visible], "(b n) d -> b n d", b=len(tokens))
+        if keep is not None:
+            tokens = gather_tokens(tokens, keep)
         return self.norm(self.blocks(tokens))
 
     def encode(self, x: Tensor) -> Tensor:
@@ -175,8 +188,8 @@ class VideoMAEDecoder(nn.Module):
     (half the encoder's width in the paper); a shared learned mask token at every masked position;
     fixed 3D sine-cosine position embedding on the whole grid; `depth` pre-norm blocks (4 in the
     paper); LayerNorm; Linear to the C * t * p * p pixels of each masked tubelet, in (t, p, p, c)
-    order. forward(tokens [B, Nv, D_enc], visible [B, N], grid) -> [B, N - Nv, patch_dim] for the
-    masked positions in grid order."""
+    order. forward(tokens [B, Nv, D_enc], keep [B, Nv], masked [B, Nm], grid) -> [B, Nm, patch_dim]:
+    the pixels of the tokens `masked` indexes (`split_tokens`; `keep` indexes the encoder's)."""
 
     def __init__(self, encoder_dim: int, dim: int, depth: int, heads: int, patch_dim: int) -> None:
         super().__init__()
@@ -190,13 +203,13 @@ class VideoMAEDecoder(nn.Module):
         self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
-    def forward(self, tokens: Tensor, visible: Tensor, grid: Grid) -> Tensor:
-        b, n = visible.shape
-        embedded = self.embed(tokens)  # bf16 under autocast: the grid takes its dtype
-        placed = embedded.new_zeros(b, n, self.dim).masked_scatter(visible[..., None], embedded)
-        x = torch.where(visible[..., None], placed, self.mask_token) + self.pos_embed(grid, tokens.device)
-        x = self.norm(self.blocks(x))
-        return self.head(rearrange(x[~visible], "(b n) d -> b n d", b=b))
+    def forward(self, tokens: Tensor, keep: Tensor, masked: Tensor, grid: Grid) -> Tensor:
+        embedded = self.embed(tokens)  # bf16 under autocast: the mask tokens take its dtype
+        size = (len(keep), keep.shape[1] + masked.shape[1], self.dim)
+        x = self.mask_token.to(embedded.dtype).expand(size).scatter(1, repeat(keep, "b n -> b n d", d=self.dim),
+                                                                   embedded)
+        x = self.norm(self.blocks(x + self.pos_embed(grid, tokens.device)))
+        return self.head(gather_tokens(x, masked))
 
 
 def build_videomae_decoder(encoder: VideoViT, depth: int = 4) -> VideoMAEDecoder:

@@ -113,10 +113,11 @@ class AudioVisualCorrespondence(PretextTask):
         device = audio.device
         positive = torch.rand(size, device=device) < self.config.positive_share
         hard = ~positive & has_hard & (torch.rand(size, device=device) < self.hard_share)
-        shift = int(torch.randint(1, size, ())) if size > 1 else 0
         if size == 1:
             positive = torch.ones_like(positive)  # no other sample to draw an easy negative from
-        easy = audio.roll(shift, dims=0)
+        # k stays on the device (an index, not a Python int): no sync, and one compiled graph for every k
+        shift = torch.randint(1, size, (), device=device) if size > 1 else 0
+        easy = audio[(torch.arange(size, device=device) - shift) % size]
         chosen = torch.where(positive[:, None], audio, torch.where(hard[:, None], hard_audio, easy))
         return chosen, positive.long(), hard
 

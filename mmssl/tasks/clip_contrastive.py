@@ -102,6 +102,7 @@ class ClipContrastiveHead(nn.Module):
     def embed_target(self, x: Tensor) -> Tensor:
         return self.project(self.target_encoder(x), target=True)
 
+    @torch.compiler.disable  # eager under torch.compile: a graph per step number would recompile every step
     @torch.no_grad()
     def follow(self, encoder: VideoEncoder, step: int, momentum: float) -> None:
         """theta_target <- m theta_target + (1 - m) theta_online (encoder and projector), once per

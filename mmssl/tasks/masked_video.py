@@ -30,7 +30,7 @@ from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import random_clip
 from mmssl.models import VIT_PRESETS, VideoEncoder, VideoViT
-from mmssl.models.vit import Grid, VideoMAEDecoder, build_videomae_decoder
+from mmssl.models.vit import Grid, VideoMAEDecoder, build_videomae_decoder, gather_tokens, split_tokens
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import MEAN, STD, VideoAugment, to_model_input
 
@@ -57,26 +57,26 @@ def tubelet_targets(pixels: torch.Tensor, tubelet: tuple[int, int, int], normali
     return rearrange(patches, "b n p c -> b n (p c)")
 
 
-def reconstruct(prediction: torch.Tensor, pixels: torch.Tensor, visible: torch.Tensor,
+def reconstruct(prediction: torch.Tensor, pixels: torch.Tensor, masked: torch.Tensor,
                 tubelet: tuple[int, int, int], normalized: bool) -> torch.Tensor:
-    """The clip [B, C, T, H, W] (pixels in [0, 1]) with its masked tubelets replaced by the decoder's
-    prediction [B, N_masked, t*p*p*C]; a normalised prediction is mapped back with the original
-    tubelet's own per-channel mean and unbiased std (as VideoMAE's visualisation does)."""
+    """The clip [B, C, T, H, W] (pixels in [0, 1]) with the tubelets `masked` indexes [B, N_masked]
+    replaced by the decoder's prediction [B, N_masked, t*p*p*C]; a normalised prediction is mapped back
+    with the original tubelet's own per-channel mean and unbiased std (as VideoMAE's visualisation does)."""
     sizes = dict(zip(("p0", "p1", "p2"), tubelet))
     patches = rearrange(pixels, f"{CLIP} -> {TUBELETS}", **sizes)
-    predicted = rearrange(prediction, "b n (p c) -> b n p c", c=pixels.shape[1])
+    index = repeat(masked, "b n -> b n p c", p=patches.shape[2], c=patches.shape[3])
+    predicted = rearrange(prediction, "b n (p c) -> b n p c", c=pixels.shape[1]).to(patches.dtype)
     if normalized:
-        masked = patches[~visible].reshape(predicted.shape)
-        predicted = predicted * (masked.std(2, keepdim=True) + 1e-6) + masked.mean(2, keepdim=True)
-    patches = patches.masked_scatter(~visible[..., None, None], predicted.to(patches.dtype))
+        original = patches.gather(1, index)
+        predicted = predicted * (original.std(2, keepdim=True) + 1e-6) + original.mean(2, keepdim=True)
     t, h, w = (n // p for n, p in zip(pixels.shape[2:], tubelet))
-    return rearrange(patches, f"{TUBELETS} -> {CLIP}", t=t, h=h, w=w, **sizes).clamp(0, 1)
+    return rearrange(patches.scatter(1, index, predicted), f"{TUBELETS} -> {CLIP}", t=t, h=h, w=w, **sizes).clamp(0, 1)
 
 
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the masked tokens only: prediction [B, N_masked, P] (masked tokens in
-    grid order), target [B, N, P], visible bool [B, N]."""
-    return F.mse_loss(prediction, target[~visible].reshape(prediction.shape))
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the masked tokens only: prediction [B, N_masked, P] for the tokens
+    `masked` indexes [B, N_masked], target [B, N, P] for all tokens."""
+    return F.mse_loss(prediction, gather_tokens(target, masked))
 
 
 def unnormalize(x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +120,12 @@ class MaskedVideo(PretextTask):
         grid = self.token_grid(*clip.video.shape[:3])
         return {"frames": clip.video, "mask": tube_mask(grid, self.config.mask_ratio, rng)}
 
+    def split(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the visible and of the masked tokens ([B, N_visible], [B, N_masked], grid order)
+        of tube masks [B, t, h, w] made by `tube_mask` at this task's ratio."""
+        t, h, w = mask.shape[1:]
+        return split_tokens(rearrange(mask, "b t h w -> b (t h w)"), t * int(self.config.mask_ratio * h * w))
+
     def build_head(self, encoder: VideoEncoder) -> VideoMAEDecoder:
         if not isinstance(encoder, VideoViT) or encoder.tubelet != self.tubelet:
             raise ValueError(f"masked_video masks {self.tubelet} tubelets: it needs a VideoViT with that tubelet, "
@@ -132,8 +138,8 @@ class MaskedVideo(PretextTask):
         grid = encoder.grid(x.shape)
         if tuple(mask.shape[1:]) != grid:
             raise ValueError(f"mask grid {tuple(mask.shape[1:])} does not match the model input's token grid {grid}")
-        visible = ~rearrange(mask, "b t h w -> b (t h w)")
-        prediction = head(encoder.forward_features(x, visible), visible, grid)
+        keep, masked = self.split(mask)
+        prediction = head(encoder.forward_features(x, keep), keep, masked, grid)
         with torch.no_grad():
             target = tubelet_targets(unnormalize(x), self.tubelet, self.config.norm_target)
-        return {"loss": masked_mse(prediction, target, visible)}
+        return {"loss": masked_mse(prediction, target, masked)}

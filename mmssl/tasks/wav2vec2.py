@@ -61,7 +61,8 @@ def sample_distractors(mask: Tensor, num: int, generator: torch.Generator | None
     first = (counts.cumsum(0) - counts)[window]  # number of the window's first masked step
     rank = torch.arange(len(window), device=mask.device) - first
     others = (counts[window] - 1)[:, None]
-    u = torch.rand(len(window), num, generator=generator, dtype=torch.float64, device=mask.device)
+    # empty().uniform_(), not rand(): torch.compile fails on rand(sizes, generator=None) of dynamic sizes
+    u = torch.empty(len(window), num, dtype=torch.float64, device=mask.device).uniform_(generator=generator)
     draws = torch.minimum((u * others).long(), others - 1)  # uniform over 0 .. others - 1
     return first[:, None] + draws + (draws >= rank[:, None]).long()  # skip the step itself
 

@@ -21,6 +21,9 @@ class LogMel(nn.Module):
                                                         win_length=win_length, hop_length=hop_length,
                                                         n_mels=n_mels)
 
+    # eager under torch.compile: one clean graph break instead of several inside torchaudio's spectrogram
+    # (its normalisation check calls torch.jit.isinstance, which dynamo does not trace); FFTs gain nothing
+    @torch.compiler.disable
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         with torch.autocast(waveform.device.type, enabled=False):  # FFTs in float32
             return torch.log(self.mel(waveform.float()) + 1e-6).unsqueeze(1)

@@ -47,7 +47,7 @@ def _crop_flip(x: torch.Tensor, aug: VideoAugment, out_size: int) -> torch.Tenso
     b, c, t, h, w = x.shape
     device = x.device
     area = torch.empty(b, device=device).uniform_(*aug.crop_scale)
-    log_ratio = torch.empty(b, device=device).uniform_(*torch.tensor(aug.crop_ratio).log().tolist())
+    log_ratio = torch.empty(b, device=device).uniform_(*map(math.log, aug.crop_ratio))
     ratio = log_ratio.exp()
     scale_x = (area * ratio).sqrt().clamp(max=1.0)  # crop width / frame width
     scale_y = (area / ratio).sqrt().clamp(max=1.0)
