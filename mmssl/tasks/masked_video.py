@@ -35,12 +35,17 @@ from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import MEAN, STD, VideoAugment, to_model_input
 
 
+def masked_per_slot(height: int, width: int, ratio: float) -> int:
+    """Patches a tube mask hides in each temporal slot: int(ratio * h * w), rounded down as VideoMAE."""
+    return int(ratio * height * width)
+
+
 def tube_mask(grid: Grid, ratio: float, rng: np.random.Generator) -> torch.Tensor:
-    """VideoMAE tube mask: bool [t, h, w], True on int(ratio * h * w) random patches of a frame,
+    """VideoMAE tube mask: bool [t, h, w], True on `masked_per_slot` random patches of a frame,
     the same patches in every temporal slot."""
     t, h, w = grid
     spatial = np.zeros(h * w, dtype=bool)
-    spatial[rng.permutation(h * w)[:int(ratio * h * w)]] = True
+    spatial[rng.permutation(h * w)[:masked_per_slot(h, w, ratio)]] = True
     return torch.from_numpy(np.ascontiguousarray(repeat(spatial, "(h w) -> t h w", t=t, h=h)))
 
 
@@ -124,7 +129,7 @@ class MaskedVideo(PretextTask):
         """Indices of the visible and of the masked tokens ([B, N_visible], [B, N_masked], grid order)
         of tube masks [B, t, h, w] made by `tube_mask` at this task's ratio."""
         t, h, w = mask.shape[1:]
-        return split_tokens(rearrange(mask, "b t h w -> b (t h w)"), t * int(self.config.mask_ratio * h * w))
+        return split_tokens(rearrange(mask, "b t h w -> b (t h w)"), t * masked_per_slot(h, w, self.config.mask_ratio))
 
     def build_head(self, encoder: VideoEncoder) -> VideoMAEDecoder:
         if not isinstance(encoder, VideoViT) or encoder.tubelet != self.tubelet:
