@@ -135,7 +135,7 @@ class Wav2Vec2Config:
     mask_prob: float = 0.65  # p * M: each step starts a span with probability p = 0.065 (fairseq's mask_prob)
     mask_length: int = 10  # M
     min_masks: int = 2  # spans per window at least
-    num_negatives: int = 100  # K distractors per masked step (fewer when a window has fewer masked steps)
+    num_negatives: int = 100  # K distractors per masked step, drawn with replacement
     codebooks: int = 2  # G
     codebook_entries: int = 320  # V
     final_dim: int = 256  # the space where context and quantised targets meet (also the codewords' total dim)

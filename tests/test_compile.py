@@ -22,11 +22,9 @@ from mmssl.config import load_config
 from mmssl.engine.trainer import TaskModel, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-# wav2vec 2.0's masked steps differ in number from batch to batch: boolean indexing by the mask and a
-# distractor count from it break its graph (Dynamo then compiles those parts for dynamic sizes, after a
-# few recompilations). Its compiled loss equals the eager one, but the gradients along the quantiser
-# path (quantiser logits, feature encoder) differ by ~0.5% (relative norm; the Transformer's match);
-# the cause is not established, so only the loss and finite gradients are checked for it.
+# wav2vec 2.0's masked steps differ in number from batch to batch: boolean indexing by the mask breaks
+# its graph (Dynamo then compiles those parts for dynamic sizes, after a few recompilations), so its
+# graph count and breaks are not checked; its loss and gradients are.
 DATA_DEPENDENT = {"wav2vec2"}
 
 
@@ -54,18 +52,19 @@ def loss_and_grads(model: torch.nn.Module, forward, batch: dict[str, torch.Tenso
 def test_compiled_step_matches_eager_and_compiles_once(path: Path, tiny_synthav: Path) -> None:
     eager, data = shipped_config_batches(path, tiny_synthav, count=4)
     without_dropout(eager)
+    # before the copy: both tasks at the same step (schedules such as the Gumbel temperature); steps of
+    # one curriculum phase (AVTS recompiles once, when hard negatives start)
+    eager.task.set_step(1, 1000)
     compiled = copy.deepcopy(eager)
     torch._dynamo.reset()
     counters.clear()
     forward = torch.compile(compiled, backend="aot_eager")
-    eager.task.set_step(1, 1000)  # steps of one curriculum phase (AVTS recompiles once, when hard negatives start)
     expected, expected_grads = loss_and_grads(eager, eager, data[0])
     got, grads = loss_and_grads(compiled, forward, data[0])
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
-    assert len(grads) == len(expected_grads) > 0 and all(torch.isfinite(g).all() for g in grads)
-    if path.stem not in DATA_DEPENDENT:
-        for g, e in zip(grads, expected_grads):
-            torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-3 * float(e.abs().max()) + 1e-8)
+    assert len(grads) == len(expected_grads) > 0
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-3 * float(e.abs().max()) + 1e-8)
 
     for step, batch in enumerate(data[1:], start=2):
         compiled.task.set_step(step, 1000)

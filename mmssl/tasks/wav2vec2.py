@@ -50,12 +50,11 @@ def span_mask(num_frames: int, mask_prob: float, mask_length: int, min_masks: in
 
 def sample_distractors(mask: Tensor, num: int, generator: torch.Generator | None = None) -> Tensor:
     """Distractors for the masked steps of bool `mask` [B, T], numbered in `mask.nonzero()` order:
-    [N, K] such numbers, K = min(num, fewest masked steps of a window - 1), each drawn uniformly
-    (with replacement) from the *other* masked steps of the same window (fairseq's
-    `sample_negatives`)."""
+    [N, num] such numbers, each drawn uniformly (with replacement) from the *other* masked steps of
+    the same window (fairseq's `sample_negatives`: K = 100 even where a window has fewer other
+    masked steps, which then recur)."""
     counts = mask.sum(1)
-    num = min(num, int(counts.min()) - 1)
-    if num < 1:
+    if int(counts.min()) < 2:
         raise ValueError("every window needs at least 2 masked steps to draw distractors")
     window = mask.nonzero()[:, 0]
     first = (counts.cumsum(0) - counts)[window]  # number of the window's first masked step
