@@ -254,6 +254,8 @@ class TransferConfig:
     finetune_epochs: int = 30
     finetune_lr: float = 1e-3
     finetune_weight_decay: float = 0.05
+    knn_k: int = 20  # weighted kNN: neighbours that vote (DINO's 20)
+    knn_temperature: float = 0.07  # their weights exp(cosine similarity / T)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

@@ -271,17 +271,19 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools/bench_learning.py"), "--methods", "order", "avc", "--seeds", "2",
-         "--synthav-dir", str(tiny_synthav),
+         "--knn", "--synthav-dir", str(tiny_synthav),
          "--work", str(tmp_path / "runs"), "--out", str(out), "--transfer", "frame_size=32", "clip_len=4",
          "num_clips=2", "num_workers=0", "linear_epochs=10", "finetune_epochs=1", "--", *FAST,
          "train.max_steps=2", "task.avc.clip_len=4"], capture_output=True, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"order (linear probe)", "avc (linear probe)", "random init tiny3d (linear probe, frames)",
-                         "random init tiny3d (linear probe, clip)", "supervised tiny3d (train split, from scratch)",
-                         "avc audio encoder (label, linear probe)", "random init tiny_audio (label, linear probe)"}
-    assert rows["avc audio encoder (label, linear probe)"]["feature_mode"] == "audio"
+    frozen = {f"{row} ({probe})" for probe in ("linear probe", "kNN") for row in ("order", "avc")} | {
+        f"random init tiny3d ({probe}, {mode})" for probe in ("linear probe", "kNN") for mode in ("frames", "clip")} | {
+        f"{encoder} (label, {probe})" for probe in ("linear probe", "kNN")
+        for encoder in ("avc audio encoder", "random init tiny_audio")}
+    assert set(rows) == frozen | {"supervised tiny3d (train split, from scratch)"}
+    assert rows["avc audio encoder (label, kNN)"]["feature_mode"] == "audio"
     for row in rows.values():
         assert len(row["video_top1"]) == 2 and row["video_top1_std"] >= 0
     assert "order (linear probe)" in result.stdout

@@ -4,13 +4,14 @@
 For each method (a pretraining config) and seed: pretrain, then a linear probe on frozen features;
 against the same encoder at random init (linear probe) and supervised training from random init
 on the labeled train split (the fine-tune protocol); with --finetune, also the pretrained encoder
-fine-tuned the same way. An audio-only method (wav2vec 2.0) is probed on its audio encoder's
-features of each labeled video's audio. The audio towers of the audio-visual methods get the same
-audio probe, on --audio-label: the action by default (heard in SynthAV as a pitch path, loudness and
-impact clicks), or another manifest column (SynthAV's shape, heard as timbre, is separable even by
-a random-init audio encoder). Mean and std over seeds, as a table and JSON.
+fine-tuned the same way; with --knn, also the weighted kNN on the frozen features. An audio-only
+method (wav2vec 2.0) is probed on its audio encoder's features of each labeled video's audio. The
+audio towers of the audio-visual methods get the same audio probes, on --audio-label: the action by
+default (heard in SynthAV as a pitch path, loudness and impact clicks), or another manifest column
+(SynthAV's shape, heard as timbre, is separable even by a random-init audio encoder). Mean and
+std over seeds, as a table and JSON.
 
-  python tools/bench_learning.py [--methods order ...] [--seeds 3] [--finetune] [--out FILE.json]
+  python tools/bench_learning.py [--methods order ...] [--seeds 3] [--finetune] [--knn] [--out FILE.json]
                                  [--audio-label label|shape] [--transfer key=value ...] [-- key=value ...]
 
 Overrides apply to every pretraining config (e.g. train.max_steps=300 for a quick look).
@@ -50,6 +51,7 @@ METHODS = {"order": ROOT / "configs/pretrain/order.yaml",
            "masked_video": ROOT / "configs/pretrain/masked_video.yaml",
            "wav2vec2": ROOT / "configs/pretrain/wav2vec2.yaml",
            "multitask": ROOT / "configs/pretrain/multitask.yaml"}
+PROBE_NAMES = {"linear": "linear probe", "knn": "kNN"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/bench_learning.json")
     parser.add_argument("--finetune", action="store_true",
                         help="also fine-tune each pretrained video encoder on the train split")
+    parser.add_argument("--knn", action="store_true",
+                        help="also the weighted kNN (k = knn_k, T = knn_temperature) on the same frozen features")
     parser.add_argument("--transfer", nargs="*", default=[], metavar="key=value",
                         help="TransferConfig overrides (mmssl/config.py), e.g. finetune_epochs=10")
     parser.add_argument("--audio-label", default="label",
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     transfer_config = load_config(None, [f"synthav_dir={args.synthav_dir}", *args.transfer], root=TransferConfig)
     transfer = Transfer(transfer_config)
     audio_transfer = Transfer(dataclasses.replace(transfer_config, label_column=args.audio_label))
+    protocols = ["linear", "knn"] if args.knn else ["linear"]
     rows: dict[str, dict] = {}
     measured: set[tuple[str, int]] = set()
 
@@ -91,17 +96,19 @@ def main(argv: list[str] | None = None) -> dict:
             minutes = (time.perf_counter() - start) / 60
             encoder, name, _ = load_encoder(checkpoint)
             transfer.config.seed = audio_transfer.config.seed = seed
-            _add(rows, f"{method} (linear probe)", mode, transfer.linear_probe(encoder, mode),
-                 pretrain_minutes=minutes)
-            baseline(f"random init {name} (linear probe, {mode})", seed, mode,
-                     lambda: transfer.linear_probe(random_encoder(name, seed), mode))
-            # the audio encoder on --audio-label, unless the row above was that already (audio-only, label)
-            if task.needs_audio and (mode != "audio" or args.audio_label != "label"):
-                audio_encoder, audio_name = load_audio_encoder(checkpoint)
-                _add(rows, f"{method} audio encoder ({args.audio_label}, linear probe)", "audio",
-                     audio_transfer.linear_probe(audio_encoder, "audio"))
-                baseline(f"random init {audio_name} ({args.audio_label}, linear probe)", seed, "audio",
-                         lambda: audio_transfer.linear_probe(random_encoder(audio_name, seed), "audio"))
+            for protocol in protocols:
+                probe = PROBE_NAMES[protocol]
+                _add(rows, f"{method} ({probe})", mode, transfer.frozen_protocol(encoder, mode, protocol),
+                     pretrain_minutes=minutes)
+                baseline(f"random init {name} ({probe}, {mode})", seed, mode,
+                         lambda: transfer.frozen_protocol(random_encoder(name, seed), mode, protocol))
+                # the audio encoder on --audio-label, unless the row above was that already (audio-only, label)
+                if task.needs_audio and (mode != "audio" or args.audio_label != "label"):
+                    audio_encoder, audio_name = load_audio_encoder(checkpoint)
+                    _add(rows, f"{method} audio encoder ({args.audio_label}, {probe})", "audio",
+                         audio_transfer.frozen_protocol(audio_encoder, "audio", protocol))
+                    baseline(f"random init {audio_name} ({args.audio_label}, {probe})", seed, "audio", lambda:
+                             audio_transfer.frozen_protocol(random_encoder(audio_name, seed), "audio", protocol))
             if mode == "audio":  # an audio encoder: the probe is on its features of the videos' audio
                 continue
             if args.finetune:

@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Transfer a pretrained video encoder to action recognition and print top-1/top-5.
 
-  python tools/transfer.py --checkpoint CKPT|RUN_DIR --protocol linear|finetune [--manifest FILE]
+  python tools/transfer.py --checkpoint CKPT|RUN_DIR --protocol linear|knn|finetune [--manifest FILE]
                            [--out DIR] [--compare-random] [key=value ...]
   python tools/transfer.py --random-init tiny3d --protocol linear     (a random-init baseline)
 
-linear: logistic regression on frozen features; finetune: encoder + classifier trained end to end.
-An audio encoder (a wav2vec2 checkpoint, or --random-init wav2vec2_tiny) gets the linear probe on
-uniform windows of the audio track (num_clips windows of audio_s seconds); videos without audio
-are left out and counted.
-Scores are clip-level (each uniform clip alone) and video-level (softmax averaged over the clips) on
-the labeled test split (SynthAV's train/test by default; any manifest with train/test splits).
+linear: logistic regression on frozen features; knn: weighted k-nearest-neighbour vote on frozen
+features (knn_k=20, knn_temperature=0.07), plus video retrieval R@1/5/10/20/50 (test videos
+querying the train videos); finetune: encoder + classifier trained end to end.
+An audio encoder (a wav2vec2 checkpoint, or --random-init wav2vec2_tiny) gets the frozen-feature
+protocols on uniform windows of the audio track (num_clips windows of audio_s seconds); videos
+without audio are left out and counted.
+Scores are clip-level (each uniform clip alone) and video-level (class probabilities averaged over
+the clips) on the labeled test split (SynthAV's train/test by default; any manifest with train/test
+splits).
 Writes transfer_<protocol>.json and confusion_<protocol>.png under DIR. Overrides are keys of
 TransferConfig (mmssl/config.py), e.g. num_clips=8 clip_len=16 finetune_epochs=50.
 """
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="pretraining checkpoint, or a run folder (its newest checkpoint)")
     source.add_argument("--random-init", metavar="ENCODER", help="evaluate this encoder at random init instead")
-    parser.add_argument("--protocol", choices=["linear", "finetune"], default="linear")
+    parser.add_argument("--protocol", choices=["linear", "knn", "finetune"], default="linear")
     parser.add_argument("--manifest", help="labeled manifest with train/test splits (default: SynthAV)")
     parser.add_argument("--out", help="output folder (default: the checkpoint's folder, or runs/transfer)")
     parser.add_argument("--compare-random", action="store_true",
@@ -62,12 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
         encoder = random_encoder(encoder_name, config.seed)
         name, out = f"random init ({args.random_init})", Path(args.out or "runs/transfer")
     mode = task_mode if config.feature_mode == "auto" or task_mode == "audio" else config.feature_mode
-    if mode == "audio" and args.protocol != "linear":
-        parser.error(f"{encoder_name} is an audio encoder: only --protocol linear (the audio probe)")
+    if mode == "audio" and args.protocol == "finetune":
+        parser.error(f"{encoder_name} is an audio encoder: --protocol linear or knn on frozen features")
     out.mkdir(parents=True, exist_ok=True)
 
     transfer = Transfer(config)
-    evaluate = transfer.linear_probe if args.protocol == "linear" else transfer.finetune
+    evaluate = {"linear": transfer.linear_probe, "knn": transfer.knn, "finetune": transfer.finetune}[args.protocol]
     results = {name: evaluate(encoder, mode)}
     if args.compare_random:
         results[f"random init ({encoder_name})"] = evaluate(random_encoder(encoder_name, config.seed), mode)
@@ -78,6 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     for label, r in results.items():
         print(f"{label:<40} {r['clip_top1']:>10.1f} {r['clip_top5']:>10.1f} "
               f"{r['video_top1']:>11.1f} {r['video_top5']:>11.1f}")
+    for label, r in results.items():
+        if "retrieval" in r:
+            print(f"{label:<40} retrieval " + " ".join(f"{k} {v:.1f}" for k, v in r["retrieval"].items()))
     skipped = next(iter(results.values())).get("skipped")
     if skipped:
         print(f"videos left out: {skipped}")

@@ -1,7 +1,8 @@
-"""Transfer to action recognition: a linear probe on frozen features, or a full fine-tune.
+"""Transfer to action recognition: a linear probe or a weighted kNN on frozen features (with
+nearest-neighbour video retrieval), or a full fine-tune.
 
 Scores: clip-level top-1/top-5 (each of a video's `num_clips` uniform clips on its own) and
-video-level (softmax averaged over the clips), plus the video-level confusion matrix.
+video-level (class probabilities averaged over the clips), plus the video-level confusion matrix.
 Feature modes: "clip" feeds [C, T, H, W] clips to the encoder; "frames" feeds each frame (T=1)
 and concatenates the T feature vectors in time order (for encoders pretrained on frame tasks);
 "audio" feeds `num_clips` uniform windows of `audio_s` seconds of the audio track to an audio
@@ -150,8 +151,37 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
         return classifier((test_x - mean) / std)
 
 
+def knn_classify(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
+                 k: int = 20, temperature: float = 0.07) -> torch.Tensor:
+    """Weighted k-nearest-neighbour vote (Wu et al., CVPR 2018, Sec. 3.4; DINO's k = 20, T = 0.07):
+    on L2-normalised features, the k training samples most similar to a test sample by cosine
+    similarity s_i each vote for their class with weight exp(s_i / T), and the class probabilities
+    are the normalised votes. Train features [N, K, F] (each of a video's K clips a sample), labels
+    [N], test features [M, K, F] -> log-probabilities [M, K, classes] (-inf for classes with no vote)."""
+    train = F.normalize(train_x.flatten(0, 1).float(), dim=-1)
+    train_y = train_y.repeat_interleave(train_x.shape[1])
+    test = F.normalize(test_x.flatten(0, 1).float(), dim=-1)
+    similarity, index = (test @ train.T).topk(min(k, len(train)), dim=-1)
+    votes = torch.zeros(len(test), num_classes).scatter_add_(1, train_y[index], (similarity / temperature).exp())
+    return (votes / votes.sum(-1, keepdim=True)).log().view(*test_x.shape[:2], num_classes)
+
+
+def retrieval_recall(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                     ks: tuple[int, ...] = (1, 5, 10, 20, 50)) -> dict[str, float]:
+    """Nearest-neighbour video retrieval (Xu et al., CVPR 2019, Sec. 4.4, the protocol of VCOP and
+    later video SSL papers): each test video, as the mean of its clip features [M, K, F], queries
+    the training videos [N, K, F] by cosine similarity; R@k (%) is the share of queries with a video
+    of their own class among the k nearest. Only k <= N are reported."""
+    train = F.normalize(train_x.float().mean(1), dim=-1)
+    test = F.normalize(test_x.float().mean(1), dim=-1)
+    ks = tuple(k for k in ks if k <= len(train))
+    nearest = (test @ train.T).topk(max(ks), dim=-1).indices
+    same_class = train_y[nearest] == test_y[:, None]
+    return {f"R@{k}": 100.0 * same_class[:, :k].any(-1).float().mean().item() for k in ks}
+
+
 class Transfer:
-    """Labeled train/test clips of a manifest and the two protocols on them."""
+    """Labeled train/test clips of a manifest and the protocols on them."""
 
     def __init__(self, config: TransferConfig, device: torch.device | None = None) -> None:
         self.config = config
@@ -192,25 +222,37 @@ class Transfer:
                 labels.append(batch["label"])
         return torch.cat(features), torch.cat(labels), skipped
 
-    def linear_probe(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
-        """`fit_linear_probe` on frozen features of the train split, scored on the test split;
+    def frozen_protocol(self, encoder: VideoEncoder | AudioEncoder, mode: str, protocol: str) -> dict:
+        """A protocol on frozen features of the train split, scored on the test split: "linear"
+        (`fit_linear_probe`) or "knn" (`knn_classify`, plus `retrieval_recall` under "retrieval");
         "skipped" counts the videos left out by reason."""
         train_x, train_y, train_skipped = self.features(encoder, self.train_rows, mode)
         test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode)
-        logits = fit_linear_probe(train_x, train_y, test_x, len(self.classes), self.config)
-        return {**self.scores(logits, test_y), "num_train_videos": len(train_y), "num_test_videos": len(test_y),
-                "skipped": dict(train_skipped + test_skipped)}
+        extra = {}
+        if protocol == "linear":
+            logits = fit_linear_probe(train_x, train_y, test_x, len(self.classes), self.config)
+        elif protocol == "knn":
+            logits = knn_classify(train_x, train_y, test_x, len(self.classes), self.config.knn_k,
+                                  self.config.knn_temperature)
+            extra["retrieval"] = retrieval_recall(train_x, train_y, test_x, test_y)
+        else:
+            raise ValueError(f"unknown frozen-feature protocol {protocol!r}: linear or knn")
+        return {**self.scores(logits, test_y), **extra, "num_train_videos": len(train_y),
+                "num_test_videos": len(test_y), "skipped": dict(train_skipped + test_skipped)}
 
-    def audio_linear_probe(self, encoder: AudioEncoder) -> dict:
-        """The linear probe on frozen features of `num_clips` uniform `audio_s`-second windows of
-        each video's audio (videos without audio left out, counted under "skipped")."""
-        return self.linear_probe(encoder, "audio")
+    def linear_probe(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
+        """`fit_linear_probe` on frozen features (`frozen_protocol`)."""
+        return self.frozen_protocol(encoder, mode, "linear")
+
+    def knn(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
+        """Weighted kNN classification and video retrieval on frozen features (`frozen_protocol`)."""
+        return self.frozen_protocol(encoder, mode, "knn")
 
     def finetune(self, encoder: VideoEncoder, mode: str) -> dict:
         """Encoder + linear classifier trained end to end on one random clip per video per epoch."""
         c = self.config
         if mode == "audio":
-            raise ValueError("fine-tuning takes video encoders; audio encoders have the linear probe")
+            raise ValueError("fine-tuning takes video encoders; audio encoders have the frozen-feature protocols")
         torch.manual_seed(c.seed)
         encoder = copy.deepcopy(encoder).to(self.device).train()
         feature_dim = encoder.feature_dim * (c.clip_len if mode == "frames" else 1)
@@ -239,7 +281,8 @@ class Transfer:
         return self.scores(logits, test_y)
 
     def scores(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
-        """logits [N, K, classes], labels [N] -> clip/video top-1/top-5 (%) and the confusion matrix."""
+        """logits [N, K, classes], labels [N] -> clip/video top-1/top-5 (%) and the confusion matrix;
+        video-level: the softmax of the logits averaged over the K clips."""
         topk = min(5, len(self.classes))
         clip_labels = labels.repeat_interleave(logits.shape[1])
         video_logits = logits.softmax(-1).mean(1)

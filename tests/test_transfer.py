@@ -1,0 +1,90 @@
+"""Frozen-feature protocols: the weighted kNN vote and nearest-neighbour video retrieval."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmssl.config import TransferConfig
+from mmssl.eval.transfer import Transfer, knn_classify, random_encoder, retrieval_recall
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def unit(*angles: float) -> torch.Tensor:
+    """2D unit vectors at `angles` (radians): [len(angles), 2]."""
+    a = torch.tensor(angles)
+    return torch.stack([a.cos(), a.sin()], dim=-1)
+
+
+def test_knn_votes_are_the_k_nearest_weighted_by_exp_similarity_over_t() -> None:
+    # one test sample at angle 0; training samples at 0.1 (class 0), 0.3, 0.5 (class 1), 3.0 (class 2)
+    train = unit(0.1, 0.3, 0.5, 3.0)[:, None]  # [N, K=1, 2]
+    labels = torch.tensor([0, 1, 1, 2])
+    test = unit(0.0)[:, None]
+    t = 0.5
+    w = [math.exp(math.cos(a) / t) for a in (0.1, 0.3, 0.5)]
+    for k, expected in ((1, [1.0, 0.0, 0.0]), (3, [w[0] / sum(w), (w[1] + w[2]) / sum(w), 0.0])):
+        probs = knn_classify(train, labels, test, 3, k=k, temperature=t).exp()
+        assert probs.shape == (1, 1, 3)
+        torch.testing.assert_close(probs[0, 0], torch.tensor(expected))
+    # k = 3 at a low temperature: the single nearest sample outweighs the two of class 1
+    assert knn_classify(train, labels, test, 3, k=3, temperature=0.01).argmax(-1).item() == 0
+    # k = 3 at a high temperature: two votes beat one
+    assert knn_classify(train, labels, test, 3, k=3, temperature=10.0).argmax(-1).item() == 1
+    # k above the number of training samples: all of them vote, nothing fails
+    assert knn_classify(train, labels, test, 3, k=50).exp()[0, 0, 2].item() > 0
+
+
+def test_knn_uses_every_clip_and_only_the_direction_of_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 32, generator=g)
+    labels = torch.arange(5).repeat(4)  # 20 videos, 4 per class
+    train = centres[labels][:, None] + 0.3 * torch.randn(20, 3, 32, generator=g)  # 3 clips each
+    test_labels = torch.arange(5).repeat(2)
+    test = centres[test_labels][:, None] + 0.3 * torch.randn(10, 3, 32, generator=g)
+    log_probs = knn_classify(train, labels, test, 5, k=6)
+    assert log_probs.shape == (10, 3, 5)
+    assert (log_probs.argmax(-1) == test_labels[:, None]).all()
+    scaled = knn_classify(train * torch.rand(20, 3, 1, generator=g).add(0.5), labels,
+                          test * 7.0, 5, k=6)
+    torch.testing.assert_close(scaled, log_probs)
+    # a training video's clips are separate voters: with 3 clips each, k = 3 can be one video's clips
+    lone = knn_classify(train[:1], labels[:1], train[:1, :1], 5, k=3).exp()
+    assert lone[0, 0, labels[0]].item() == pytest.approx(1.0)
+
+
+def test_retrieval_recall_ranks_videos_by_their_mean_clip_feature() -> None:
+    # train videos (2 clips each): class 0 at angle 0, class 1 at 1.0, class 2 at 2.0; the class 1
+    # video's clips point at -0.4 and 2.4, so only their mean (angle 1.0) is near a query at 1.0
+    train = torch.stack([unit(0.0, 0.0), unit(-0.4, 2.4), unit(2.0, 2.0)])
+    train_labels = torch.tensor([0, 1, 2])
+    queries = torch.stack([unit(1.0, 1.0), unit(2.1, 2.1), unit(0.05, 0.05)])
+    query_labels = torch.tensor([1, 0, 0])  # the second query's class is its 3rd nearest
+    recall = retrieval_recall(train, train_labels, queries, query_labels, ks=(1, 2, 3, 5))
+    assert recall == pytest.approx({"R@1": 200 / 3, "R@2": 200 / 3, "R@3": 100.0})  # k = 5 > 3 videos: not reported
+
+
+def test_knn_protocol_on_real_clips_and_from_the_command_line(tiny_synthav: Path, tmp_path: Path) -> None:
+    config = TransferConfig(synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4, num_clips=2, num_workers=0)
+    transfer = Transfer(config, torch.device("cpu"))
+    result = transfer.knn(random_encoder("tiny3d", 0), "clip")
+    assert 0 <= result["video_top1"] <= result["video_top5"] <= 100
+    assert np.asarray(result["confusion"]).sum() == len(transfer.test_rows) == 20
+    assert list(result["retrieval"]) == ["R@1", "R@5", "R@10", "R@20"]  # 20 train videos: no R@50
+    recalls = list(result["retrieval"].values())
+    assert recalls == sorted(recalls) and recalls[-1] == 100.0  # every class is among all 20 videos
+    out = subprocess.run([sys.executable, str(ROOT / "tools/transfer.py"), "--random-init", "tiny_audio",
+                          "--protocol", "knn", "--out", str(tmp_path), f"synthav_dir={tiny_synthav}",
+                          "num_clips=2", "num_workers=0"], capture_output=True, text=True, check=True)
+    assert "retrieval R@1" in out.stdout
+    report = json.loads((tmp_path / "transfer_knn.json").read_text())
+    assert report["feature_mode"] == "audio"
+    (audio_result,) = report["results"].values()
+    assert audio_result["skipped"]["no_audio"] > 0 and "R@1" in audio_result["retrieval"]
