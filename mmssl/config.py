@@ -95,7 +95,7 @@ class AVCConfig:
     audio_s: float = 1.0
     positive_share: float = 0.5
     hard_negatives: bool = True
-    min_offset_s: float = 1.0  # a hard negative's shift: >= audio_s, so it never overlaps the positive
+    min_offset_s: float = 1.0  # a hard negative's shift: >= audio_s (checked), so it never overlaps the positive
     hard_share: float = 0.25  # of the negatives, once the curriculum allows hard ones
     curriculum_share: float = 0.3  # share of training with easy negatives only
     loss: str = "ce"  # ce (L3's fusion head) or margin (AVTS)

@@ -78,6 +78,10 @@ def test_hard_negatives_never_overlap_the_positive(tiny_synthav: Path) -> None:
                 assert abs(hard - positive) >= task.config.min_offset_s * SR - 1 >= SR - 1
                 hard_found += 1
     assert hard_found > 0
+    # a minimum shift shorter than the window would let a hard negative overlap its positive
+    with pytest.raises(ValueError, match="min_offset_s=1.0 is shorter than audio_s=2.0"):
+        build_task(load_config(None, ["task.name=avc", "task.avc.audio_s=2.0"]))
+    assert build_task(load_config(None, ["task.name=avc", "task.avc.audio_s=2.0", "task.avc.hard_negatives=false"]))
 
 
 def test_pairs_balance_and_never_pair_a_clip_with_its_own_audio() -> None:

@@ -17,7 +17,7 @@ from helpers import PRETRAINING_CONFIGS, shipped_config_batches  # tests/ is on 
 
 from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_config, to_dict
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
-from mmssl.data.manifest import ManifestRow, read_manifest
+from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.engine.trainer import (
     NonFiniteLossError,
@@ -27,6 +27,7 @@ from mmssl.engine.trainer import (
     to_channels_last_3d,
 )
 from mmssl.eval.transfer import Transfer, load_encoder
+from mmssl.models.vit import VideoViT, build_videomae_decoder
 from mmssl.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +99,13 @@ def test_optimizer_takes_betas_and_spares_biases_and_norms_from_decay() -> None:
     assert all(group["betas"] == (0.9, 0.95) for group in optimizer.param_groups)
     assert [p.ndim for p in decayed["params"]] == [2] and decayed["weight_decay"] == 0.1
     assert len(spared["params"]) == 3 and spared["weight_decay"] == 0.0
+    # MAE/VideoMAE's no_weight_decay(): the decoder's mask token and a learned position table
+    encoder = VideoViT(dim=32, depth=1, heads=2, tubelet=(2, 8, 8), pos_embed="learned", num_frames=4, image_size=16)
+    model = torch.nn.ModuleDict({"encoder": encoder, "decoder": build_videomae_decoder(encoder, depth=1)})
+    decayed, spared = build_optimizer(load_config(None, []), model).param_groups
+    spared_ids = {id(p) for p in spared["params"]}
+    assert {id(model["decoder"].mask_token), id(encoder.pos_embed.table)} <= spared_ids
+    assert id(encoder.patch_embed.weight) in {id(p) for p in decayed["params"]}
 
 # --- dataset ---------------------------------------------------------------------------------------
 
@@ -137,6 +145,24 @@ def test_corrupt_files_are_skipped_counted_and_limited(tiny_synthav: Path, tmp_p
         counter.update(7, ["corrupt"])
 
 
+def test_pretraining_replaces_failed_samples_so_batches_stay_whole(tiny_synthav: Path, tmp_path: Path) -> None:
+    """DDP's gathers, BatchNorm and accumulation need whole batches: a failed decode is replaced by
+    another row's sample (seeded), and still counted."""
+    rows = read_manifest(tiny_synthav / "manifest.csv", "pretrain")[:6]
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 5000)
+    bad = ManifestRow(str(corrupt), num_frames=24, fps=8.0)
+    task = build_task(fast_config(tiny_synthav))
+    dataset = PretextDataset([bad, *rows, bad], task, 32, replace_failed=True)
+    batch = collate([dataset[(0, i)] for i in range(len(dataset))])
+    assert batch["frames"].shape[0] == 8 and batch["skipped"].count("corrupt") >= 2
+    again = collate([dataset[(0, i)] for i in range(len(dataset))])
+    assert torch.equal(batch["frames"], again["frames"]) and batch["skipped"] == again["skipped"]
+    all_bad = PretextDataset([bad, bad], task, 32, replace_failed=True)
+    with pytest.raises(SkipLimitExceeded, match="11 decodes in a row failed"):
+        all_bad[(0, 0)]
+
+
 def test_audio_tasks_exclude_silent_files_and_count_them(tiny_synthav: Path) -> None:
     rows = read_manifest(tiny_synthav / "manifest.csv", "pretrain")
     task = build_task(fast_config(tiny_synthav))
@@ -169,6 +195,18 @@ def test_epoch_sampler_splits_ranks_and_resumes_mid_epoch() -> None:
     assert list(ranks[0]) == shares[0][2:]
     ranks[1].set_epoch(2)
     assert list(ranks[1]) != shares[1]
+    # whole batches: 10 samples on 2 ranks in batches of 4 -> 8 per rank, the first 6 of the
+    # permutation seen twice
+    batched = [EpochSampler(10, seed=3, rank=r, world_size=2, batch_size=4) for r in range(2)]
+    shares = [[i for _, i in s] for s in batched]
+    assert [len(share) for share in shares] == [8, 8]
+    assert sorted(shares[0] + shares[1]) == sorted([*range(10), *shares[0][:3], *shares[1][:3]])
+
+
+def test_accumulation_longer_than_an_epoch_is_refused(tiny_synthav: Path, tmp_path: Path) -> None:
+    config = fast_config(tiny_synthav, "optim.accumulate=4")  # 24 videos, batch 8: 3 batches an epoch
+    with pytest.raises(ValueError, match="optim.accumulate=4 is more than the 3 batches"):
+        pretrain(config, tmp_path)
 
 
 # --- trainer -----------------------------------------------------------------------------------------
@@ -181,7 +219,8 @@ def test_trainer_steps_and_writes_metrics_and_checkpoint(tiny_synthav: Path, tmp
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and 0 <= r["data_wait_share"] <= 1 for r in steps)
-    assert any("skipped" in r for r in records)
+    # 24 videos in batches of 8: 3 steps an epoch, so step 4 is in epoch 1
+    assert [r for r in records if "loss" not in r] == [{"epoch": e, "skipped": {}, "excluded": {}} for e in (0, 1)]
     state = torch.load(final, weights_only=True)
     assert state["step"] == 4 and state["config"]["task"]["name"] == "order"
 
@@ -232,8 +271,17 @@ def test_killed_run_resumes_to_the_same_weights(tiny_synthav: Path, tmp_path: Pa
 
 
 def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
+    """Two ranks, a loss that gathers the batch over them (NT-Xent) and a corrupt file in the
+    manifest: the failed sample is replaced, so both ranks keep gathering batches of one size."""
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 5000)
+    rows = read_manifest(tiny_synthav / "manifest.csv", "pretrain")
+    manifest = write_manifest([ManifestRow(str(corrupt), split="pretrain", num_frames=24, fps=8.0), *rows],
+                              tmp_path / "manifest.csv")
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", *_pretrain_cmd(tiny_synthav, tmp_path)[1:]]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", *_pretrain_cmd(tiny_synthav, tmp_path)[1:],
+           f"data.manifest={manifest}", "data.split=pretrain", "task.name=clip_contrastive",
+           "task.clip_contrastive.clip_len=4", "train.epochs=1"]
     cmd[cmd.index("train.max_steps=30")] = "train.max_steps=3"
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=300)
@@ -242,6 +290,7 @@ def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
     assert state["step"] == 3
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # rank 0 alone logs
+    assert records[-1]["skipped"] == {"corrupt": 1}  # the file's turn on rank 0 in epoch 0
 
 
 # --- transfer ----------------------------------------------------------------------------------------

@@ -40,14 +40,14 @@ from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from mmssl.config import Config, load_config  # noqa: E402
-from mmssl.data.dataset import EpochSampler, PretextDataset, collate  # noqa: E402
+from mmssl.data.dataset import collate  # noqa: E402
 from mmssl.data.synthetic import SynthAVConfig, ensure_synthav  # noqa: E402
 from mmssl.engine.trainer import (  # noqa: E402
     TaskModel,
     build_encoder,
     build_loader,
     build_optimizer,
-    load_rows,
+    pretraining_data,
     to_channels_last_3d,
 )
 from mmssl.models import build_video_encoder  # noqa: E402
@@ -172,8 +172,7 @@ def end_to_end_part(args: argparse.Namespace, device: torch.device, variant: str
     torch.manual_seed(0)
     model = TaskModel(build_task(config), build_encoder(config)).to(device)
     task, step = model.task, make_step(model, build_optimizer(config, model), *VARIANTS[variant])
-    dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend)
-    sampler = EpochSampler(len(dataset), config.train.seed)
+    dataset, sampler = pretraining_data(config, task)
 
     def to_device(batch: dict) -> dict[str, torch.Tensor]:
         batch.pop("skipped")

@@ -3,6 +3,9 @@
 Randomness: sample i of epoch e draws from `np.random.default_rng([seed, e, i])`, so a run is
 reproducible for a seed whatever the number of workers, and differs across epochs and samples.
 A file that fails to decode becomes a `Skipped` marker: `collate` drops it and counts it by reason.
+With `replace_failed` (pretraining) the sample is instead replaced by one of another row, drawn
+from `default_rng([seed, e, i, attempt])`, and the failure still counted: batches keep their size,
+which DDP's gathers, BatchNorm and gradient accumulation rely on.
 """
 from __future__ import annotations
 
@@ -33,14 +36,19 @@ class SampleMaker(Protocol):
     def min_frames(self, fps: float) -> int: ...
 
 
+MAX_REPLACEMENTS = 10  # failures in a row at a share <= max_skip_share (5%): about 1e-13
+
+
 class PretextDataset(Dataset):
     """Samples of one task from the rows of a manifest; each sample decodes only its window.
     Rows the task cannot use (no audio track for an audio task, too few frames for its window)
-    are left out up front and counted in `excluded`."""
+    are left out up front and counted in `excluded`. A file that fails to decode gives a `Skipped`
+    marker, or with `replace_failed` a sample of another row (module docstring)."""
 
     def __init__(self, rows: Sequence[ManifestRow], task: SampleMaker, frame_size: int | None = None,
-                 backend: str = "pyav", seed: int = 0, sample_rate: int = 16000) -> None:
+                 backend: str = "pyav", seed: int = 0, sample_rate: int = 16000, replace_failed: bool = False) -> None:
         self.task = task
+        self.replace_failed = replace_failed
         self.frame_size = frame_size
         self.backend = backend
         self.seed = seed
@@ -65,16 +73,28 @@ class PretextDataset(Dataset):
         row = self.rows[index]
         return decode_window(row, self.task.window(row, rng), self.frame_size, self.backend, self.sample_rate)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor] | Skipped:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, object] | Skipped:
         """Sample `key`: a row index (of the epoch set with `set_epoch`) or an (epoch, index) pair,
-        as `EpochSampler` yields, so persistent workers need no epoch update."""
+        as `EpochSampler` yields, so persistent workers need no epoch update. A replacement sample
+        lists the failures before it under "skipped"."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        rng = self.rng(index, epoch)
-        try:
-            return self.task.make_sample(self.decode(index, rng), rng)
-        except MediaError as e:
-            log.warning("skipping %s", e)
-            return Skipped(self.rows[index].path, e.kind, e.detail)
+        rng, row, failed = self.rng(index, epoch), index, []
+        while True:
+            try:
+                sample = self.task.make_sample(self.decode(row, rng), rng)
+                return {**sample, "skipped": failed} if failed else sample
+            except MediaError as e:
+                skipped, message = Skipped(self.rows[row].path, e.kind, e.detail), str(e)
+            if not self.replace_failed:
+                log.warning("skipping %s", message)
+                return skipped
+            failed.append(skipped.kind)
+            if len(failed) > MAX_REPLACEMENTS:
+                raise SkipLimitExceeded(f"{len(failed)} decodes in a row failed ({dict(Counter(failed))}) for "
+                                        f"sample {index} of epoch {epoch}; the last: {message}")
+            rng = np.random.default_rng([self.seed, epoch, index, len(failed)])
+            row = int(rng.integers(len(self.rows)))
+            log.warning("skipping %s; sample %d of epoch %d takes row %d instead", message, index, epoch, row)
 
 
 def decode_window(row: ManifestRow, window: Window, frame_size: int | None = None, backend: str = "pyav",
@@ -92,11 +112,14 @@ def decode_window(row: ManifestRow, window: Window, frame_size: int | None = Non
     return DecodedClip(video, audio, window, row)
 
 
-def collate(items: list[dict[str, torch.Tensor] | Skipped]) -> dict[str, object]:
-    """Stack the samples; the batch's "skipped" entry lists the reasons of the dropped ones."""
+def collate(items: list[dict[str, object] | Skipped]) -> dict[str, object]:
+    """Stack the samples; the batch's "skipped" entry lists the reasons of the failed decodes
+    (dropped samples, and those a replacement sample stands for)."""
     samples = [item for item in items if not isinstance(item, Skipped)]
+    skipped = [item.kind for item in items if isinstance(item, Skipped)]
+    skipped += [kind for sample in samples for kind in sample.pop("skipped", [])]
     batch: dict[str, object] = default_collate(samples) if samples else {}
-    batch["skipped"] = [item.kind for item in items if isinstance(item, Skipped)]
+    batch["skipped"] = skipped
     return batch
 
 
@@ -133,14 +156,18 @@ class SkipCounter:
 class EpochSampler(Sampler[tuple[int, int]]):
     """A seeded permutation per epoch, split across ranks (like DistributedSampler), that can start
     part-way through an epoch so a resumed run sees exactly the samples it would have seen.
-    Yields (epoch, index) pairs for `PretextDataset`."""
+    Each rank's share is padded with the permutation's first samples to whole batches of
+    `batch_size`, so every batch is full (no last batch of one sample for BatchNorm, one shape for
+    torch.compile). Yields (epoch, index) pairs for `PretextDataset`."""
 
-    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 batch_size: int = 1) -> None:
         self.length = length
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
+        self.batch_size = batch_size
         self.epoch = 0
         self.start = 0  # position within this rank's share of the epoch
 
@@ -148,11 +175,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return -(-self.length // self.world_size)
+        per_rank = -(-self.length // self.world_size)
+        return -(-per_rank // self.batch_size) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
                  else np.arange(self.length))
-        padded = np.resize(order, len(self) * self.world_size)  # repeat the start to even out ranks
+        padded = np.resize(order, len(self) * self.world_size)  # repeat the start to even out ranks and batches
         for index in padded[self.rank::self.world_size][self.start:].tolist():
             yield self.epoch, index

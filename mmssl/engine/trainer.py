@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -107,10 +106,16 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
     return np.concatenate([warmup, decay])
 
 
+NO_DECAY_SUFFIXES = ("mask_token", "pos_embed.table")  # MAE/VideoMAE's no_weight_decay(): tokens, position tables
+
+
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD; no weight decay on biases and normalisation parameters."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    """AdamW or SGD; no weight decay on biases, normalisation parameters, mask tokens and learned
+    position tables."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 and not name.endswith(NO_DECAY_SUFFIXES) else no_decay).append(p)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = config.optim
     if opt.name == "adamw":
@@ -128,6 +133,18 @@ def to_channels_last_3d(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.Conv3d):
             module.to(memory_format=torch.channels_last_3d)
     return model
+
+
+def pretraining_data(config: Config, task: PretextTask, rank: int = 0,
+                     world_size: int = 1) -> tuple[PretextDataset, EpochSampler]:
+    """The config's split as the task's samples (a failed decode replaced by another row's sample,
+    and counted) and the sampler of this rank's share of each epoch, in whole batches."""
+    dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend,
+                             seed=config.train.seed, replace_failed=True)
+    if not len(dataset):
+        raise ValueError(f"no video of split {config.data.split!r} fits task {task.name!r} "
+                         f"(left out: {dict(dataset.excluded)})")
+    return dataset, EpochSampler(len(dataset), config.train.seed, rank, world_size, batch_size=config.data.batch_size)
 
 
 def build_loader(dataset: PretextDataset, sampler: EpochSampler, config: Config, device: torch.device) -> DataLoader:
@@ -154,12 +171,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     np.random.seed(config.train.seed + dist.rank)
 
     task = build_task(config)
-    dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend,
-                             seed=config.train.seed)
-    if not len(dataset):
-        raise ValueError(f"no video of split {config.data.split!r} fits task {task.name!r} "
-                         f"(left out: {dict(dataset.excluded)})")
-    sampler = EpochSampler(len(dataset), config.train.seed, dist.rank, dist.world_size)
+    dataset, sampler = pretraining_data(config, task, dist.rank, dist.world_size)
     loader = build_loader(dataset, sampler, config, dist.device)
     model = TaskModel(task, build_encoder(config)).to(dist.device)
     if config.train.channels_last:
@@ -171,8 +183,12 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         if dist.device.type == "cuda" and config.train.amp == "auto" else nullcontext()
 
     accumulate = config.optim.accumulate
-    micro_per_epoch = math.ceil(len(sampler) / config.data.batch_size)
-    steps_per_epoch = max(micro_per_epoch // accumulate, 1)
+    micro_per_epoch = len(sampler) // config.data.batch_size  # whole batches (EpochSampler pads)
+    if accumulate > micro_per_epoch:
+        raise ValueError(f"optim.accumulate={accumulate} is more than the {micro_per_epoch} batches of "
+                         f"data.batch_size={config.data.batch_size} in an epoch of each of {dist.world_size} "
+                         f"ranks ({len(dataset)} videos): no optimizer step would complete")
+    steps_per_epoch = micro_per_epoch // accumulate
     total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
     total_batch = config.data.batch_size * accumulate * dist.world_size
     base_lr = config.optim.lr * total_batch / REFERENCE_BATCH
@@ -204,11 +220,9 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         wait_start = time.perf_counter()
         for batch in loader:
             data_wait += time.perf_counter() - wait_start
-            skipped = batch.pop("skipped")
-            batch_size = len(next(iter(batch.values()))) if batch else 0
+            skipped = batch.pop("skipped")  # failed decodes, each replaced by another row's sample
+            batch_size = len(next(iter(batch.values())))
             skips.update(batch_size, skipped)
-            if not batch_size:
-                continue
             batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items()}
             for group in optimizer.param_groups:
                 group["lr"] = float(lr_schedule[step])

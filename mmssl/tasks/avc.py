@@ -40,6 +40,9 @@ class AudioVisualCorrespondence(PretextTask):
 
     def __init__(self, config: AVCConfig, audio_encoder: str, augment: VideoAugment | None = None,
                  sample_rate: int = 16000) -> None:
+        if config.hard_negatives and config.min_offset_s < config.audio_s:
+            raise ValueError(f"task.avc.min_offset_s={config.min_offset_s} is shorter than audio_s={config.audio_s}: "
+                             "a hard negative would overlap its positive (AVTS)")
         self.config = config
         self.audio_encoder = audio_encoder
         self.augment = augment
