@@ -96,15 +96,17 @@ def main(argv: list[str] | None = None) -> dict:
             minutes = (time.perf_counter() - start) / 60
             encoder, name, _ = load_encoder(checkpoint)
             transfer.config.seed = audio_transfer.config.seed = seed
+            # the audio encoder on --audio-label, unless the rows below are that already (audio-only, label)
+            audio_probes = task.needs_audio and (mode != "audio" or args.audio_label != "label")
+            if audio_probes:
+                audio_encoder, audio_name = load_audio_encoder(checkpoint)
             for protocol in protocols:
                 probe = PROBE_NAMES[protocol]
                 _add(rows, f"{method} ({probe})", mode, transfer.frozen_protocol(encoder, mode, protocol),
                      pretrain_minutes=minutes)
                 baseline(f"random init {name} ({probe}, {mode})", seed, mode,
                          lambda: transfer.frozen_protocol(random_encoder(name, seed), mode, protocol))
-                # the audio encoder on --audio-label, unless the row above was that already (audio-only, label)
-                if task.needs_audio and (mode != "audio" or args.audio_label != "label"):
-                    audio_encoder, audio_name = load_audio_encoder(checkpoint)
+                if audio_probes:
                     _add(rows, f"{method} audio encoder ({args.audio_label}, {probe})", "audio",
                          audio_transfer.frozen_protocol(audio_encoder, "audio", protocol))
                     baseline(f"random init {audio_name} ({args.audio_label}, {probe})", seed, "audio", lambda:
