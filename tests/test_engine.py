@@ -333,6 +333,7 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
         for encoder in ("avc audio encoder", "random init tiny_audio")}
     assert set(rows) == frozen | {"supervised tiny3d (train split, from scratch)"}
     assert rows["avc audio encoder (label, kNN)"]["feature_mode"] == "audio"
+    assert "R@1" in rows["order (kNN)"]["runs"][0]["retrieval"]
     for row in rows.values():
         assert len(row["video_top1"]) == 2 and row["video_top1_std"] >= 0
     assert "order (linear probe)" in result.stdout
