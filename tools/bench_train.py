@@ -193,10 +193,8 @@ def end_to_end_part(args: argparse.Namespace, device: torch.device, variant: str
             start = time.perf_counter()
             for batch in loader:
                 got = time.perf_counter()
-                batch = to_device(batch)
-                if batch:  # else every sample of the batch failed to decode (skipped and counted)
-                    step(batch)
-                    synchronize(device)
+                step(to_device(batch))  # whole batches: a failed decode is replaced (pretraining_data)
+                synchronize(device)
                 if done >= args.warmup:
                     wait += got - start
                     total += time.perf_counter() - start
