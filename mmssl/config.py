@@ -232,8 +232,10 @@ class Config:
 
 @dataclass
 class TransferConfig:
-    """Transfer to action recognition on a labeled manifest (SynthAV's train/test by default)."""
+    """Transfer to action recognition on a labeled manifest (SynthAV's train/test by default).
+    YAML recipes: configs/transfer/<protocol>.yaml."""
 
+    protocol: str = "linear"  # linear (probe on frozen features), knn (and retrieval), or finetune
     manifest: str = ""  # empty: SynthAV under synthav_dir
     synthav_dir: str = "data/synthav"
     train_split: str = "train"

@@ -1,4 +1,4 @@
-"""Frozen-feature protocols: the weighted kNN vote and nearest-neighbour video retrieval."""
+"""Transfer protocols: the weighted kNN vote, nearest-neighbour video retrieval, the recipes in configs/transfer."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmssl.config import TransferConfig
-from mmssl.eval.transfer import Transfer, knn_classify, random_encoder, retrieval_recall
+from mmssl.config import ConfigError, TransferConfig, load_config
+from mmssl.eval.transfer import PROTOCOLS, Transfer, knn_classify, random_encoder, retrieval_recall
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,10 +81,25 @@ def test_knn_protocol_on_real_clips_and_from_the_command_line(tiny_synthav: Path
     recalls = list(result["retrieval"].values())
     assert recalls == sorted(recalls) and recalls[-1] == 100.0  # every class is among all 20 videos
     out = subprocess.run([sys.executable, str(ROOT / "tools/transfer.py"), "--random-init", "tiny_audio",
-                          "--protocol", "knn", "--out", str(tmp_path), f"synthav_dir={tiny_synthav}",
-                          "num_clips=2", "num_workers=0"], capture_output=True, text=True, check=True)
+                          "--config", str(ROOT / "configs/transfer/knn.yaml"), "--out", str(tmp_path),
+                          f"synthav_dir={tiny_synthav}", "num_clips=2", "num_workers=0"],
+                         capture_output=True, text=True, check=True)
     assert "retrieval R@1" in out.stdout
     report = json.loads((tmp_path / "transfer_knn.json").read_text())
     assert report["feature_mode"] == "audio"
     (audio_result,) = report["results"].values()
     assert audio_result["skipped"]["no_audio"] > 0 and "R@1" in audio_result["retrieval"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/transfer").glob("*.yaml")), ids=lambda path: path.stem)
+def test_transfer_recipes_load_and_name_a_protocol(path: Path) -> None:
+    config = load_config(path, root=TransferConfig)
+    assert config.protocol in PROTOCOLS
+    assert path.stem.split("_")[-1] == config.protocol  # knn.yaml, ucf101_finetune.yaml, ...
+
+
+def test_unknown_protocols_and_keys_are_refused(tiny_synthav: Path) -> None:
+    with pytest.raises(ValueError, match="unknown transfer protocol 'svm'"):
+        Transfer(TransferConfig(synthav_dir=str(tiny_synthav), protocol="svm"))
+    with pytest.raises(ConfigError, match="knn_neighbours"):
+        load_config(None, ["knn_neighbours=5"], root=TransferConfig)

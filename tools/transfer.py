@@ -1,9 +1,13 @@
 #!/usr/bin/env python
 """Transfer a pretrained video encoder to action recognition and print top-1/top-5.
 
-  python tools/transfer.py --checkpoint CKPT|RUN_DIR --protocol linear|knn|finetune [--manifest FILE]
-                           [--out DIR] [--compare-random] [key=value ...]
+  python tools/transfer.py --checkpoint CKPT|RUN_DIR [--config FILE] [--protocol linear|knn|finetune]
+                           [--manifest FILE] [--out DIR] [--compare-random] [key=value ...]
   python tools/transfer.py --random-init tiny3d --protocol linear     (a random-init baseline)
+
+--config: a recipe from configs/transfer/ (linear.yaml, knn.yaml, finetune.yaml on SynthAV;
+ucf101_finetune.yaml, hmdb51_finetune.yaml at the papers' 16x112^2 clips); without one, the
+defaults of TransferConfig (a linear probe on SynthAV). --protocol and --manifest override it.
 
 linear: logistic regression on frozen features; knn: weighted k-nearest-neighbour vote on frozen
 features (knn_k=20, knn_temperature=0.07), plus video retrieval R@1/5/10/20/50 (test videos
@@ -28,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.config import ConfigError, TransferConfig, load_config  # noqa: E402
 from mmssl.engine.checkpoint import latest_checkpoint  # noqa: E402
-from mmssl.eval.transfer import Transfer, load_encoder, random_encoder, save_confusion_png  # noqa: E402
+from mmssl.eval.transfer import PROTOCOLS, Transfer, load_encoder, random_encoder, save_confusion_png  # noqa: E402
 from mmssl.models.audio import AUDIO_ENCODERS  # noqa: E402
 
 
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="pretraining checkpoint, or a run folder (its newest checkpoint)")
     source.add_argument("--random-init", metavar="ENCODER", help="evaluate this encoder at random init instead")
-    parser.add_argument("--protocol", choices=["linear", "knn", "finetune"], default="linear")
+    parser.add_argument("--config", help="transfer recipe: YAML of TransferConfig keys (configs/transfer/)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="overrides the recipe's protocol (default: linear)")
     parser.add_argument("--manifest", help="labeled manifest with train/test splits (default: SynthAV)")
     parser.add_argument("--out", help="output folder (default: the checkpoint's folder, or runs/transfer)")
     parser.add_argument("--compare-random", action="store_true",
@@ -46,13 +51,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="TransferConfig overrides")
     args = parser.parse_args(argv)
     try:
-        config = load_config(None, args.overrides, root=TransferConfig)
+        config = load_config(args.config, args.overrides, root=TransferConfig)
     except ConfigError as e:
         parser.error(str(e))
+    if args.protocol:
+        config.protocol = args.protocol
     if args.manifest:
         config.manifest = args.manifest
     if args.feature_mode:
         config.feature_mode = args.feature_mode
+    try:
+        transfer = Transfer(config)
+    except ValueError as e:
+        parser.error(str(e))
 
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
@@ -65,17 +76,15 @@ def main(argv: list[str] | None = None) -> dict:
         encoder = random_encoder(encoder_name, config.seed)
         name, out = f"random init ({args.random_init})", Path(args.out or "runs/transfer")
     mode = task_mode if config.feature_mode == "auto" or task_mode == "audio" else config.feature_mode
-    if mode == "audio" and args.protocol == "finetune":
+    if mode == "audio" and config.protocol == "finetune":
         parser.error(f"{encoder_name} is an audio encoder: --protocol linear or knn on frozen features")
     out.mkdir(parents=True, exist_ok=True)
 
-    transfer = Transfer(config)
-    evaluate = {"linear": transfer.linear_probe, "knn": transfer.knn, "finetune": transfer.finetune}[args.protocol]
-    results = {name: evaluate(encoder, mode)}
+    results = {name: transfer.evaluate(encoder, mode)}
     if args.compare_random:
-        results[f"random init ({encoder_name})"] = evaluate(random_encoder(encoder_name, config.seed), mode)
+        results[f"random init ({encoder_name})"] = transfer.evaluate(random_encoder(encoder_name, config.seed), mode)
 
-    print(f"\n{args.protocol} transfer, {mode} features, {len(transfer.classes)} classes, "
+    print(f"\n{config.protocol} transfer, {mode} features, {len(transfer.classes)} classes, "
           f"{len(transfer.train_rows)} train / {len(transfer.test_rows)} test videos")
     print(f"{'encoder':<40} {'clip top-1':>10} {'clip top-5':>10} {'video top-1':>11} {'video top-5':>11}")
     for label, r in results.items():
@@ -87,10 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     skipped = next(iter(results.values())).get("skipped")
     if skipped:
         print(f"videos left out: {skipped}")
-    report = {"protocol": args.protocol, "feature_mode": mode, "results": results}
-    (out / f"transfer_{args.protocol}.json").write_text(json.dumps(report, indent=2))
-    png = save_confusion_png(next(iter(results.values())), out / f"confusion_{args.protocol}.png", name)
-    print(f"wrote {out / f'transfer_{args.protocol}.json'} and {png}")
+    report = {"protocol": config.protocol, "feature_mode": mode, "results": results}
+    (out / f"transfer_{config.protocol}.json").write_text(json.dumps(report, indent=2))
+    png = save_confusion_png(next(iter(results.values())), out / f"confusion_{config.protocol}.png", name)
+    print(f"wrote {out / f'transfer_{config.protocol}.json'} and {png}")
     return report
 
 

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +125,11 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {opt.name!r}; choose adamw or sgd")
 
 
+def mixed_precision(device: torch.device, amp: str = "auto") -> AbstractContextManager:
+    """bf16 autocast on a CUDA device when `amp` is "auto"; otherwise (CPU, or "off") full precision."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp == "auto" else nullcontext()
+
+
 def to_channels_last_3d(model: nn.Module) -> nn.Module:
     """`model` with its Conv3d weights in channels_last_3d (NDHWC) layout, in place; 2D and 1D convs
     (an audio tower's) keep theirs: `model.to(memory_format=torch.channels_last_3d)` stops at the
@@ -179,8 +184,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     optimizer = build_optimizer(config, model)
     ddp = distributed.wrap_ddp(model, dist.device) if dist.world_size > 1 else model
     forward = torch.compile(ddp) if config.train.compile else ddp
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) \
-        if dist.device.type == "cuda" and config.train.amp == "auto" else nullcontext()
+    autocast = mixed_precision(dist.device, config.train.amp)
 
     accumulate = config.optim.accumulate
     micro_per_epoch = len(sampler) // config.data.batch_size  # whole batches (EpochSampler pads)

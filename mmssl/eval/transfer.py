@@ -28,12 +28,13 @@ from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import ManifestRow, class_names, read_manifest
 from mmssl.data.sampling import random_clip, uniform_clips
 from mmssl.data.synthetic import ensure_synthav
-from mmssl.engine.trainer import build_named_encoder, cosine_schedule, encoder_name, load_task_model
+from mmssl.engine.trainer import build_named_encoder, cosine_schedule, encoder_name, load_task_model, mixed_precision
 from mmssl.models import VideoEncoder
 from mmssl.models.audio import AudioEncoder
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 FINETUNE_AUGMENT = VideoAugment(crop_scale=(0.6, 1.0), flip=False)  # a flip turns left into right
+PROTOCOLS = ("linear", "knn", "finetune")
 
 
 class LabeledClips:
@@ -186,6 +187,8 @@ class Transfer:
     def __init__(self, config: TransferConfig, device: torch.device | None = None) -> None:
         self.config = config
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if config.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown transfer protocol {config.protocol!r}: one of {', '.join(PROTOCOLS)}")
         manifest = config.manifest or str(ensure_synthav(config.synthav_dir))
         self.train_rows = labeled_rows(manifest, config.train_split, config.label_column)
         self.test_rows = labeled_rows(manifest, config.test_split, config.label_column)
@@ -216,8 +219,9 @@ class Transfer:
         for batch in loader:
             skipped.update(batch.pop("skipped"))
             if "label" in batch:
-                x = (encode_audio(encoder, batch["audio"].to(self.device)) if mode == "audio"
-                     else encode(encoder, batch["frames"].to(self.device), mode))
+                with mixed_precision(self.device):
+                    x = (encode_audio(encoder, batch["audio"].to(self.device)) if mode == "audio"
+                         else encode(encoder, batch["frames"].to(self.device), mode))
                 features.append(x.float().cpu())
                 labels.append(batch["label"])
         return torch.cat(features), torch.cat(labels), skipped
@@ -240,6 +244,12 @@ class Transfer:
         return {**self.scores(logits, test_y), **extra, "num_train_videos": len(train_y),
                 "num_test_videos": len(test_y), "skipped": dict(train_skipped + test_skipped)}
 
+    def evaluate(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
+        """The config's protocol: `linear_probe`, `knn` or `finetune`."""
+        if self.config.protocol == "finetune":
+            return self.finetune(encoder, mode)
+        return self.frozen_protocol(encoder, mode, self.config.protocol)
+
     def linear_probe(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
         """`fit_linear_probe` on frozen features (`frozen_protocol`)."""
         return self.frozen_protocol(encoder, mode, "linear")
@@ -249,7 +259,8 @@ class Transfer:
         return self.frozen_protocol(encoder, mode, "knn")
 
     def finetune(self, encoder: VideoEncoder, mode: str) -> dict:
-        """Encoder + linear classifier trained end to end on one random clip per video per epoch."""
+        """Encoder + linear classifier trained end to end on one random clip per video per epoch (bf16
+        autocast on CUDA)."""
         c = self.config
         if mode == "audio":
             raise ValueError("fine-tuning takes video encoders; audio encoders have the frozen-feature protocols")
@@ -270,8 +281,9 @@ class Transfer:
                 step += 1
                 if "frames" not in batch:
                     continue
-                features = encode(encoder, batch["frames"].to(self.device), mode, FINETUNE_AUGMENT)
-                loss = F.cross_entropy(classifier(features[:, 0]), batch["label"].to(self.device))
+                with mixed_precision(self.device):
+                    features = encode(encoder, batch["frames"].to(self.device), mode, FINETUNE_AUGMENT)
+                    loss = F.cross_entropy(classifier(features[:, 0]), batch["label"].to(self.device))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
