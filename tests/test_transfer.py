@@ -98,8 +98,10 @@ def test_transfer_recipes_load_and_name_a_protocol(path: Path) -> None:
     assert path.stem.split("_")[-1] == config.protocol  # knn.yaml, ucf101_finetune.yaml, ...
 
 
-def test_unknown_protocols_and_keys_are_refused(tiny_synthav: Path) -> None:
+def test_unknown_protocols_keys_and_missing_manifests_are_refused(tiny_synthav: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown transfer protocol 'svm'"):
         Transfer(TransferConfig(synthav_dir=str(tiny_synthav), protocol="svm"))
+    with pytest.raises(FileNotFoundError, match="build_manifest.py"):
+        Transfer(TransferConfig(manifest=str(tmp_path / "ucf101_split1.csv")))
     with pytest.raises(ConfigError, match="knn_neighbours"):
         load_config(None, ["knn_neighbours=5"], root=TransferConfig)

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         config.feature_mode = args.feature_mode
     try:
         transfer = Transfer(config)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
 
     if args.checkpoint:
