@@ -202,7 +202,7 @@ def test_audio_tower_of_an_av_checkpoint_is_probed_on_the_shape_labels(tiny_synt
     shapes = {row.path: row.extra["shape"] for row in read_manifest(tiny_synthav / "manifest.csv", "test")}
     assert set(transfer.classes) <= set(SHAPES) and len(transfer.classes) > 1
     assert all(row.label == shapes[row.path] for row in transfer.test_rows)
-    result = transfer.linear_probe(encoder, "audio")
+    result = transfer.frozen_protocol(encoder, "audio", "linear")
     assert result["num_test_videos"] == 16 and result["skipped"] == {"no_audio": 8}
 
     order = load_config(None, [f"data.synthav_dir={tiny_synthav}", "data.frame_size=32", "data.batch_size=4",

@@ -303,7 +303,7 @@ def test_transfer_linear_and_finetune_from_a_checkpoint(tiny_synthav: Path, tmp_
     config = TransferConfig(synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4, num_clips=2,
                             num_workers=0, linear_epochs=20, finetune_epochs=1)
     transfer = Transfer(config, torch.device("cpu"))
-    for result in (transfer.linear_probe(encoder, mode), transfer.finetune(encoder, "clip")):
+    for result in (transfer.frozen_protocol(encoder, mode, "linear"), transfer.finetune(encoder, "clip")):
         assert 0 <= result["video_top1"] <= result["video_top5"] <= 100
         assert np.asarray(result["confusion"]).sum() == len(transfer.test_rows) == 20
     out = subprocess.run([sys.executable, str(ROOT / "tools/transfer.py"), "--checkpoint", str(tmp_path / "run"),

@@ -74,7 +74,7 @@ def test_retrieval_recall_ranks_videos_by_their_mean_clip_feature() -> None:
 def test_knn_protocol_on_real_clips_and_from_the_command_line(tiny_synthav: Path, tmp_path: Path) -> None:
     config = TransferConfig(synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4, num_clips=2, num_workers=0)
     transfer = Transfer(config, torch.device("cpu"))
-    result = transfer.knn(random_encoder("tiny3d", 0), "clip")
+    result = transfer.frozen_protocol(random_encoder("tiny3d", 0), "clip", "knn")
     assert 0 <= result["video_top1"] <= result["video_top5"] <= 100
     assert np.asarray(result["confusion"]).sum() == len(transfer.test_rows) == 20
     assert list(result["retrieval"]) == ["R@1", "R@5", "R@10", "R@20"]  # 20 train videos: no R@50

@@ -250,5 +250,5 @@ def test_audio_linear_probe_windows_and_random_audio_encoder(tiny_synthav: Path)
     first, second = random_encoder("wav2vec2_tiny", 3), random_encoder("wav2vec2_tiny", 3)
     assert isinstance(first, Wav2Vec2Encoder)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
-    result = transfer.linear_probe(first, "audio")
+    result = transfer.frozen_protocol(first, "audio", "linear")
     assert result["skipped"] == {"no_audio": 8} and result["num_test_videos"] == 16

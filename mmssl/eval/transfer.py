@@ -248,18 +248,10 @@ class Transfer:
                 "num_test_videos": len(test_y), "skipped": dict(train_skipped + test_skipped)}
 
     def evaluate(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
-        """The config's protocol: `linear_probe`, `knn` or `finetune`."""
+        """The config's protocol: `frozen_protocol` (linear or knn) or `finetune`."""
         if self.config.protocol == "finetune":
             return self.finetune(encoder, mode)
         return self.frozen_protocol(encoder, mode, self.config.protocol)
-
-    def linear_probe(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
-        """`fit_linear_probe` on frozen features (`frozen_protocol`)."""
-        return self.frozen_protocol(encoder, mode, "linear")
-
-    def knn(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
-        """Weighted kNN classification and video retrieval on frozen features (`frozen_protocol`)."""
-        return self.frozen_protocol(encoder, mode, "knn")
 
     def finetune(self, encoder: VideoEncoder, mode: str) -> dict:
         """Encoder + linear classifier trained end to end on one random clip per video per epoch (bf16
