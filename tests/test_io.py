@@ -93,10 +93,28 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     long = write_media(root / "long.mp4", numbered_frames(60), FPS, clicks([2.0], 60 / FPS), gop=16)
     files["edit_list.mp4"] = cut_without_reencoding(long, root / "edit_list.mp4", 1.3)
     files["audio_only.m4a"] = write_media(root / "audio_only.m4a", None, FPS, clicks([0.1], 1.0))
+    mjpeg = write_media(root / "mjpeg_pcm_u8.avi", numbered_frames(NUM_FRAMES), FPS,
+                        clicks([0.5, 1.25], NUM_FRAMES / FPS), video_codec="mjpeg", pix_fmt="yuvj420p",
+                        audio_codec="pcm_u8")
+    files["no_video_keys.avi"] = without_keyframe_flags(mjpeg, root / "no_video_keys.avi", b"dc")
+    files["no_audio_keys.avi"] = without_keyframe_flags(mjpeg, root / "no_audio_keys.avi", b"wb")
     return files
 
 
-VIDEO_FILES = [*FORMATS, "vfr.mp4", "three.mp4", "edit_list.mp4"]
+def without_keyframe_flags(path: Path, out: Path, chunk_type: bytes) -> Path:
+    """A copy of an AVI whose index (idx1) marks none of the chunks of one type (b"dc": video,
+    b"wb": audio) as keyframes, as some cameras write: FFmpeg then refuses to seek that stream."""
+    data = bytearray(path.read_bytes())
+    index = data.rfind(b"idx1")
+    entries = int.from_bytes(data[index + 4:index + 8], "little") // 16
+    for entry in range(index + 8, index + 8 + 16 * entries, 16):
+        if data[entry + 2:entry + 4] == chunk_type:
+            data[entry + 4:entry + 8] = bytes(4)  # dwFlags: no AVIIF_KEYFRAME
+    out.write_bytes(data)
+    return out
+
+
+VIDEO_FILES = [*FORMATS, "vfr.mp4", "three.mp4", "edit_list.mp4", "no_video_keys.avi"]
 
 
 @pytest.mark.parametrize("name", VIDEO_FILES)
@@ -162,7 +180,8 @@ def test_probe_reports_streams(media: dict[str, Path]) -> None:
     assert (odd.width, odd.height, odd.has_audio, odd.audio_codec) == (47, 33, False, "")
 
 
-@pytest.mark.parametrize("name", ["h264_aac.mp4", "vp9_opus.webm", "mpeg4_pcm.avi", "mpeg4_mp3.mkv"])
+@pytest.mark.parametrize("name", ["h264_aac.mp4", "vp9_opus.webm", "mpeg4_pcm.avi", "mpeg4_mp3.mkv",
+                                  "no_audio_keys.avi"])
 def test_audio_length_and_alignment(media: dict[str, Path], name: str) -> None:
     whole = load_audio(media[name], 0.0, NUM_FRAMES / FPS)
     assert whole.dtype == torch.float32 and whole.shape == (round(NUM_FRAMES / FPS * SR),)

@@ -7,7 +7,7 @@ import av
 import numpy as np
 import torch
 
-from mmssl.io.container import check_decodable, clock_origin, media_errors, open_container
+from mmssl.io.container import check_decodable, clock_origin, media_errors, open_container, seek_back
 from mmssl.io.errors import NoAudioStreamError
 
 SEEK_MARGIN_S = 0.5  # decode from this much earlier: the first frames after a seek are unreliable
@@ -28,11 +28,11 @@ def load_audio(path: str | Path, start_s: float, duration_s: float, sample_rate:
         window_start = clock_origin(container) + start_s  # absolute seconds on FFmpeg's clock
         window_end = window_start + num_samples / sample_rate
         seek_to = window_start - SEEK_MARGIN_S
-        if stream.start_time is not None and seek_to > stream.start_time * stream.time_base:
-            container.seek(int(seek_to / stream.time_base), stream=stream, backward=True)
         resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         position: float | None = None  # absolute time of the next resampled sample
         with media_errors(path):
+            if stream.start_time is not None and seek_to > stream.start_time * stream.time_base:
+                seek_back(container, stream, int(seek_to / stream.time_base))
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue

@@ -57,6 +57,17 @@ def media_errors(path: str | Path) -> Iterator[None]:
         raise CorruptMediaError(path, f"decoding failed ({e})") from e
 
 
+def seek_back(container: av.container.InputContainer, stream: av.stream.Stream, pts: int) -> None:
+    """Seek `stream` back to its keyframe at or before `pts` (in the stream's time base). FFmpeg's AVI
+    demuxer refuses this for a stream whose index marks none of its chunks as keyframes (some cameras
+    write such files): then rewind to the stream's first packet, from where decoding reaches the same
+    frames and samples, only later."""
+    try:
+        container.seek(pts, stream=stream, backward=True)
+    except av.error.FFmpegError:
+        container.seek(stream.start_time or 0, stream=stream, backward=True, any_frame=True)
+
+
 def check_decodable(path: str | Path, stream: av.stream.Stream) -> None:
     """Raise `UnsupportedCodecError` when FFmpeg has no decoder for `stream`."""
     ctx = stream.codec_context

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmssl.io.container import build_index, check_decodable, media_errors, open_container, video_stream
+from mmssl.io.container import build_index, check_decodable, media_errors, open_container, seek_back, video_stream
 from mmssl.io.errors import CorruptMediaError
 
 
@@ -49,8 +49,8 @@ def probe(path: str | Path) -> MediaInfo:
 
 
 def _decode_first_frame(path: str | Path, container, stream) -> None:
-    container.seek(0)
     with media_errors(path):
+        seek_back(container, stream, stream.start_time or 0)
         for _ in container.decode(stream):
             return
     raise CorruptMediaError(path, f"{stream.type} stream yields no decodable frame")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-from mmssl.io.container import build_index, media_errors, open_container, video_stream
+from mmssl.io.container import build_index, media_errors, open_container, seek_back, video_stream
 from mmssl.io.errors import CorruptMediaError, TooShortError
 
 Size = tuple[int, int]  # (height, width)
@@ -57,7 +57,7 @@ class _PyAVBackend:
                 keys = self.index.keyframe_pts
                 key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
                 if decoded is None or position is None or key > position or target < position:
-                    self.container.seek(int(key), stream=self.stream, backward=True)
+                    seek_back(self.container, self.stream, int(key))
                     decoded = self.container.decode(self.stream)
                     position = None
                 for frame in decoded:
