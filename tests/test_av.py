@@ -186,6 +186,7 @@ def test_eval_av_reports_heldout_accuracy_and_retrieval(tiny_synthav: Path, tmp_
         result = evaluate_av(pretrain(config, tmp_path / task_name), split="test")
         assert 0 <= result["retrieval_v2a_r1"] <= result["retrieval_v2a_r5"] <= 100
         assert result["retrieval_candidates"] == 16  # 20 test videos, 20% without audio
+        assert result["left_out"] == {"no_audio": 4} and result["manifest"] == str(tiny_synthav / "manifest.csv")
         assert any(key.startswith("heldout_") for key in result)
 
 

@@ -17,13 +17,15 @@ from helpers import PRETRAINING_CONFIGS, shipped_config_batches  # tests/ is on 
 
 from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_config, to_dict
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
-from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
+from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.engine.trainer import (
     NonFiniteLossError,
     build_optimizer,
     cosine_schedule,
+    load_rows,
     pretrain,
+    pretraining_data,
     to_channels_last_3d,
 )
 from mmssl.eval.transfer import Transfer, load_encoder
@@ -184,6 +186,14 @@ def test_videos_too_short_for_the_window_are_left_out_and_counted(tiny_synthav: 
     assert "too_short (excluded before the run): 1" in SkipCounter(0.05, dataset.excluded).summary()
 
 
+def test_a_split_no_video_fits_is_refused_naming_what_the_task_needs(tiny_synthav: Path) -> None:
+    config = fast_config(tiny_synthav, "task.name=vcop", "task.vcop.clip_len=16", "task.vcop.interval=4")
+    with pytest.raises(ManifestError, match=r"no video fits: .*'too_short': \d+.* needs 56 frames at 8 fps"):
+        pretraining_data(config, build_task(config))
+    with pytest.raises(ManifestError, match=r"no rows in split 'val'; its splits: 'pretrain' \(\d+\), 'test'"):
+        load_rows(fast_config(tiny_synthav, "data.split=val"))
+
+
 def test_epoch_sampler_splits_ranks_and_resumes_mid_epoch() -> None:
     ranks = [EpochSampler(10, seed=3, rank=r, world_size=2) for r in range(2)]
     for s in ranks:
@@ -240,7 +250,7 @@ def test_non_finite_loss_stops_naming_the_step(tiny_synthav: Path, tmp_path: Pat
 
 
 def _pretrain_cmd(synthav: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "tools/pretrain.py"), "--out", str(out), *FAST,
+    return [sys.executable, str(ROOT / "tools/pretrain.py"), *FAST, "--out", str(out),  # options between overrides
             f"data.synthav_dir={synthav}", "train.max_steps=30", "train.checkpoint_every=2",
             "train.keep_last=20", *extra]
 
@@ -307,12 +317,14 @@ def test_transfer_linear_and_finetune_from_a_checkpoint(tiny_synthav: Path, tmp_
         assert 0 <= result["video_top1"] <= result["video_top5"] <= 100
         assert np.asarray(result["confusion"]).sum() == len(transfer.test_rows) == 20
     out = subprocess.run([sys.executable, str(ROOT / "tools/transfer.py"), "--checkpoint", str(tmp_path / "run"),
-                          "--compare-random", f"synthav_dir={tiny_synthav}", "frame_size=32", "clip_len=4",
+                          "--compare-random", f"synthav_dir={tiny_synthav}", "frame_size=24", "clip_len=4",
                           "num_clips=2", "num_workers=0", "linear_epochs=20"],
                          capture_output=True, text=True, check=True)
     assert "random init (tiny3d)" in out.stdout and "pretrained" in out.stdout
+    assert "pretrained on 32 px frames and this transfer uses frame_size=24" in out.stdout
     report = json.loads((tmp_path / "run" / "transfer_linear.json").read_text())
     assert len(report["results"]) == 2
+    assert (report["config"]["frame_size"], report["config"]["synthav_dir"]) == (24, str(tiny_synthav))
     assert (tmp_path / "run" / "confusion_linear.png").stat().st_size > 1000
 
 
@@ -343,6 +355,6 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
 def test_visualize_draws_a_png(tiny_synthav: Path, tmp_path: Path, task: str) -> None:
     out = tmp_path / f"{task}.png"
     subprocess.run([sys.executable, str(ROOT / "tools/visualize.py"), "--task", task, "--num", "3",
-                    "--out", str(out), f"data.synthav_dir={tiny_synthav}", "data.frame_size=32"],
+                    f"data.synthav_dir={tiny_synthav}", "--out", str(out), "data.frame_size=32"],
                    check=True, capture_output=True)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000

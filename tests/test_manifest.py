@@ -13,6 +13,7 @@ import pytest
 from mmssl.data import manifest
 from mmssl.data.manifest import (
     BuildResult,
+    ManifestError,
     ManifestRow,
     build_folder,
     build_hmdb51,
@@ -85,14 +86,23 @@ def test_manifest_round_trip_keeps_fields_extras_and_relative_paths(tmp_path: Pa
     assert back[0].extra == {"youtube_id": "abc", "time_start": ""}
     assert back[1].extra == {"youtube_id": "", "time_start": "3"}
     assert [r.label for r in read_manifest(out, split="train")] == ["jump"]
-    assert read_manifest(out, split="val") == []
+    with pytest.raises(ManifestError, match=r"no rows in split 'val'; its splits: 'test' \(1\), 'train' \(1\)"):
+        read_manifest(out, split="val")
     assert class_names(back) == ["jump"]
 
 
-def test_read_manifest_rejects_missing_columns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text, message", [
+    (None, "no manifest at .*tools/build_manifest.py"),
+    ("path,label\nx.mp4,a\n", "lacks columns"),
+    ("path,label,split,duration,fps,num_frames,has_audio\nx.mp4,a,train,1.0,fast,16,1\n", "line 2: unreadable row"),
+    ("path,label,split,duration,fps,num_frames,has_audio\nx.mp4,a,train,1.0,25,25,1\ny.mp4,a,train,0,0,0,1\n",
+     "line 3: .*y.mp4 needs fps > 0 and num_frames >= 1"),
+])
+def test_read_manifest_names_what_is_wrong(tmp_path: Path, text: str | None, message: str) -> None:
     bad = tmp_path / "bad.csv"
-    bad.write_text("path,label\nx.mp4,a\n")
-    with pytest.raises(ValueError, match="lacks columns"):
+    if text is not None:
+        bad.write_text(text)
+    with pytest.raises(ManifestError, match=message):
         read_manifest(bad)
 
 

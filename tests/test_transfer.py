@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mmssl.config import ConfigError, TransferConfig, load_config
+from mmssl.data.manifest import ManifestError
 from mmssl.eval.transfer import PROTOCOLS, Transfer, knn_classify, random_encoder, retrieval_recall
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def test_transfer_recipes_load_and_name_a_protocol(path: Path) -> None:
 def test_unknown_protocols_keys_and_missing_manifests_are_refused(tiny_synthav: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown transfer protocol 'svm'"):
         Transfer(TransferConfig(synthav_dir=str(tiny_synthav), protocol="svm"))
-    with pytest.raises(FileNotFoundError, match="build_manifest.py"):
+    with pytest.raises(ManifestError, match="build_manifest.py"):
         Transfer(TransferConfig(manifest=str(tmp_path / "ucf101_split1.csv")))
     with pytest.raises(ConfigError, match="knn_neighbours"):
         load_config(None, ["knn_neighbours=5"], root=TransferConfig)

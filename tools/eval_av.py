@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmssl.data.manifest import ManifestError  # noqa: E402
 from mmssl.engine.checkpoint import latest_checkpoint  # noqa: E402
 from mmssl.eval.av import evaluate_av  # noqa: E402
 
@@ -20,14 +21,17 @@ from mmssl.eval.av import evaluate_av  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint, or a run folder (its newest)")
-    parser.add_argument("--manifest", help="default: the run's SynthAV")
+    parser.add_argument("--manifest", help="default: the run's data.manifest, or its SynthAV when it had none")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", help="JSON path (default: av_eval.json beside the checkpoint)")
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():
         checkpoint = latest_checkpoint(checkpoint) or parser.error(f"no checkpoint in {args.checkpoint}")
-    result = evaluate_av(checkpoint, args.manifest, args.split)
+    try:
+        result = evaluate_av(checkpoint, args.manifest, args.split)
+    except ManifestError as e:
+        parser.error(str(e))
     for key, value in result.items():
         print(f"{key:<24} {value:.2f}" if isinstance(value, float) else f"{key:<24} {value}")
     out = Path(args.out or checkpoint.parent / "av_eval.json")

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.config import ConfigError, load_config  # noqa: E402
+from mmssl.data.manifest import ManifestError  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/pretrain/order.yaml"
 from mmssl.engine import distributed  # noqa: E402
@@ -33,13 +34,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="output folder (default runs/pretrain_<task>)")
     parser.add_argument("--resume", help="'auto' (newest checkpoint in --out, if any) or a checkpoint path")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as e:
         parser.error(str(e))
     out = args.out or f"runs/pretrain_{config.task.name}"
-    final = pretrain(config, out, args.resume)
+    try:
+        final = pretrain(config, out, args.resume)
+    except ManifestError as e:
+        parser.error(str(e))
     if distributed.is_main_process():
         print(f"final checkpoint: {final}")
     distributed.cleanup()

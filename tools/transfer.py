@@ -30,8 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmssl.config import ConfigError, TransferConfig, load_config  # noqa: E402
+from mmssl.config import ConfigError, TransferConfig, load_config, to_dict  # noqa: E402
 from mmssl.engine.checkpoint import latest_checkpoint  # noqa: E402
+from mmssl.engine.trainer import checkpoint_config  # noqa: E402
 from mmssl.eval.transfer import PROTOCOLS, Transfer, load_encoder, random_encoder, save_confusion_png  # noqa: E402
 from mmssl.models.audio import AUDIO_ENCODERS  # noqa: E402
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also evaluate the same encoder architecture at random init")
     parser.add_argument("--feature-mode", choices=["auto", "clip", "frames"], default=None)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="TransferConfig overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         config = load_config(args.config, args.overrides, root=TransferConfig)
     except ConfigError as e:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         config.feature_mode = args.feature_mode
     try:
         transfer = Transfer(config)
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         parser.error(str(e))
 
     if args.checkpoint:
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint = latest_checkpoint(checkpoint) or parser.error(f"no checkpoint in {args.checkpoint}")
         encoder, encoder_name, task_mode = load_encoder(checkpoint)
         name, out = f"pretrained ({checkpoint.name})", Path(args.out or checkpoint.parent)
+        pretrained_size = checkpoint_config(checkpoint).data.frame_size
+        if task_mode != "audio" and pretrained_size != config.frame_size:
+            print(f"note: {checkpoint} was pretrained on {pretrained_size} px frames and this transfer uses "
+                  f"frame_size={config.frame_size} (add frame_size={pretrained_size} to match)")
     else:
         encoder_name, task_mode = args.random_init, "audio" if args.random_init in AUDIO_ENCODERS else "clip"
         encoder = random_encoder(encoder_name, config.seed)
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     skipped = next(iter(results.values())).get("skipped")
     if skipped:
         print(f"videos left out: {skipped}")
-    report = {"protocol": config.protocol, "feature_mode": mode, "results": results}
+    report = {"protocol": config.protocol, "feature_mode": mode, "config": to_dict(config), "results": results}
     (out / f"transfer_{config.protocol}.json").write_text(json.dumps(report, indent=2))
     png = save_confusion_png(next(iter(results.values())), out / f"confusion_{config.protocol}.png", name)
     print(f"wrote {out / f'transfer_{config.protocol}.json'} and {png}")

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--checkpoint", help="masked_video: pretraining checkpoint (or run folder) whose encoder "
                                              "and decoder reconstruct; default: random init")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     default = Path(__file__).resolve().parents[1] / f"configs/pretrain/{args.task}.yaml"
     checkpoint = _checkpoint(Path(args.checkpoint), parser) if args.checkpoint else None
     if checkpoint is not None and args.task != "masked_video":

@@ -58,25 +58,48 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:
     return path
 
 
+class ManifestError(ValueError):
+    """A manifest that cannot serve: no such file, missing columns, unusable values, or no row in the
+    split asked for. The message says which and what to do."""
+
+
 def read_manifest(path: str | Path, split: str | None = None) -> list[ManifestRow]:
-    """Read a manifest; relative paths are resolved against its folder. `split` filters rows."""
+    """Read a manifest; relative paths are resolved against its folder. `split` filters rows, and a
+    split without rows is a `ManifestError` that lists the splits the manifest has."""
     path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"no manifest at {path}: build one with tools/build_manifest.py "
+                            f"(datasets/ has a recipe per dataset)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = set(COLUMNS) - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: manifest lacks columns {sorted(missing)}")
-        rows = [
-            ManifestRow(
-                path=str(path.parent / d["path"]) if not os.path.isabs(d["path"]) else d["path"],
-                label=d["label"], split=d["split"], duration=float(d["duration"]),
-                fps=float(d["fps"]), num_frames=int(d["num_frames"]),
-                has_audio=d["has_audio"] in ("1", "True", "true"),
-                extra={k: v for k, v in d.items() if k not in COLUMNS},
-            )
-            for d in reader
-        ]
-    return [r for r in rows if split is None or r.split == split]
+            raise ManifestError(f"{path}: manifest lacks columns {sorted(missing)}")
+        rows = [_parse_row(path, line, d) for line, d in enumerate(reader, start=2)]
+    chosen = [r for r in rows if split is None or r.split == split]
+    if split is not None and not chosen:
+        splits = ", ".join(f"{name!r} ({count})" for name, count in sorted(Counter(r.split for r in rows).items()))
+        raise ManifestError(f"{path} has no rows in split {split!r}; its splits: {splits or 'none (no rows)'}")
+    return chosen
+
+
+def _parse_row(path: Path, line: int, d: dict[str, str]) -> ManifestRow:
+    """One CSV row (`line` of the file, for the error) as a ManifestRow with a positive frame rate
+    and frame count."""
+    try:
+        row = ManifestRow(
+            path=str(path.parent / d["path"]) if not os.path.isabs(d["path"]) else d["path"],
+            label=d["label"], split=d["split"], duration=float(d["duration"]),
+            fps=float(d["fps"]), num_frames=int(d["num_frames"]),
+            has_audio=d["has_audio"] in ("1", "True", "true"),
+            extra={k: v for k, v in d.items() if k not in COLUMNS},
+        )
+    except (TypeError, ValueError) as e:
+        raise ManifestError(f"{path}, line {line}: unreadable row ({e})") from e
+    if not row.fps > 0 or row.num_frames < 1:
+        raise ManifestError(f"{path}, line {line}: {row.path} needs fps > 0 and num_frames >= 1, got fps "
+                            f"{row.fps} and num_frames {row.num_frames} (tools/build_manifest.py measures both)")
+    return row
 
 
 def class_names(rows: Iterable[ManifestRow]) -> list[str]:

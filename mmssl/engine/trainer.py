@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from mmssl.config import Config, from_dict, to_dict
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, collate
-from mmssl.data.manifest import ManifestRow, read_manifest
+from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest
 from mmssl.data.synthetic import ensure_synthav
 from mmssl.engine import distributed
 from mmssl.engine.checkpoint import (
@@ -75,6 +75,11 @@ def build_encoder(config: Config) -> VideoEncoder | AudioEncoder:
     return build_named_encoder(encoder_name(config))
 
 
+def checkpoint_config(checkpoint: str | Path) -> Config:
+    """The pretraining config a checkpoint was saved with (memory-mapped: its tensors are not read)."""
+    return from_dict(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["config"])
+
+
 def load_task_model(checkpoint: str | Path) -> tuple[TaskModel, Config]:
     """The whole pretraining model of a checkpoint (encoder + task head, in eval mode) and its config."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -92,10 +97,7 @@ def load_rows(config: Config) -> list[ManifestRow]:
             ensure_synthav(config.data.synthav_dir)
         distributed.barrier()
         manifest = str(Path(config.data.synthav_dir) / "manifest.csv")
-    rows = read_manifest(manifest, split=config.data.split or None)
-    if not rows:
-        raise ValueError(f"{manifest} has no rows in split {config.data.split!r}")
-    return rows
+    return read_manifest(manifest, split=config.data.split or None)
 
 
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int) -> np.ndarray:
@@ -144,11 +146,18 @@ def pretraining_data(config: Config, task: PretextTask, rank: int = 0,
                      world_size: int = 1) -> tuple[PretextDataset, EpochSampler]:
     """The config's split as the task's samples (a failed decode replaced by another row's sample,
     and counted) and the sampler of this rank's share of each epoch, in whole batches."""
-    dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend,
+    rows = load_rows(config)
+    dataset = PretextDataset(rows, task, config.data.frame_size, config.data.backend,
                              seed=config.train.seed, replace_failed=True)
-    if not len(dataset):
-        raise ValueError(f"no video of split {config.data.split!r} fits task {task.name!r} "
-                         f"(left out: {dict(dataset.excluded)})")
+    if dataset.excluded:
+        fps = float(np.median([r.fps for r in rows]))
+        needs = f"{'an audio track and ' if task.needs_audio else ''}{task.min_frames(fps)} frames at {fps:g} fps"
+        message = (f"left out of the {len(rows)} videos of split {config.data.split!r} before the run: "
+                   f"{dict(dataset.excluded)} (task {task.name!r} needs {needs})")
+        if not len(dataset):
+            raise ManifestError(f"no video fits: {message}")
+        if rank == 0:
+            print(message, flush=True)
     return dataset, EpochSampler(len(dataset), config.train.seed, rank, world_size, batch_size=config.data.batch_size)
 
 
@@ -273,7 +282,8 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
             wait_start = time.perf_counter()
         if dist.is_main:
             summary = {"epoch": epoch, "skipped": dict(skips.skipped), "excluded": dict(skips.excluded)}
-            bar.write(f"epoch {epoch}: skipped samples: {skips.summary()}")
+            if skips.skipped:
+                bar.write(f"epoch {epoch}: skipped samples: {skips.summary()}")
             metrics_file.write(json.dumps(summary) + "\n")
     bar.close()
     if metrics_file:

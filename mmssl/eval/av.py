@@ -2,13 +2,14 @@
 video-to-audio retrieval (R@1, R@5: is a clip's own audio ranked first among all test audios)."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from mmssl.data.dataset import PretextDataset, collate
-from mmssl.data.manifest import read_manifest
+from mmssl.data.manifest import ManifestError, read_manifest
 from mmssl.data.synthetic import ensure_synthav
 from mmssl.engine.trainer import load_task_model
 from mmssl.transforms.video import to_model_input
@@ -23,20 +24,24 @@ def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str 
     task, head = model.task, model.head
     task.augment = None
     task.set_step(1, 1)  # past any curriculum: hard negatives included where the task has them
-    rows = read_manifest(manifest or ensure_synthav(config.data.synthav_dir), split)
-    dataset = PretextDataset(rows, task, config.data.frame_size, seed=seed)
+    manifest = manifest or config.data.manifest or ensure_synthav(config.data.synthav_dir)
+    dataset = PretextDataset(read_manifest(manifest, split), task, config.data.frame_size, seed=seed)
     torch.manual_seed(seed)
     metrics: dict[str, list[float]] = {}
     videos, audios = [], []
+    skipped: Counter = Counter()
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        batch.pop("skipped")
+        skipped.update(batch.pop("skipped"))
         if not batch:
             continue
         for name, value in model(batch).items():
             metrics.setdefault(name, []).append(float(value) * len(batch["frames"]))
         videos.append(model.encoder(to_model_input(batch["frames"])))
         audios.append(head.audio(batch["audio"]))
-    count = len(dataset)
+    if not videos:
+        raise ManifestError(f"no video of split {split!r} of {manifest} could be evaluated for task "
+                            f"{config.task.name!r} (left out: {dict(dataset.excluded + skipped)})")
+    count = sum(len(v) for v in videos)
     similarity = _similarity(head, torch.cat(videos), torch.cat(audios))
     ranks = (similarity > similarity.diagonal()[:, None]).sum(1)  # audios scored above the own one
     return {
@@ -45,7 +50,9 @@ def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str 
         "retrieval_v2a_r5": 100 * (ranks < 5).float().mean().item(),
         "retrieval_candidates": len(similarity),
         "task": config.task.name,
+        "manifest": str(manifest),
         "split": split,
+        "left_out": dict(dataset.excluded + skipped),  # no audio track, too short, failed to decode
     }
 
 

@@ -190,9 +190,6 @@ class Transfer:
         if config.protocol not in PROTOCOLS:
             raise ValueError(f"unknown transfer protocol {config.protocol!r}: one of {', '.join(PROTOCOLS)}")
         manifest = config.manifest or str(ensure_synthav(config.synthav_dir))
-        if not Path(manifest).is_file():
-            raise FileNotFoundError(f"no manifest at {manifest}: build it with tools/build_manifest.py "
-                                    f"(datasets/ has a recipe per dataset)")
         self.train_rows = labeled_rows(manifest, config.train_split, config.label_column)
         self.test_rows = labeled_rows(manifest, config.test_split, config.label_column)
         if not self.train_rows or not self.test_rows:
