@@ -24,7 +24,7 @@ class DataConfig:
     manifest: str = ""  # empty: SynthAV under synthav_dir, generated on first use
     synthav_dir: str = "data/synthav"
     split: str = "pretrain"
-    frame_size: int = 64  # frames are resized to frame_size x frame_size in the decoder
+    frame_size: int = 64  # decoder: short side scaled to frame_size (aspect kept), centre crop to a square
     backend: str = "pyav"
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop area
     flip: bool = True

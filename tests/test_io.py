@@ -21,7 +21,7 @@ from mmssl.io import (
     probe,
     write_media,
 )
-from mmssl.io.video import read_all_frames
+from mmssl.io.video import cover_size, read_all_frames
 from mmssl.io.writer import cut_without_reencoding
 
 SR = 16000
@@ -156,6 +156,21 @@ def test_resize_in_decoder(media: dict[str, Path]) -> None:
     assert frames.shape == (3, 24, 40, 3)
     assert torch.equal(frames, reference[[5, 1, 30]])
     assert [frame_number(f) for f in frames] == [5, 1, 30]
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_resize_keeping_the_aspect_ratio_crops_the_centre(media: dict[str, Path], backend: str) -> None:
+    path = media["h264_aac.mp4"]  # 48x64: covering 32x32 takes 32x43, whose middle 32 columns are kept
+    assert cover_size((48, 64), (32, 32)) == (32, 43) and cover_size((64, 48), (16, 40)) == (53, 40)
+    reference = read_all_frames(path, size=(32, 43))[:, :, 5:37]
+    with VideoReader(path, size=(32, 32), backend=backend, keep_aspect=True) as reader:
+        assert reader.size == (32, 32)
+        frames = reader.get_frames([5, 1, 30])
+    assert frames.shape == (3, 32, 32, 3)
+    if backend == "pyav":
+        assert torch.equal(frames, reference[[5, 1, 30]])
+    else:  # decord scales with its own filter
+        assert (frames.float() - reference[[5, 1, 30]].float()).abs().mean() < 3
 
 
 def test_timestamps_constant_and_variable_rate(media: dict[str, Path]) -> None:

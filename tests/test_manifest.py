@@ -119,18 +119,30 @@ def test_folder_builder_labels_classes_and_reports_bad_files(media: dict[str, Pa
     put(media, "av", root / "loose.webm")  # above the class level: unlabeled
     put(media, "av", root / "swim" / "._s1.mp4")  # macOS resource fork: ignored
     (root / "swim" / "notes.txt").write_text("not a video")
+    put(media, "av", tmp_path / "speech.ogg")
+    (root / "swim" / "speech.ogg").symlink_to(tmp_path / "speech.ogg")  # audio only: not a video name
+    (root / "swim" / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")  # a link to nothing
+    put(media, "av", tmp_path / "elsewhere.mp4")
+    (root / "climb" / "linked.mp4").symlink_to(tmp_path / "elsewhere.mp4")
 
     result = build_folder(root, workers=2)
 
     assert rel_rows(result, root) == [
         ("climb/c1.mp4", "climb", "train", True),
         ("climb/deeper/c2.MKV", "climb", "train", True),
+        ("climb/linked.mp4", "climb", "train", True),
         ("loose.webm", "", "train", True),
         ("swim/s1.mov", "swim", "train", False),
     ]
-    assert rel_skipped(result, root) == {("swim/broken.mp4", "corrupt"), ("swim/empty.avi", "empty")}
-    assert (result.usable, result.no_audio) == (4, 1)
-    assert result.skipped_by_kind() == {"corrupt": 1, "empty": 1}
+    assert rel_skipped(result, root) == {("swim/broken.mp4", "corrupt"), ("swim/empty.avi", "empty"),
+                                         ("swim/gone.mp4", "missing")}
+    assert (result.usable, result.no_audio) == (5, 1)
+    assert result.skipped_by_kind() == {"corrupt": 1, "empty": 1, "missing": 1}
+    summary = result.summary()
+    assert "usable: 5 (no audio: 1, unlabeled: 1)" in summary
+    assert "not probed, not a video file name: .ogg: 1, .txt: 1" in summary
+    manifest = write_manifest(result.rows, root / "manifest.csv").read_text()
+    assert "\nclimb/linked.mp4,climb," in manifest  # a link under the folder stays relative, as named
     row = result.rows[0]
     assert (row.num_frames, row.fps, row.duration) == (FRAMES, pytest.approx(FPS),
                                                        pytest.approx(FRAMES / FPS))

@@ -99,12 +99,13 @@ class PretextDataset(Dataset):
 
 def decode_window(row: ManifestRow, window: Window, frame_size: int | None = None, backend: str = "pyav",
                   sample_rate: int = 16000) -> DecodedClip:
-    """Exactly the frames (resized to frame_size x frame_size in the decoder) and the audio span of
-    `window` (raises MediaError for bad files). A window without frames decodes no video."""
+    """Exactly the frames (scaled in the decoder with the aspect ratio kept, short side to
+    frame_size, and centre-cropped to frame_size x frame_size) and the audio span of `window`
+    (raises MediaError for bad files). A window without frames decodes no video."""
     size = (frame_size, frame_size) if frame_size else None
     video = torch.empty(0, *(size or (0, 0)), 3, dtype=torch.uint8)
     if len(window.frames):
-        with VideoReader(row.path, size=size, backend=backend) as reader:
+        with VideoReader(row.path, size=size, backend=backend, keep_aspect=True) as reader:
             video = reader.get_frames(window.frames)
     audio = None
     if window.audio_start_s is not None:

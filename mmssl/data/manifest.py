@@ -108,10 +108,14 @@ def class_names(rows: Iterable[ManifestRow]) -> list[str]:
 
 
 def _relative(file: str, folder: Path) -> str:
-    try:
-        return str(Path(file).resolve().relative_to(folder.resolve()))
-    except ValueError:
-        return str(Path(file).resolve())
+    """`file` relative to `folder` when it lies under it (as named, or with links resolved), else absolute."""
+    for path, base in ((Path(os.path.abspath(file)), Path(os.path.abspath(folder))),
+                       (Path(file).resolve(), folder.resolve())):
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            pass
+    return os.path.abspath(file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +158,7 @@ class Listing:
     candidates: list[Candidate] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     excluded: int = 0
+    not_videos: Counter = field(default_factory=Counter)  # files not probed, by extension
 
     def add(self, path: Path, label: str, split: str, source: str, **extra: str) -> None:
         """Add `path` as a candidate, or as missing (named in `source`) when it is not a file."""
@@ -170,6 +175,7 @@ class BuildResult:
     rows: list[ManifestRow]
     skipped: list[Skipped]
     excluded: int = 0
+    not_videos: Counter = field(default_factory=Counter)
 
     @property
     def usable(self) -> int:
@@ -185,11 +191,16 @@ class BuildResult:
 
     def summary(self) -> str:
         """Human-readable report: counts, then each left-out file with its reason."""
-        lines = [f"usable: {self.usable} (no audio: {self.no_audio})",
+        unlabeled = sum(not r.label for r in self.rows)
+        lines = [f"usable: {self.usable} (no audio: {self.no_audio}"
+                 + (f", unlabeled: {unlabeled}" if unlabeled else "") + ")",
                  f"unreadable: {len(self.skipped)}"]
         lines += [f"  {kind}: {n}" for kind, n in self.skipped_by_kind().items()]
         if self.excluded:
             lines.append(f"excluded by the split (unused): {self.excluded}")
+        if self.not_videos:
+            lines.append("not probed, not a video file name: "
+                         + ", ".join(f"{ext}: {n}" for ext, n in sorted(self.not_videos.items())))
         if self.skipped:
             lines.append("unreadable files:")
             lines += [f"  [{s.kind}] {s.path}: {s.detail}" for s in self.skipped]
@@ -216,7 +227,7 @@ def probe_candidates(listing: Listing, workers: int | None = None,
             (rows if isinstance(result, ManifestRow) else skipped).append(result)
             if progress is not None:
                 progress(done, total)
-    return BuildResult(rows, skipped, listing.excluded)
+    return BuildResult(rows, skipped, listing.excluded, listing.not_videos)
 
 
 def _probe_one(candidate: Candidate) -> ManifestRow | Skipped:
@@ -237,12 +248,14 @@ def list_folder(root: str | Path, layout: str = "class", default_split: str = "t
     """Videos under `root` laid out as `<class>/<video>` (layout "class") or
     `<split>/<class>/<video>` (layout "split/class"); deeper folders keep the label of their
     top class folder. Videos above the class level are unlabeled; videos with no split folder
-    get `default_split`."""
+    get `default_split`. Links to nothing are listed as missing, other files counted by extension."""
     if layout not in FOLDER_LAYOUTS:
         raise ValueError(f"layout must be one of {FOLDER_LAYOUTS}, got {layout!r}")
     root = Path(root).absolute()
-    listing = Listing()
-    for path in _video_files(root):
+    scan = _scan_folder(root)
+    listing = Listing(skipped=[Skipped(str(p), "missing", "a link to nothing") for p in scan.broken_links],
+                      not_videos=scan.other_files)
+    for path in scan.videos:
         folders = path.relative_to(root).parts[:-1]
         split = default_split
         if layout == "split/class" and folders:
@@ -338,7 +351,7 @@ def list_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Pat
     if isinstance(annotations, (str, Path)):
         annotations = [annotations]
     by_stem: dict[str, Path] = {}
-    for path in _video_files(root):
+    for path in _scan_folder(root).videos:
         by_stem.setdefault(path.stem, path)
     listing = Listing()
     for csv_path in map(Path, annotations):
@@ -364,16 +377,30 @@ def build_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Pa
 
 # --- helpers ----------------------------------------------------------------------------------
 
-def _video_files(root: Path) -> list[Path]:
-    """Video files under `root` by extension (any case), sorted; hidden files and folders
-    (e.g. macOS `._name.mp4` resource forks) are left out."""
+@dataclass
+class FolderScan:
+    videos: list[Path]  # files with a video extension (any case), sorted
+    broken_links: list[Path]  # video names whose link points to nothing
+    other_files: Counter  # files with other extensions, by extension
+
+
+def _scan_folder(root: Path) -> FolderScan:
+    """The files under `root`, hidden files and folders (e.g. macOS `._name.mp4` resource forks)
+    left out."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
-    return sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in VIDEO_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts) and p.is_file()
-    )
+    scan = FolderScan([], [], Counter())
+    for path in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts) or path.is_dir():
+            continue
+        is_video = path.suffix.lower() in VIDEO_EXTENSIONS
+        if is_video and path.is_file():
+            scan.videos.append(path)
+        elif is_video and path.is_symlink():
+            scan.broken_links.append(path)
+        elif path.is_file():
+            scan.other_files[path.suffix.lower() or "(no extension)"] += 1
+    return scan
 
 
 def _split_lines(path: Path) -> list[list[str]]:

@@ -144,7 +144,7 @@ class MotionWeighting:
         cum = self._profiles.get(row.path)
         if cum is None:
             size = (self.size, self.size) if self.size else None
-            with VideoReader(row.path, size=size) as reader:
+            with VideoReader(row.path, size=size, keep_aspect=True) as reader:
                 frames = reader.get_frames(np.arange(reader.num_frames)).numpy()
             cum = self._profiles[row.path] = cumulative_motion(frame_motion(frames))
         if len(cum) < row.num_frames:  # the manifest counts more frames than decode: pad static

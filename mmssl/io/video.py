@@ -1,4 +1,5 @@
-"""`VideoReader`: exactly the frames asked for, as uint8 [T, H, W, 3], resized in the decoder.
+"""`VideoReader`: exactly the frames asked for, as uint8 [T, H, W, 3], resized in the decoder
+(stretched to a size, or scaled with the aspect ratio kept and centre-cropped to it).
 
 Backends (measured in DECODERS.md and by tools/bench_loader.py):
 - "pyav" (default): frame-exact on every container we test, including mp4 edit lists, because it
@@ -24,12 +25,18 @@ from mmssl.io.errors import CorruptMediaError, TooShortError
 Size = tuple[int, int]  # (height, width)
 
 
+def cover_size(native: Size, size: Size) -> Size:
+    """The smallest (height, width) with `native`'s aspect ratio that covers `size`: the scale at
+    which a centre crop of `size` keeps the frame's proportions (short side to a square's side)."""
+    scale = max(size[0] / native[0], size[1] / native[1])
+    return max(size[0], round(native[0] * scale)), max(size[1], round(native[1] * scale))
+
+
 class _PyAVBackend:
     """Seek-and-decode through PyAV with a frame index from demuxing."""
 
-    def __init__(self, path: str, size: Size | None, threads: int) -> None:
+    def __init__(self, path: str, size: Size | None, threads: int, keep_aspect: bool = False) -> None:
         self.path = path
-        self.size = size
         self.container = open_container(path)
         try:
             self.stream = video_stream(path, self.container)
@@ -40,8 +47,8 @@ class _PyAVBackend:
         ctx = self.stream.codec_context
         ctx.thread_count = threads
         ctx.thread_type = "AUTO" if threads != 1 else "SLICE"
-        self.height = size[0] if size else ctx.height
-        self.width = size[1] if size else ctx.width
+        self.size = cover_size((ctx.height, ctx.width), size) if size and keep_aspect else size
+        self.height, self.width = self.size or (ctx.height, ctx.width)
         self.reformatter = VideoReformatter()
 
     def read(self, frames: np.ndarray) -> list[np.ndarray]:
@@ -80,13 +87,15 @@ class _PyAVBackend:
 class _DecordBackend:
     """decord 0.6.0 (frames as decord numbers them: not exact on mp4 edit lists)."""
 
-    def __init__(self, path: str, size: Size | None, threads: int) -> None:
+    def __init__(self, path: str, size: Size | None, threads: int, keep_aspect: bool = False) -> None:
         import decord
 
         self.path = path
         pyav_side = _PyAVBackend(path, None, 1)  # same typed errors and clock as the pyav backend
         self.index = pyav_side.index
         pyav_side.close()
+        if size and keep_aspect:
+            size = cover_size((pyav_side.height, pyav_side.width), size)
         kwargs = {"width": size[1], "height": size[0]} if size else {}
         try:
             self.reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads, **kwargs)
@@ -105,7 +114,7 @@ class _DecordBackend:
         del self.reader
 
 
-BACKENDS: dict[str, Callable[[str, Size | None, int], object]] = {
+BACKENDS: dict[str, Callable[[str, Size | None, int, bool], object]] = {
     "pyav": _PyAVBackend,
     "decord": _DecordBackend,
 }
@@ -115,18 +124,22 @@ class VideoReader:
     """Random access to the frames of one video file.
 
     Frame i is the i-th displayed frame in presentation order (what a sequential decode yields).
-    `size=(h, w)` resizes in the decoder. `threads` are the decoder's threads (keep 1 inside
+    `size=(h, w)` resizes in the decoder: stretched to it, or with `keep_aspect` scaled to cover it
+    (`cover_size`) and centre-cropped to it. `threads` are the decoder's threads (keep 1 inside
     DataLoader workers). Bad files raise a `mmssl.io.MediaError` subclass.
     """
 
     def __init__(self, path: str | Path, size: Size | None = None, backend: str = "pyav",
-                 threads: int = 1) -> None:
+                 threads: int = 1, keep_aspect: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
         self.path = str(path)
         self.backend_name = backend
-        self._backend = BACKENDS[backend](self.path, size, threads)
+        self._backend = BACKENDS[backend](self.path, size, threads, keep_aspect)
         self.index = self._backend.index
+        decoded = self._backend.height, self._backend.width
+        self._crop = size if size and keep_aspect and tuple(size) != decoded else None
+        self._offsets = tuple((d - s) // 2 for d, s in zip(decoded, size)) if self._crop else (0, 0)
 
     @property
     def num_frames(self) -> int:
@@ -142,13 +155,16 @@ class VideoReader:
 
     @property
     def size(self) -> Size:
-        return self._backend.height, self._backend.width
+        return self._crop or (self._backend.height, self._backend.width)
 
     def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """The frames with these numbers, in the order given (repeats allowed): uint8 [T, H, W, 3]."""
         wanted = self._check(indices)
         unique, inverse = np.unique(wanted, return_inverse=True)
         arrays = self._backend.read(unique)
+        if self._crop:
+            (top, left), (height, width) = self._offsets, self._crop
+            arrays = [a[top:top + height, left:left + width] for a in arrays]
         return torch.from_numpy(np.stack([arrays[i] for i in inverse]))
 
     def timestamps(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
