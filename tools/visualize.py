@@ -111,8 +111,8 @@ def _draw_samples(samples: list[tuple[DecodedClip, dict]], task: str) -> plt.Fig
             ax.set_title(title, fontsize=6, loc="left")
         for ax in row_axes:
             ax.axis("off")
-    fig.suptitle(f"{task}: decoded frames in the order the model gets them, before the device-side crop, flip and "
-                 f"colour jitter (#n: frame number)", fontsize=8)
+    fig.suptitle(f"{task}: frames in the model's order (#n: frame number),\nas decoded: before the device-side "
+                 f"crop, flip, jitter", fontsize=7)
     return fig
 
 

@@ -151,7 +151,7 @@ def pretraining_data(config: Config, task: PretextTask, rank: int = 0,
                              seed=config.train.seed, replace_failed=True)
     if dataset.excluded:
         fps = float(np.median([r.fps for r in rows]))
-        needs = f"{'an audio track and ' if task.needs_audio else ''}{task.min_frames(fps)} frames at {fps:g} fps"
+        needs = f"{'an audio track and ' if task.needs_audio else ''}{task.min_frames(fps)} frames at {fps:.4g} fps"
         message = (f"left out of the {len(rows)} videos of split {config.data.split!r} before the run: "
                    f"{dict(dataset.excluded)} (task {task.name!r} needs {needs})")
         if not len(dataset):
