@@ -138,8 +138,9 @@ class VideoReader:
         self._backend = BACKENDS[backend](self.path, size, threads, keep_aspect)
         self.index = self._backend.index
         decoded = self._backend.height, self._backend.width
-        self._crop = size if size and keep_aspect and tuple(size) != decoded else None
-        self._offsets = tuple((d - s) // 2 for d, s in zip(decoded, size)) if self._crop else (0, 0)
+        self._crop: tuple[slice, slice] | None = None  # the centre window of a keep_aspect decode
+        if size and keep_aspect and tuple(size) != decoded:
+            self._crop = tuple(slice((d - s) // 2, (d - s) // 2 + s) for d, s in zip(decoded, size))
 
     @property
     def num_frames(self) -> int:
@@ -155,7 +156,9 @@ class VideoReader:
 
     @property
     def size(self) -> Size:
-        return self._crop or (self._backend.height, self._backend.width)
+        if self._crop:
+            return tuple(window.stop - window.start for window in self._crop)
+        return self._backend.height, self._backend.width
 
     def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """The frames with these numbers, in the order given (repeats allowed): uint8 [T, H, W, 3]."""
@@ -163,8 +166,7 @@ class VideoReader:
         unique, inverse = np.unique(wanted, return_inverse=True)
         arrays = self._backend.read(unique)
         if self._crop:
-            (top, left), (height, width) = self._offsets, self._crop
-            arrays = [a[top:top + height, left:left + width] for a in arrays]
+            arrays = [a[self._crop] for a in arrays]
         return torch.from_numpy(np.stack([arrays[i] for i in inverse]))
 
     def timestamps(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
