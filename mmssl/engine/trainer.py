@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections import defaultdict
 from contextlib import AbstractContextManager, nullcontext
@@ -39,6 +40,7 @@ from mmssl.tasks import PretextTask, build_task, task_class
 
 log = logging.getLogger(__name__)
 REFERENCE_BATCH = 32  # optim.lr is the rate for this total batch; scaled linearly otherwise
+LOG_FILE_REDRAW_S = 60.0  # progress-bar redraws when stderr is a log file (nohup, batch jobs), not a terminal
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -222,7 +224,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     metrics_file = open(out_dir / "metrics.jsonl", "a") if dist.is_main else None
     tensorboard = _tensorboard(out_dir) if dist.is_main else None
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True,
-               desc=f"pretrain {task.name}")
+               desc=f"pretrain {task.name}", mininterval=0.1 if sys.stderr.isatty() else LOG_FILE_REDRAW_S)
     running: dict[str, list[float]] = defaultdict(list)
     window_start, data_wait, samples = time.perf_counter(), 0.0, 0
     while step < total_steps:
@@ -266,7 +268,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
                               **{k: float(np.mean(v)) for k, v in running.items()},
                               "samples_per_s": samples / elapsed, "data_wait_share": data_wait / elapsed}
                     bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}",
-                                    wait=f"{record['data_wait_share']:.0%}")
+                                    wait=f"{record['data_wait_share']:.0%}", refresh=False)
                     if metrics_file:
                         metrics_file.write(json.dumps(record) + "\n")
                         metrics_file.flush()
