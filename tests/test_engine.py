@@ -225,8 +225,9 @@ def test_accumulation_longer_than_an_epoch_is_refused(tiny_synthav: Path, tmp_pa
 def test_trainer_steps_and_writes_metrics_and_checkpoint(tiny_synthav: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     final = pretrain(fast_config(tiny_synthav, "train.max_steps=4", "train.checkpoint_every=2"), tmp_path)
-    # stderr is not a terminal here: the progress bar is drawn at its start and end, not at every step
-    assert capsys.readouterr().err.count("pretrain order") == 2
+    # stderr is not a terminal here: the progress bar is drawn at its start and end (and once a minute
+    # between), not at each of the 4 steps
+    assert capsys.readouterr().err.count("pretrain order") <= 3
     assert final == tmp_path / "checkpoint_000004.pt" and final.exists()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
