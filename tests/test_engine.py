@@ -355,7 +355,7 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
     assert "order (linear probe)" in result.stdout
 
 
-@pytest.mark.parametrize("task", ["order", "avc"])
+@pytest.mark.parametrize("task", ["order", "avc", "wav2vec2", "multitask"])
 def test_visualize_draws_a_png(tiny_synthav: Path, tmp_path: Path, task: str) -> None:
     out = tmp_path / f"{task}.png"
     subprocess.run([sys.executable, str(ROOT / "tools/visualize.py"), "--task", task, "--num", "3",

@@ -6,7 +6,9 @@ with its frame number in the video (so the true order can be read off), and the 
 (the class) in the row title. Audio-visual tasks: 4 frames of the clip, then the log-mel
 spectrogram of the clip's own audio (with its start time) and, for AVC with AVTS, of the hard
 negative from the same video (with its shift). Easy negatives (another video's audio) are paired
-on the device at training time, so they are not drawn. masked_video (VideoMAE): 4 frames of the
+on the device at training time, so they are not drawn. wav2vec 2.0: the spectrogram of the audio
+window with its masked feature frames shaded. A multi-task sample is drawn as one row per task, each
+task's part of the shared decode. masked_video (VideoMAE): 4 frames of the
 clip, the same frames as the encoder gets them (masked tubes grey) and the reconstruction (visible
 patches kept, masked ones from the decoder, with its MSE on the masked tubelets), by the model of
 --checkpoint (a checkpoint or run folder; its run's config.json is the default config) or at random init.
@@ -38,14 +40,17 @@ from mmssl.engine.checkpoint import latest_checkpoint, load_checkpoint  # noqa: 
 from mmssl.engine.trainer import TaskModel, load_rows  # noqa: E402
 from mmssl.io import MediaError  # noqa: E402
 from mmssl.models import build_video_encoder  # noqa: E402
-from mmssl.tasks import TASKS, build_task  # noqa: E402
+from mmssl.tasks import TASKS, PretextTask, build_task  # noqa: E402
 from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize  # noqa: E402
+from mmssl.tasks.multitask import MultiTask  # noqa: E402
+from mmssl.tasks.wav2vec2 import Wav2Vec2  # noqa: E402
 from mmssl.transforms.audio import LogMel  # noqa: E402
 from mmssl.transforms.video import to_model_input  # noqa: E402
 
 SR = 16000
 LOG_MEL = LogMel(sample_rate=SR)
 AUDIO_TASK_FRAMES = 4  # frames drawn per clip beside the spectrograms
+Row = tuple[str, DecodedClip, dict, PretextTask]  # label, the clip, its sample, the task that made it
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> Path:
             break
 
     fig = (_draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
-           if isinstance(dataset.task, MaskedVideo) else _draw_samples(samples, args.task))
+           if isinstance(dataset.task, MaskedVideo) else _draw_samples(_rows(dataset.task, samples), args.task))
     fig.tight_layout()
     out = Path(args.out or f"runs/visualize_{args.task}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -95,20 +100,40 @@ def main(argv: list[str] | None = None) -> Path:
     return out
 
 
-def _draw_samples(samples: list[tuple[DecodedClip, dict]], task: str) -> plt.Figure:
-    max_frames = AUDIO_TASK_FRAMES if samples[0][0].audio is not None else None
-    width = max(len(_shown(c.window.frames, max_frames)) + len(_audio_panels(c, s)) for c, s in samples)
-    fig, axes = plt.subplots(len(samples), width, figsize=(1.3 * width, 1.5 * len(samples)), squeeze=False)
-    for row_axes, (clip, sample) in zip(axes, samples):
+def _rows(task: PretextTask, samples: list[tuple[DecodedClip, dict]]) -> list[Row]:
+    """One row per sample; a multi-task sample gives a row per task: its part of the decode and its keys."""
+    if not isinstance(task, MultiTask):
+        return [("", clip, sample, task) for clip, sample in samples]
+    rows = []
+    for clip, sample in samples:
+        for name, part in task.parts(clip).items():
+            own = {key.removeprefix(f"{name}/"): value for key, value in sample.items() if key.startswith(f"{name}/")}
+            rows.append((f"{name}: ", part, own, task.tasks[name]))
+    return rows
+
+
+def _draw_samples(rows: list[Row], task: str) -> plt.Figure:
+    def frames_shown(clip: DecodedClip) -> list[int]:
+        return _shown(clip.window.frames, AUDIO_TASK_FRAMES if clip.audio is not None else None)
+
+    width = max(len(frames_shown(clip)) + len(_audio_panels(clip, sample, t)) for _, clip, sample, t in rows)
+    fig, axes = plt.subplots(len(rows), width, figsize=(max(1.3 * width, 4), 1.5 * len(rows)), squeeze=False)
+    for row_axes, (label, clip, sample, row_task) in zip(axes, rows):
         targets = ", ".join(f"{k}={v}" for k, v in clip.window.targets.items() if clip.audio is None)
-        shown = _shown(clip.window.frames, max_frames)
+        prefix = label + (f"{targets}  " if targets else "")
+        shown = frames_shown(clip)
         for position, (ax, index) in enumerate(zip(row_axes, shown)):
             ax.imshow(clip.video[index].numpy())
-            ax.set_title((f"{targets}  " if position == 0 and targets else "") + f"#{clip.window.frames[index]}",
-                         fontsize=7, loc="left")
-        for ax, (title, waveform) in zip(row_axes[len(shown):], _audio_panels(clip, sample)):
-            ax.imshow(LOG_MEL(waveform[None].float())[0, 0].numpy(), origin="lower", aspect="auto", cmap="magma")
-            ax.set_title(title, fontsize=6, loc="left")
+            ax.set_title((prefix if position == 0 else "") + f"#{clip.window.frames[index]}", fontsize=7, loc="left")
+        panels = _audio_panels(clip, sample, row_task)
+        for position, (ax, (title, waveform, mask)) in enumerate(zip(row_axes[len(shown):], panels)):
+            spectrogram = LOG_MEL(waveform[None].float())[0, 0].numpy()
+            ax.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma")
+            if mask is not None:  # the masked feature frames, on the spectrogram's time axis
+                step = spectrogram.shape[1] / len(mask)
+                for start, stop in _runs(mask):
+                    ax.axvspan(start * step - 0.5, stop * step - 0.5, color="white", alpha=0.4, lw=0)
+            ax.set_title((prefix if position == 0 and not shown else "") + title, fontsize=6, loc="left")
         for ax in row_axes:
             ax.axis("off")
     fig.suptitle(f"{task}: frames in the model's order (#n: frame number),\nas decoded: before the device-side "
@@ -166,18 +191,27 @@ def _shown(frames: np.ndarray, max_frames: int | None) -> list[int]:
     return np.linspace(0, len(frames) - 1, max_frames).round().astype(int).tolist()
 
 
-def _audio_panels(clip: DecodedClip, sample: dict) -> list[tuple[str, torch.Tensor]]:
-    """(title, waveform) of the sample's audio entries: the clip's own audio and, for AVTS, the
-    hard negative with its shift from the positive window."""
+def _audio_panels(clip: DecodedClip, sample: dict,
+                  task: PretextTask) -> list[tuple[str, torch.Tensor, np.ndarray | None]]:
+    """(title, waveform, masked feature frames or None) of the sample's audio entries: the clip's own
+    audio (with wav2vec 2.0's span mask) and, for AVTS, the hard negative with its shift from the
+    positive window."""
     if clip.audio is None:
         return []
-    panels = [(f"own audio @{clip.window.audio_start_s + clip.window.targets.get('positive_offset', 0) / SR:.2f}s",
-               sample["audio"])]
+    title = f"own audio @{clip.window.audio_start_s + clip.window.targets.get('positive_offset', 0) / SR:.2f}s"
+    mask = sample["mask"].numpy() if isinstance(task, Wav2Vec2) else None
+    panels = [(title + (f", {mask.mean():.0%} masked" if mask is not None else ""), sample["audio"], mask)]
     hard = clip.window.targets.get("hard_offset", -1)
     if "hard_audio" in sample and hard >= 0:
         shift = (hard - clip.window.targets["positive_offset"]) / SR
-        panels.append((f"hard negative, shift {shift:+.2f}s", sample["hard_audio"]))
+        panels.append((f"hard negative, shift {shift:+.2f}s", sample["hard_audio"], None))
     return panels
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in a bool vector."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 if __name__ == "__main__":

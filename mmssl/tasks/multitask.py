@@ -66,17 +66,24 @@ class MultiTask(PretextTask):
         duration = max(e for _, e in spans) - start if spans else 0.0
         return Window(frames=frames, audio_start_s=start, audio_duration_s=duration, parts=parts)
 
-    def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def parts(self, clip: DecodedClip) -> dict[str, DecodedClip]:
+        """Each task's clip cut from the decode of the union window: as if it had decoded its own."""
         union = clip.window
-        sample: dict[str, torch.Tensor] = {}
-        for (name, task), child in zip(self.tasks.items(), rng.spawn(len(self.tasks))):
-            part = union.parts[name]
+        parts = {}
+        for name, part in union.parts.items():
             video = clip.video[torch.from_numpy(np.searchsorted(union.frames, part.frames))]
             audio = None
             if part.audio_start_s is not None:
                 offset = round((part.audio_start_s - union.audio_start_s) * self.sample_rate)
                 audio = clip.audio[offset:offset + round(part.audio_duration_s * self.sample_rate)]
-            own = task.make_sample(DecodedClip(video, audio, part, clip.row), child)
+            parts[name] = DecodedClip(video, audio, part, clip.row)
+        return parts
+
+    def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        sample: dict[str, torch.Tensor] = {}
+        parts = self.parts(clip)
+        for (name, task), child in zip(self.tasks.items(), rng.spawn(len(self.tasks))):
+            own = task.make_sample(parts[name], child)
             sample.update({f"{name}/{key}": value for key, value in own.items()})
         return sample
 
