@@ -136,8 +136,11 @@ def _draw_samples(rows: list[Row], task: str) -> plt.Figure:
             ax.set_title((prefix if position == 0 and not shown else "") + title, fontsize=6, loc="left")
         for ax in row_axes:
             ax.axis("off")
-    fig.suptitle(f"{task}: frames in the model's order (#n: frame number),\nas decoded: before the device-side "
-                 f"crop, flip, jitter", fontsize=7)
+    if any(len(clip.window.frames) for _, clip, _, _ in rows):
+        fig.suptitle(f"{task}: frames in the model's order (#n: frame number),\nas decoded: before the device-side "
+                     f"crop, flip, jitter", fontsize=7)
+    else:
+        fig.suptitle(f"{task}: log-mel spectrograms of the audio windows\n(shaded: masked feature frames)", fontsize=7)
     return fig
 
 
