@@ -42,7 +42,7 @@ from mmssl.io import MediaError  # noqa: E402
 from mmssl.models import build_video_encoder  # noqa: E402
 from mmssl.tasks import TASKS, PretextTask, build_task  # noqa: E402
 from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize  # noqa: E402
-from mmssl.tasks.multitask import MultiTask  # noqa: E402
+from mmssl.tasks.multitask import MultiTask, task_entries  # noqa: E402
 from mmssl.tasks.wav2vec2 import Wav2Vec2  # noqa: E402
 from mmssl.transforms.audio import LogMel  # noqa: E402
 from mmssl.transforms.video import to_model_input  # noqa: E402
@@ -107,8 +107,7 @@ def _rows(task: PretextTask, samples: list[tuple[DecodedClip, dict]]) -> list[Ro
     rows = []
     for clip, sample in samples:
         for name, part in task.parts(clip).items():
-            own = {key.removeprefix(f"{name}/"): value for key, value in sample.items() if key.startswith(f"{name}/")}
-            rows.append((f"{name}: ", part, own, task.tasks[name]))
+            rows.append((f"{name}: ", part, task_entries(sample, name), task.tasks[name]))
     return rows
 
 

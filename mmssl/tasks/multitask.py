@@ -20,6 +20,11 @@ from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment
 
 
+def task_entries(sample: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """Task `name`'s entries of a multi-task sample or batch ("<task>/<key>"), under their own keys."""
+    return {key.removeprefix(f"{name}/"): value for key, value in sample.items() if key.startswith(f"{name}/")}
+
+
 class MultiTask(PretextTask):
     name = "multitask"
 
@@ -95,9 +100,8 @@ class MultiTask(PretextTask):
         out: dict[str, torch.Tensor] = {}
         total = 0.0
         for name, task in self.tasks.items():
-            prefix = f"{name}/"
-            own = task.loss({k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}, encoder, head[name])
+            own = task.loss(task_entries(batch, name), encoder, head[name])
             total = total + self.weights[name] * own["loss"]
-            out.update({prefix + key: value.detach() for key, value in own.items()})
+            out.update({f"{name}/{key}": value.detach() for key, value in own.items()})
         out["loss"] = total
         return out
