@@ -19,6 +19,9 @@ class ConfigError(ValueError):
     """A config key or value that does not fit the tree."""
 
 
+ABSENT = "<absent>"  # config_changes: the key is not in that tree
+
+
 @dataclass
 class DataConfig:
     manifest: str = ""  # empty: SynthAV under synthav_dir, generated on first use
@@ -302,6 +305,24 @@ def merge(node: Any, data: dict[str, Any], prefix: str = "", unknown: list[str] 
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The dotted keys whose values differ between two `to_dict` trees, as (saved, current); a key
+    only one side has (a setting added or removed since) shows `ABSENT` on the other."""
+    old, new = _flatten(saved), _flatten(current)
+    return {key: (old.get(key, ABSENT), new.get(key, ABSENT)) for key in sorted(old.keys() | new.keys())
+            if old.get(key, ABSENT) != new.get(key, ABSENT)}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:  # a tuple as saved and the list JSON gives back compare equal
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 def from_dict(data: dict[str, Any]) -> Config:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import PRETRAINING_CONFIGS, shipped_config_batches  # tests/ is on sys.path under pytest
 
-from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_config, to_dict
+from mmssl.config import ABSENT, Config, ConfigError, TransferConfig, config_changes, from_dict, load_config, to_dict
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
 from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
@@ -70,6 +70,13 @@ def test_saved_configs_with_keys_since_removed_still_load() -> None:
     with pytest.warns(UserWarning, match="task.order.motion_candidates"):
         config = from_dict(saved)
     assert config.optim.lr == 0.5 and config.task.order.motion.candidates == 16
+
+
+def test_config_changes_lists_dotted_keys_both_ways() -> None:
+    saved = {"data": {"crop_scale": (0.5, 1.0), "flip": True}, "optim": {"lr": 1e-3}, "old": 1}
+    current = {"data": {"crop_scale": [0.5, 1.0], "flip": False}, "optim": {"lr": 1e-3}, "new": {"key": 2}}
+    assert config_changes(saved, current) == {"data.flip": (True, False), "new.key": (ABSENT, 2), "old": (1, ABSENT)}
+    assert config_changes(to_dict(Config()), to_dict(Config())) == {}
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
@@ -282,6 +289,22 @@ def test_killed_run_resumes_to_the_same_weights(tiny_synthav: Path, tmp_path: Pa
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_auto_refuses_a_run_written_with_other_settings(tiny_synthav: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    final = pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path)
+    recorded = (tmp_path / "config.json").read_text()
+    with pytest.raises(ConfigError, match=r"other settings \(optim.lr: 0.001 -> 0.5\)"):
+        pretrain(fast_config(tiny_synthav, "train.max_steps=2", "optim.lr=0.5"), tmp_path, "auto")
+    assert (tmp_path / "config.json").read_text() == recorded  # the run's record is left as it was
+    # how a run executes or logs may change: the finished run is picked up as it is
+    assert pretrain(fast_config(tiny_synthav, "train.max_steps=2", "train.log_every=5"), tmp_path, "auto") == final
+    # a checkpoint named on purpose resumes, here to extend the run, with the changes printed
+    capsys.readouterr()
+    longer = pretrain(fast_config(tiny_synthav, "train.max_steps=3"), tmp_path, str(final))
+    assert "changed settings: train.max_steps: 2 -> 3" in capsys.readouterr().out
+    assert torch.load(longer, weights_only=True)["step"] == 3
 
 
 def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:

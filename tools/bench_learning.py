@@ -12,7 +12,7 @@ default (heard in SynthAV as a pitch path, loudness and impact clicks), or anoth
 std over seeds, as a table and JSON.
 
   python tools/bench_learning.py [--methods order ...] [--seeds 3] [--finetune] [--knn] [--out FILE.json]
-                                 [--audio-label label|shape] [--transfer key=value ...] [-- key=value ...]
+                                 [--resume] [--audio-label label|shape] [--transfer key=value ...] [-- key=value ...]
 
 Overrides apply to every pretraining config (e.g. train.max_steps=300 for a quick look).
 """
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--synthav-dir", default="data/synthav")
     parser.add_argument("--work", default="runs/bench_learning", help="folder for the pretraining runs")
     parser.add_argument("--out", default="runs/bench_learning.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the pretraining runs already in --work (a finished one is reused) "
+                             "instead of starting them again (pretrain_minutes: this call's share)")
     parser.add_argument("--finetune", action="store_true",
                         help="also fine-tune each pretrained video encoder on the train split")
     parser.add_argument("--knn", action="store_true",
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
             config = load_config(METHODS[method], [*args.overrides, f"train.seed={seed}",
                                                    f"data.synthav_dir={args.synthav_dir}"])
             start = time.perf_counter()
-            checkpoint = pretrain(config, Path(args.work) / f"{method}_seed{seed}")
+            checkpoint = pretrain(config, Path(args.work) / f"{method}_seed{seed}", "auto" if args.resume else None)
             minutes = (time.perf_counter() - start) / 60
             encoder, name, _ = load_encoder(checkpoint)
             transfer.config.seed = audio_transfer.config.seed = seed

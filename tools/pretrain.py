@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.config import ConfigError, load_config  # noqa: E402
 from mmssl.data.manifest import ManifestError  # noqa: E402
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/pretrain/order.yaml"
 from mmssl.engine import distributed  # noqa: E402
 from mmssl.engine.trainer import pretrain  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/pretrain/order.yaml"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="YAML file under configs/pretrain/ (default: %(default)s)")
     parser.add_argument("--out", help="output folder (default runs/pretrain_<task>)")
-    parser.add_argument("--resume", help="'auto' (newest checkpoint in --out, if any) or a checkpoint path")
+    parser.add_argument("--resume", help="'auto': continue the run in --out from its newest checkpoint, if any "
+                                         "(refused if written with other settings); or a checkpoint path")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_intermixed_args(argv)
     try:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or f"runs/pretrain_{config.task.name}"
     try:
         final = pretrain(config, out, args.resume)
-    except ManifestError as e:
+    except (ManifestError, ConfigError) as e:
         parser.error(str(e))
     if distributed.is_main_process():
         print(f"final checkpoint: {final}")

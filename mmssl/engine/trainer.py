@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mmssl.config import Config, from_dict, to_dict
+from mmssl.config import Config, ConfigError, config_changes, from_dict, to_dict
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, collate
 from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest
 from mmssl.data.synthetic import ensure_synthav
@@ -40,6 +40,9 @@ from mmssl.tasks import PretextTask, build_task, task_class
 
 log = logging.getLogger(__name__)
 REFERENCE_BATCH = 32  # optim.lr is the rate for this total batch; scaled linearly otherwise
+# settings that change how a run executes or logs, not what it computes: free to change on resume
+RESUME_FREE_KEYS = frozenset({"data.num_workers", "train.compile", "train.log_every", "train.checkpoint_every",
+                              "train.keep_last"})
 LOG_FILE_REDRAW_S = 60.0  # progress-bar redraws when stderr is a log file (nohup, batch jobs), not a terminal
 
 
@@ -180,9 +183,6 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     checkpoint's path. `resume`: "auto" (the newest checkpoint in out_dir, if any) or a path."""
     dist = distributed.init_distributed()
     out_dir = Path(out_dir)
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     torch.manual_seed(config.train.seed + dist.rank)
     np.random.seed(config.train.seed + dist.rank)
 
@@ -214,12 +214,17 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     resume_from = latest_checkpoint(out_dir) if resume == "auto" else (Path(resume) if resume else None)
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location=dist.device, model=model, optimizer=optimizer)
+        _check_resumed_config(state["config"], config, resume_from, implicit=resume == "auto",
+                              warn=dist.is_main)
         step = int(state["step"])
         rng_states = state["rng"]
         restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
         if dist.is_main:
             print(f"resumed from {resume_from} at step {step}")
 
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     skips = SkipCounter(config.data.max_skip_share, dataset.excluded)
     metrics_file = open(out_dir / "metrics.jsonl", "a") if dist.is_main else None
     tensorboard = _tensorboard(out_dir) if dist.is_main else None
@@ -294,6 +299,21 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         tensorboard.close()
     distributed.barrier()
     return checkpoint_path(out_dir, total_steps)
+
+
+def _check_resumed_config(saved: dict, config: Config, checkpoint: Path, implicit: bool, warn: bool) -> None:
+    """`--resume auto` continues the same run, so a checkpoint written with other settings (those in
+    RESUME_FREE_KEYS aside) is refused; a checkpoint named on purpose resumes, with the changes printed."""
+    changes = {key: change for key, change in config_changes(saved, to_dict(config)).items()
+               if key not in RESUME_FREE_KEYS}
+    if not changes:
+        return
+    listing = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+    if implicit:
+        raise ConfigError(f"--resume auto: {checkpoint} was written with other settings ({listing}). Run with "
+                          f"its settings, choose a new --out, or name the checkpoint to resume from it anyway")
+    if warn:
+        print(f"resuming {checkpoint} with changed settings: {listing}", flush=True)
 
 
 def _save(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
