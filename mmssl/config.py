@@ -58,7 +58,7 @@ class OrderConfig:
     """Shuffle and Learn frame-order verification (SPEC.md): gaps in seconds, so fps-independent."""
 
     tau_max_s: float = 2.0  # max |d - b| (60 frames at 30 fps)
-    tau_min_s: float = 0.5  # min gap of a negative's middle frame from [b, d] (15 frames at 30 fps)
+    tau_min_s: float = 0.5  # min gap of a and e (a negative's middle frame) from [b, d] (15 frames at 30 fps)
     positive_share: float = 0.25
     hidden_dim: int = 256
     motion: MotionConfig = field(default_factory=MotionConfig)

@@ -37,10 +37,11 @@ def draws(task: OrderVerification, count: int, seed: int = 0) -> list[tuple[np.n
 @pytest.mark.parametrize("candidates", [1, 16])
 def test_tuple_rules(candidates: int) -> None:
     """Positives (b, c, d): b < c < d, 2 <= d - b <= tau_max. Negatives keep b and d as first and
-    last frame and take the middle one (a or e) at least tau_min outside [b, d]. Either order."""
+    last frame and take the middle one (a or e, both used) at least tau_min outside [b, d]. Either order."""
     task = task_with_motion(np.random.default_rng(1).uniform(0, 1, NUM_FRAMES - 1),
                             candidates=candidates)
-    orders = {1: set(), 0: set()}
+    orders: dict[int, set[bool]] = {1: set(), 0: set()}
+    sides = set()
     for frames, label in draws(task, 3000):
         assert len(frames) == 3 and frames.min() >= 0 and frames.max() < NUM_FRAMES
         forward = frames[0] < frames[2]
@@ -51,7 +52,22 @@ def test_tuple_rules(candidates: int) -> None:
             assert b < middle < d
         else:
             assert middle <= b - TAU_MIN or middle >= d + TAU_MIN
+            sides.add(bool(middle > d))
+    assert sides == {True, False}
     assert orders == {1: {True, False}, 0: {True, False}}  # reversed positives stay positive
+
+
+def test_label_is_drawn_after_the_tuple() -> None:
+    """b and d, their gap and place, are alike for both labels (one a < b < c < d < e, then the
+    label), so how far apart the first and last frames look says nothing of the label."""
+    task = task_with_motion(np.random.default_rng(1).uniform(0, 1, NUM_FRAMES - 1), positive_share=0.5)
+    by_label: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
+    for frames, label in draws(task, 4000):
+        by_label[label].append((abs(int(frames[2]) - int(frames[0])), int(min(frames[0], frames[2]))))
+    negatives, positives = (np.array(by_label[label], dtype=float) for label in (0, 1))
+    for column in range(2):  # d - b, then b
+        se = np.sqrt(negatives[:, column].var() / len(negatives) + positives[:, column].var() / len(positives))
+        assert abs(negatives[:, column].mean() - positives[:, column].mean()) < 4 * se
 
 
 def test_positive_share_is_about_a_quarter() -> None:
@@ -65,9 +81,13 @@ def test_positive_share_is_about_a_quarter() -> None:
 
 
 def test_too_short_video_raises() -> None:
+    """a < b < c < d < e needs b + 2 = d and a, e tau_min outside: 3 + 2 tau_min frames."""
     task = OrderVerification(OrderConfig(motion=MotionConfig(candidates=1)))
+    assert task.min_frames(FPS) == 3 + 2 * TAU_MIN
+    frames = task.window(row(num_frames=3 + 2 * TAU_MIN), np.random.default_rng(0)).frames
+    assert abs(int(frames[2]) - int(frames[0])) == 2
     with pytest.raises(TooShortError):
-        task.window(row(num_frames=2), np.random.default_rng(0))
+        task.window(row(num_frames=2 + 2 * TAU_MIN), np.random.default_rng(0))
 
 
 def test_motion_proxy_and_tuple_score() -> None:

@@ -1,9 +1,11 @@
 """Frame-order verification: Shuffle and Learn (Misra, Zitnick, Hebert, "Shuffle and Learn:
 Unsupervised Learning using Temporal Order Verification", ECCV 2016).
 
-Five frame numbers a < b < c < d < e with |d - b| <= tau_max. The positive tuple is (b, c, d); the
-negatives keep the first and last frame and take the middle one from outside: (b, a, d) or
-(b, e, d), with the outside frame at least tau_min from [b, d]. A reversed tuple keeps its label
+Five frame numbers a < b < c < d < e with |d - b| <= tau_max and a, e at least tau_min from [b, d].
+The positive tuple is (b, c, d); the negatives keep the first and last frame and take the middle
+one from outside: (b, a, d) or (b, e, d). The label is drawn after the five frames, so b and d,
+their gap and their place in the video, are the same for both classes and cannot give the label
+away (a wider gap means first and last frames further apart). A reversed tuple keeps its label
 (the question is "is the middle frame between the other two"). Positives are `positive_share` of
 the samples (25% in the paper's code). Tuples come from high-motion windows, the paper's
 flow-weighted sampling with mean absolute frame difference as the motion proxy (`window`): on
@@ -49,49 +51,38 @@ class OrderVerification(PretextTask):
         return max(1, round(self.config.tau_min_s * fps)), max(2, round(self.config.tau_max_s * fps))
 
     def min_frames(self, fps: float) -> int:
-        """A negative's shortest window: b, d = b + 2, and the outside frame tau_min away."""
-        return 3 + self.gaps(fps)[0]
+        """The shortest video holding a < b < c < d < e: d = b + 2, a and e tau_min outside."""
+        return 3 + 2 * self.gaps(fps)[0]
 
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
-        """Sample (b, c, d) and, for a negative, a or e; positive label 1, negative 0.
+        """Five frames a < b < c < d < e, then the label: positive (b, c, d), label 1, with
+        probability `positive_share`, else (b, a, d) or (b, e, d), label 0, either side alike.
 
-        The label is drawn first (positive with probability `positive_share`). Then, as in the
-        paper, the tuple comes from a high-motion window (`MotionWeighting`: one of
-        `motion.candidates` uniformly drawn tuples of that label, kept with probability
-        proportional to its motion across the smaller of its two gaps), so tuples inside static
-        stretches, whose order cannot be seen, are rarely used."""
-        positive = bool(rng.random() < self.config.positive_share)
-        frames = self.motion.choose(row, lambda: self._draw(row, positive, rng), rng)
+        As in the paper, the five frames come from a high-motion window (`MotionWeighting`: one of
+        `motion.candidates` uniformly drawn 5-tuples, kept with probability proportional to the
+        motion across its smallest gap), so tuples inside static stretches, whose order cannot be
+        seen, are rarely used."""
+        a, b, c, d, e = self.motion.choose(row, lambda: self._draw(row, rng), rng)
+        if rng.random() < self.config.positive_share:
+            frames, label = np.array([b, c, d]), 1
+        else:
+            frames, label = np.array([b, a if rng.random() < 0.5 else e, d]), 0
         if rng.random() < 0.5:
             frames = frames[::-1].copy()
-        return Window(frames=frames, targets={"label": int(positive)})
+        return Window(frames=frames, targets={"label": label})
 
-    def _draw(self, row: ManifestRow, positive: bool, rng: np.random.Generator) -> np.ndarray:
-        """One uniformly drawn tuple (b, c, d) of the given label, in time order."""
+    def _draw(self, row: ManifestRow, rng: np.random.Generator) -> np.ndarray:
+        """One uniformly drawn a < b < c < d < e: 2 <= d - b <= tau_max, a <= b - tau_min, e >= d + tau_min."""
         n = row.num_frames
         tau_min, tau_max = self.gaps(row.fps)
-        sides = ["before", "after"]
-        rng.shuffle(sides)
-        for side in ([None] if positive else sides):
-            span_max = min(tau_max, n - 1 - (0 if positive else tau_min))
-            if span_max < 2:
-                continue
-            span = int(rng.integers(2, span_max + 1))  # d - b
-            lo = tau_min if side == "before" else 0
-            hi = n - 1 - span - (tau_min if side == "after" else 0)
-            if hi < lo:
-                continue
-            b = int(rng.integers(lo, hi + 1))
-            d = b + span
-            if side is None:
-                middle = int(rng.integers(b + 1, d))
-            elif side == "before":
-                middle = int(rng.integers(0, b - tau_min + 1))
-            else:
-                middle = int(rng.integers(d + tau_min, n))
-            return np.array([b, middle, d])
-        raise TooShortError(row.path, f"{n} frames cannot hold a Shuffle and Learn tuple "
-                                      f"(tau_min {tau_min}, tau_max {tau_max})")
+        span_max = min(tau_max, n - 1 - 2 * tau_min)
+        if span_max < 2:
+            raise TooShortError(row.path, f"{n} frames cannot hold a Shuffle and Learn tuple "
+                                          f"(tau_min {tau_min}, tau_max {tau_max})")
+        span = int(rng.integers(2, span_max + 1))  # d - b
+        b = int(rng.integers(tau_min, n - tau_min - span))
+        d = b + span
+        return np.array([rng.integers(0, b - tau_min + 1), b, rng.integers(b + 1, d), d, rng.integers(d + tau_min, n)])
 
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
         return ConcatHead(encoder.feature_dim, 3, self.config.hidden_dim, 2)
