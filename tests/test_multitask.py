@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmssl.config import load_config
+from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import PretextDataset, collate, decode_window
 from mmssl.data.manifest import read_manifest
 from mmssl.engine.trainer import TaskModel, pretrain
@@ -46,6 +47,24 @@ def test_one_decode_serves_every_task_as_its_own_decode(tiny_synthav: Path) -> N
             assert set(alone) == {key.split("/", 1)[1] for key in sample if key.startswith(f"{name}/")}
             for key, value in alone.items():
                 assert torch.equal(sample[f"{name}/{key}"], value), (name, key)
+
+
+def test_audio_parts_have_the_length_of_their_own_decode(tiny_synthav: Path) -> None:
+    """Two tasks' audio spans at fractional times (AVTS's shifts are): each part cut from the union's
+    decode is as long as its own decode, and starts within a sample of its own start."""
+    task = multitask(tiny_synthav)
+    row = read_manifest(tiny_synthav / "manifest.csv", "pretrain")[0]
+    rate, rng = task.sample_rate, np.random.default_rng(0)
+    for _ in range(500):
+        starts, durations = rng.uniform(0, 2, 2), rng.uniform(0.5, 1.5, 2)
+        parts = {name: Window(np.array([0]), start, duration) for name, start, duration in zip("ab", starts, durations)}
+        start = starts.min()
+        union = Window(np.array([0]), start, max(starts + durations) - start, parts=parts)
+        audio = torch.arange(round(union.audio_duration_s * rate), dtype=torch.float32)
+        cut = task.parts(DecodedClip(torch.zeros(1, 2, 2, 3, dtype=torch.uint8), audio, union, row))
+        for name, part in parts.items():
+            assert len(cut[name].audio) == round(part.audio_duration_s * rate)
+            assert abs(float(cut[name].audio[0]) - (part.audio_start_s - start) * rate) <= 1
 
 
 def test_loss_is_the_weighted_sum_and_each_task_is_logged(tiny_synthav: Path) -> None:

@@ -39,6 +39,7 @@ class MultiTask(PretextTask):
         self.sample_rate = sample_rate
         self.encoder_kind = kinds.pop()
         self.needs_audio = any(task.needs_audio for task in tasks.values())
+        self.global_batchnorm = any(task.global_batchnorm for task in tasks.values())
         modes = {task.feature_mode for task in tasks.values()}
         self.feature_mode = modes.pop() if len(modes) == 1 else "clip"
 
@@ -78,9 +79,11 @@ class MultiTask(PretextTask):
         for name, part in union.parts.items():
             video = clip.video[torch.from_numpy(np.searchsorted(union.frames, part.frames))]
             audio = None
-            if part.audio_start_s is not None:
+            if part.audio_start_s is not None:  # its own decode's length; the offset rounds within the union's
+                length = round(part.audio_duration_s * self.sample_rate)
                 offset = round((part.audio_start_s - union.audio_start_s) * self.sample_rate)
-                audio = clip.audio[offset:offset + round(part.audio_duration_s * self.sample_rate)]
+                offset = min(offset, len(clip.audio) - length)
+                audio = clip.audio[offset:offset + length]
             parts[name] = DecodedClip(video, audio, part, clip.row)
         return parts
 
