@@ -337,12 +337,21 @@ def test_transfer_linear_and_finetune_from_a_checkpoint(tiny_synthav: Path, tmp_
     final = pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path / "run")
     encoder, name, mode = load_encoder(final)
     assert (name, mode) == ("tiny3d", "frames")
-    config = TransferConfig(synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4, num_clips=2,
-                            num_workers=0, linear_epochs=20, finetune_epochs=1)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 5000)
+    rows = read_manifest(tiny_synthav / "manifest.csv")
+    label = next(r.label for r in rows if r.label)
+    broken = [ManifestRow(str(corrupt), label, split, 3.0, 8.0, 24) for split in ("train", "test")]
+    manifest = write_manifest([*rows, *broken], tmp_path / "manifest.csv")
+    config = TransferConfig(manifest=str(manifest), frame_size=32, clip_len=4, num_clips=2,
+                            num_workers=0, linear_epochs=20, finetune_epochs=2)
     transfer = Transfer(config, torch.device("cpu"))
+    assert (len(transfer.train_rows), len(transfer.test_rows)) == (21, 21)
     for result in (transfer.frozen_protocol(encoder, mode, "linear"), transfer.finetune(encoder, "clip")):
         assert 0 <= result["video_top1"] <= result["video_top5"] <= 100
-        assert np.asarray(result["confusion"]).sum() == len(transfer.test_rows) == 20
+        assert np.asarray(result["confusion"]).sum() == result["num_test_videos"] == 20
+        # the file fails in both splits, and in each fine-tuning epoch: counted once per split
+        assert result["skipped"] == {"corrupt": 2} and result["num_train_videos"] == 20
     out = subprocess.run([sys.executable, str(ROOT / "tools/transfer.py"), "--checkpoint", str(tmp_path / "run"),
                           "--compare-random", f"synthav_dir={tiny_synthav}", "frame_size=24", "clip_len=4",
                           "num_clips=2", "num_workers=0", "linear_epochs=20"],

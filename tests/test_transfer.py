@@ -13,7 +13,7 @@ import torch
 
 from mmssl.config import ConfigError, TransferConfig, load_config
 from mmssl.data.manifest import ManifestError
-from mmssl.eval.transfer import PROTOCOLS, Transfer, knn_classify, random_encoder, retrieval_recall
+from mmssl.eval.transfer import PROTOCOLS, Transfer, _topk, knn_classify, random_encoder, retrieval_recall
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +59,15 @@ def test_knn_uses_every_clip_and_only_the_direction_of_features() -> None:
     # a training video's clips are separate voters: with 3 clips each, k = 3 can be one video's clips
     lone = knn_classify(train[:1], labels[:1], train[:1, :1], 5, k=3).exp()
     assert lone[0, 0, labels[0]].item() == pytest.approx(1.0)
+
+
+def test_top_k_counts_ties_against_the_true_class() -> None:
+    """A kNN vote reaching 2 of 10 classes: the 8 unvoted ones tie at -inf, and none is a top-5 hit."""
+    scores = torch.tensor([[0.0, -1.0] + [-math.inf] * 8] * 3)
+    labels = torch.tensor([0, 1, 6])
+    assert _topk(scores, labels, 1) == pytest.approx(100 / 3)
+    assert _topk(scores, labels, 5) == pytest.approx(200 / 3)
+    assert _topk(torch.zeros(4, 10), torch.arange(4), 5) == 0.0  # all tied: no class is among the top 5
 
 
 def test_retrieval_recall_ranks_videos_by_their_mean_clip_feature() -> None:

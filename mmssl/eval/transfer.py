@@ -252,7 +252,7 @@ class Transfer:
 
     def finetune(self, encoder: VideoEncoder, mode: str) -> dict:
         """Encoder + linear classifier trained end to end on one random clip per video per epoch (bf16
-        autocast on CUDA)."""
+        autocast on CUDA); "skipped" counts the videos left out by reason."""
         c = self.config
         if mode == "audio":
             raise ValueError("fine-tuning takes video encoders; audio encoders have the frozen-feature protocols")
@@ -263,6 +263,7 @@ class Transfer:
         params = list(encoder.parameters()) + list(classifier.parameters())
         optimizer = torch.optim.AdamW(params, lr=c.finetune_lr, weight_decay=c.finetune_weight_decay)
         loader = self.loader(self.train_rows, random=True, shuffle=True, seed=c.seed)
+        train_skipped = Counter(loader.dataset.excluded)
         schedule = cosine_schedule(c.finetune_lr, c.finetune_lr * 0.01, c.finetune_epochs * len(loader), len(loader))
         step = 0
         for epoch in range(c.finetune_epochs):
@@ -271,6 +272,9 @@ class Transfer:
                 for group in optimizer.param_groups:
                     group["lr"] = float(schedule[step])
                 step += 1
+                skipped = batch.pop("skipped")
+                if epoch == 0:  # a video that fails, fails every epoch: counted once
+                    train_skipped.update(skipped)
                 if "frames" not in batch:
                     continue
                 with mixed_precision(self.device):
@@ -279,10 +283,11 @@ class Transfer:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-        test_x, test_y, _ = self.features(encoder, self.test_rows, mode)
+        test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode)
         with torch.no_grad():
             logits = classifier(test_x.to(self.device)).cpu()
-        return self.scores(logits, test_y)
+        return {**self.scores(logits, test_y), "num_train_videos": len(self.train_rows) - train_skipped.total(),
+                "num_test_videos": len(test_y), "skipped": dict(train_skipped + test_skipped)}
 
     def scores(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
         """logits [N, K, classes], labels [N] -> clip/video top-1/top-5 (%) and the confusion matrix;
@@ -297,8 +302,6 @@ class Transfer:
             "clip_top5": _topk(logits.flatten(0, 1), clip_labels, topk),
             "video_top1": _topk(video_logits, labels, 1),
             "video_top5": _topk(video_logits, labels, topk),
-            "num_train_videos": len(self.train_rows),
-            "num_test_videos": len(self.test_rows),
             "classes": self.classes,
             "confusion": confusion.tolist(),
             "config": asdict(self.config),
@@ -306,7 +309,10 @@ class Transfer:
 
 
 def _topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    hits = (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1)
+    """Top-k accuracy (%), ties counted against the true class: a hit needs fewer than k other
+    classes scored at least as high (a kNN vote leaves the classes it did not reach all at -inf)."""
+    true_score = logits.gather(-1, labels[:, None])
+    hits = (logits >= true_score).sum(-1) - 1 < k
     return 100.0 * hits.float().mean().item()
 
 
