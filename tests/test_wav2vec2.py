@@ -20,7 +20,7 @@ from mmssl.eval.transfer import Transfer, load_encoder, random_encoder
 from mmssl.models.audio import PAPER_CONV_LAYERS, WAV2VEC2_SPECS, Wav2Vec2Encoder, build_audio_encoder, feature_frames
 from mmssl.models.quantizer import GumbelQuantizer, diversity_loss, gumbel_temperature, perplexity
 from mmssl.tasks import build_task
-from mmssl.tasks.wav2vec2 import contrastive_logits, sample_distractors, span_mask
+from mmssl.tasks.wav2vec2 import contrastive_logits, sample_distractors, scale_gradient, span_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -133,6 +133,17 @@ def test_distractors_equal_to_the_positive_get_minus_infinity() -> None:
 
 
 # --- quantiser -----------------------------------------------------------------------------------------
+
+
+def test_feature_gradient_scaling_leaves_the_forward_values_exact() -> None:
+    """fairseq's GradMultiply (feature_grad_mult 0.1): values unchanged, bf16 included; gradient x 0.1."""
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.bfloat16):
+        leaf = x.to(dtype).detach().requires_grad_()
+        scaled = scale_gradient(leaf, 0.1)
+        assert torch.equal(scaled, leaf.detach())
+        scaled.sum().backward()
+        torch.testing.assert_close(leaf.grad, torch.full_like(leaf, 0.1))
 
 
 def test_gumbel_temperature_schedule() -> None:

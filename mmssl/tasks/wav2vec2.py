@@ -76,8 +76,10 @@ def contrastive_logits(context: Tensor, targets: Tensor, distractors: Tensor, te
 
 
 def scale_gradient(x: Tensor, scale: float) -> Tensor:
-    """x in the forward pass, `scale` times its gradient in the backward pass (fairseq's GradMultiply)."""
-    return x * scale + x.detach() * (1 - scale)
+    """x in the forward pass, bit for bit (in bf16 too), and `scale` times its gradient in the backward
+    pass (fairseq's GradMultiply)."""
+    frozen = x.detach()
+    return frozen + scale * (x - frozen)
 
 
 class Wav2Vec2(PretextTask):
