@@ -158,7 +158,8 @@ def test_av_contrastive_step_trains_both_towers_and_the_temperature(tiny_synthav
                                                                     learn_temperature: bool) -> None:
     config = load_config(ROOT / "configs/pretrain/av_contrastive.yaml",
                          [f"data.synthav_dir={tiny_synthav}", "data.frame_size=32", "task.av_contrastive.clip_len=4",
-                          f"task.av_contrastive.learn_temperature={str(learn_temperature).lower()}"])
+                          f"task.av_contrastive.learn_temperature={str(learn_temperature).lower()}",
+                          "task.av_contrastive.temperature=0.2"])
     task = build_task(config)
     rows = [r for r in read_manifest(tiny_synthav / "manifest.csv", "pretrain") if r.has_audio][:6]
     dataset = PretextDataset(rows, task, 32)
@@ -173,6 +174,8 @@ def test_av_contrastive_step_trains_both_towers_and_the_temperature(tiny_synthav
     assert model.encoder.features[0].weight.grad.abs().sum() > 0
     assert model.head.audio.blocks[0][0].weight.grad.abs().sum() > 0
     assert (model.head.shared.log_scale.grad is not None) == learn_temperature
+    if learn_temperature:  # the learnable temperature starts at the configured one
+        assert float(model.head.shared.scale) == pytest.approx(1 / 0.2)
     assert all(p.grad is not None for p in model.parameters())  # DDP needs no unused parameters
 
 

@@ -47,11 +47,11 @@ class AudioStream(nn.Module):
     no unused parameters) and any task head the task sets."""
 
     def __init__(self, video_dim: int, audio: AudioEncoder, embed_dim: int | None = 128,
-                 learn_temperature: bool = False) -> None:
+                 temperature: float = 0.07, learn_temperature: bool = False) -> None:
         super().__init__()
         self.audio = audio
-        self.shared = (ContrastiveHead(video_dim, audio.feature_dim, embed_dim, learn_temperature=learn_temperature)
-                       if embed_dim else None)
+        self.shared = (ContrastiveHead(video_dim, audio.feature_dim, embed_dim, temperature=temperature,
+                                       learn_temperature=learn_temperature) if embed_dim else None)
 
 
 class TwoStream(nn.Module):

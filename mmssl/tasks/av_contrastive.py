@@ -52,7 +52,7 @@ class AudioVisualContrastive(PretextTask):
 
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
         return AudioStream(encoder.feature_dim, build_audio_encoder(self.audio_encoder), self.config.embed_dim,
-                           learn_temperature=self.config.learn_temperature)
+                           self.config.temperature, self.config.learn_temperature)  # learnable: starts there
 
     def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
         video = head.shared.embed_video(encoder(to_model_input(batch["frames"], self.augment)))
