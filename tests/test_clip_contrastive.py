@@ -24,7 +24,7 @@ from mmssl.engine.trainer import TaskModel, build_optimizer, pretrain
 from mmssl.eval.transfer import load_encoder
 from mmssl.models import build_video_encoder
 from mmssl.tasks import build_task
-from mmssl.tasks.clip_contrastive import ClipContrastive, pair_mean
+from mmssl.tasks.clip_contrastive import LOSSES, ClipContrastive, pair_mean
 from mmssl.transforms.video import MEAN, STD, VideoAugment, colour_distortion, to_model_input
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +111,16 @@ def test_config_is_checked() -> None:
         ClipContrastive(ClipContrastiveConfig(loss="swav"))
     with pytest.raises(ValueError, match="unknown sampler"):
         ClipContrastive(ClipContrastiveConfig(sampler="dense"))
+
+
+def test_batchnorm_is_global_on_several_gpus_except_under_moco() -> None:
+    """SimCLR, BYOL, SimSiam, Barlow Twins and VICReg normalise over the global batch in their
+    reference code; MoCo's shuffling BN needs per-GPU BatchNorm. One process keeps plain BN."""
+    wanted = {loss: ClipContrastive(ClipContrastiveConfig(loss=loss)).global_batchnorm for loss in LOSSES}
+    assert wanted == {loss: loss != "moco" for loss in LOSSES}
+    assert not build_task(load_config(None)).global_batchnorm  # Shuffle and Learn: per-GPU BN
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4))
+    assert mdist.global_batchnorm(model, torch.device("cpu")) is model
 
 
 # --- device side ---------------------------------------------------------------------------------------

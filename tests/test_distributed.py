@@ -3,6 +3,7 @@ shuffling BN must give each rank its own rows computed on a shuffled slice, and 
 model with LayerDrop (ranks skipping different layers)."""
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mmssl.engine import distributed as mdist
+from mmssl.engine.trainer import NonFiniteLossError, check_finite_loss
 from mmssl.models.audio import Wav2Vec2Encoder
 
 from helpers import run_ranks  # tests/ is on sys.path under pytest
@@ -86,6 +88,13 @@ def _run(info: mdist.DistInfo) -> dict[str, object]:
     rank_values = torch.arange(3.0, requires_grad=True) + 10 * rank
     result["gather_no_grad"] = mdist.gather_no_grad(rank_values)
     result["reduce_mean"] = mdist.reduce_mean(torch.tensor(rank))
+    result["stopped"] = []
+    for bad_rank in (None, 1):  # a non-finite loss on rank 1 stops rank 0 too (not left waiting in DDP)
+        try:
+            check_finite_loss(torch.tensor(math.nan if rank == bad_rank else 1.0), step=7, epoch=0)
+            result["stopped"].append(None)
+        except NonFiniteLossError as error:
+            result["stopped"].append(str(error))
     mdist.barrier()
     return result
 
@@ -171,6 +180,12 @@ def test_gather_no_grad_and_reduce_mean(results: list[dict]) -> None:
         assert not gathered.requires_grad
         torch.testing.assert_close(gathered, torch.tensor([0.0, 1, 2, 10, 11, 12]))
         torch.testing.assert_close(r["reduce_mean"], torch.tensor(0.5))
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(results: list[dict]) -> None:
+    for r in results:
+        assert r["stopped"][0] is None
+        assert "non-finite loss nan at step 7 (epoch 0, mean over ranks)" in r["stopped"][1]
 
 
 def test_shuffled_forward_returns_own_rows(results: list[dict]) -> None:

@@ -130,6 +130,14 @@ def has_layer_drop(model: nn.Module) -> bool:
     return any(float(getattr(m, "layer_drop", 0.0) or 0.0) > 0 for m in model.modules())
 
 
+def global_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` with its BatchNorm layers normalising over every rank's batch (SyncBatchNorm) when
+    several GPU processes run; as it was on one process, or on CPUs, which SyncBatchNorm does not take."""
+    if get_world_size() > 1 and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
     """DDP around `model` on `device`. With LayerDrop each rank skips other layers in a step, so
     their parameters get no gradient there: DDP then has to look for unused parameters (as fairseq

@@ -190,6 +190,8 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     dataset, sampler = pretraining_data(config, task, dist.rank, dist.world_size)
     loader = build_loader(dataset, sampler, config, dist.device)
     model = TaskModel(task, build_encoder(config)).to(dist.device)
+    if task.global_batchnorm:
+        model = distributed.global_batchnorm(model, dist.device)
     if config.train.channels_last:
         to_channels_last_3d(model)
     optimizer = build_optimizer(config, model)
@@ -252,9 +254,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
             with sync, autocast:
                 out = forward(batch)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} "
-                                             f"(epoch {epoch}); stopping the run")
+                check_finite_loss(loss, step, epoch)
                 (loss / accumulate).backward()
             for name, value in out.items():
                 running[name].append(float(value.detach()))
@@ -269,8 +269,10 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
                 bar.update(1)
                 if step % config.train.log_every == 0 or step == total_steps:
                     elapsed = time.perf_counter() - window_start
+                    means = torch.tensor([np.mean(v) for v in running.values()], dtype=torch.float64,
+                                         device=dist.device)
                     record = {"step": step, "epoch": epoch, "lr": float(lr_schedule[step - 1]),
-                              **{k: float(np.mean(v)) for k, v in running.items()},
+                              **dict(zip(running, distributed.reduce_mean(means).tolist())),  # over ranks
                               "samples_per_s": samples / elapsed, "data_wait_share": data_wait / elapsed}
                     bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}",
                                     wait=f"{record['data_wait_share']:.0%}", refresh=False)
@@ -299,6 +301,15 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         tensorboard.close()
     distributed.barrier()
     return checkpoint_path(out_dir, total_steps)
+
+
+def check_finite_loss(loss: torch.Tensor, step: int, epoch: int) -> None:
+    """Stop on a non-finite loss: NonFiniteLossError on every rank when any rank's loss is not
+    finite (their mean is not), as a rank stopping alone would leave the others waiting in DDP."""
+    mean = distributed.reduce_mean(loss)
+    if not torch.isfinite(mean):
+        raise NonFiniteLossError(f"non-finite loss {mean.item()} at step {step} (epoch {epoch}"
+                                 f"{', mean over ranks' if distributed.is_distributed() else ''}); stopping the run")
 
 
 def _check_resumed_config(saved: dict, config: Config, checkpoint: Path, implicit: bool, warn: bool) -> None:

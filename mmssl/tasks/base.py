@@ -28,6 +28,9 @@ class PretextTask(ABC):
     needs_audio: bool = False
     encoder_kind: str = "video"  # the encoder the run trains and transfers: model.video_encoder or model.audio_encoder
     feature_mode: str = "clip"  # how transfer feeds the encoder: "clip", "frames" (T=1 each) or "audio"
+    # on several GPUs, BatchNorm over the global batch (SyncBatchNorm), as the reference code of the
+    # batch-contrastive and redundancy-reduction methods has it (SimCLR, BYOL, SimSiam, Barlow Twins, VICReg)
+    global_batchnorm: bool = False
 
     @classmethod
     @abstractmethod

@@ -142,6 +142,11 @@ class ClipContrastive(PretextTask):
         self.step, self.total_steps = step, total_steps
 
     @property
+    def global_batchnorm(self) -> bool:
+        """Every loss but MoCo's, whose per-GPU BatchNorm on shuffled keys (shuffling BN) is the point."""
+        return self.config.loss != "moco"
+
+    @property
     def momentum(self) -> float:
         """The target's EMA rate for the update at this step's first forward: MoCo's constant m, or
         BYOL's tau of the previous step (BYOL updates after optimizer step k - 1 with tau_{k-1})."""
