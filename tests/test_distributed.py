@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mmssl.engine import distributed as mdist
-from mmssl.engine.trainer import NonFiniteLossError, check_finite_loss
+from mmssl.engine.trainer import NonFiniteLossError, check_finite_loss, window_means
 from mmssl.models.audio import Wav2Vec2Encoder
 
 from helpers import run_ranks  # tests/ is on sys.path under pytest
@@ -88,6 +88,9 @@ def _run(info: mdist.DistInfo) -> dict[str, object]:
     rank_values = torch.arange(3.0, requires_grad=True) + 10 * rank
     result["gather_no_grad"] = mdist.gather_no_grad(rank_values)
     result["reduce_mean"] = mdist.reduce_mean(torch.tensor(rank))
+    # rank 0 logged losses 1, 2 and 3 in its window, rank 1 logged 7 (one micro-batch): 2 and 7 -> 4.5
+    result["window_means"] = window_means({"loss": [1.0, 2.0, 3.0] if rank == 0 else [7.0],
+                                           "accuracy": [0.25 + 0.5 * rank]}, torch.device("cpu"))
     result["stopped"] = []
     for bad_rank in (None, 1):  # a non-finite loss on rank 1 stops rank 0 too (not left waiting in DDP)
         try:
@@ -180,6 +183,11 @@ def test_gather_no_grad_and_reduce_mean(results: list[dict]) -> None:
         assert not gathered.requires_grad
         torch.testing.assert_close(gathered, torch.tensor([0.0, 1, 2, 10, 11, 12]))
         torch.testing.assert_close(r["reduce_mean"], torch.tensor(0.5))
+
+
+def test_logged_metrics_are_the_mean_over_the_window_then_over_ranks(results: list[dict]) -> None:
+    for r in results:
+        assert r["window_means"] == {"loss": 4.5, "accuracy": 0.5}
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(results: list[dict]) -> None:

@@ -269,10 +269,8 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
                 bar.update(1)
                 if step % config.train.log_every == 0 or step == total_steps:
                     elapsed = time.perf_counter() - window_start
-                    means = torch.tensor([np.mean(v) for v in running.values()], dtype=torch.float64,
-                                         device=dist.device)
                     record = {"step": step, "epoch": epoch, "lr": float(lr_schedule[step - 1]),
-                              **dict(zip(running, distributed.reduce_mean(means).tolist())),  # over ranks
+                              **window_means(running, dist.device),
                               "samples_per_s": samples / elapsed, "data_wait_share": data_wait / elapsed}
                     bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}",
                                     wait=f"{record['data_wait_share']:.0%}", refresh=False)
@@ -301,6 +299,13 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         tensorboard.close()
     distributed.barrier()
     return checkpoint_path(out_dir, total_steps)
+
+
+def window_means(running: dict[str, list[float]], device: torch.device) -> dict[str, float]:
+    """Each logged value's mean over a log window's micro-batches, then over ranks (every rank must
+    call this: it is a collective under DDP)."""
+    means = torch.tensor([np.mean(v) for v in running.values()], dtype=torch.float64, device=device)
+    return dict(zip(running, distributed.reduce_mean(means).tolist()))
 
 
 def check_finite_loss(loss: torch.Tensor, step: int, epoch: int) -> None:
