@@ -1,6 +1,7 @@
 """Two CPU processes with gloo: a loss over the gathered batch must get full-batch gradients, MoCo's
-shuffling BN must give each rank its own rows computed on a shuffled slice, and DDP must train a
-model with LayerDrop (ranks skipping different layers)."""
+shuffling BN must give each rank its own rows computed on a shuffled slice, DDP must train a model
+with LayerDrop (ranks skipping different layers), and the reductions behind losses, logging and
+the non-finite stop must agree over ranks."""
 from __future__ import annotations
 
 import math
@@ -27,6 +28,8 @@ TEMPERATURE = 0.5
 SPAWN_TIMEOUT_S = 60.0
 SHUFFLE_SEED = 3  # every rank seeds this before `shuffled_forward`: rank 0's permutation is reproducible
 LAYER_DROP_STEPS = 6
+
+RANK_ITEMS = ([1.0, 2.0, 3.0], [7.0])  # per-item losses of rank 0 and rank 1 (masked steps, say)
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -88,8 +91,9 @@ def _run(info: mdist.DistInfo) -> dict[str, object]:
     rank_values = torch.arange(3.0, requires_grad=True) + 10 * rank
     result["gather_no_grad"] = mdist.gather_no_grad(rank_values)
     result["reduce_mean"] = mdist.reduce_mean(torch.tensor(rank))
-    # rank 0 logged losses 1, 2 and 3 in its window, rank 1 logged 7 (one micro-batch): 2 and 7 -> 4.5
-    result["window_means"] = window_means({"loss": [1.0, 2.0, 3.0] if rank == 0 else [7.0],
+    result["count_weight"] = mdist.count_weight(torch.tensor(len(RANK_ITEMS[rank]), dtype=torch.float32))
+    # the window's mean on each rank (2 and 7), then their mean: the micro-batches are not weighted
+    result["window_means"] = window_means({"loss": RANK_ITEMS[rank],
                                            "accuracy": [0.25 + 0.5 * rank]}, torch.device("cpu"))
     result["stopped"] = []
     for bad_rank in (None, 1):  # a non-finite loss on rank 1 stops rank 0 too (not left waiting in DDP)
@@ -188,6 +192,15 @@ def test_gather_no_grad_and_reduce_mean(results: list[dict]) -> None:
 def test_logged_metrics_are_the_mean_over_the_window_then_over_ranks(results: list[dict]) -> None:
     for r in results:
         assert r["window_means"] == {"loss": 4.5, "accuracy": 0.5}
+
+
+def test_count_weighted_rank_means_average_to_the_mean_over_all_items(results: list[dict]) -> None:
+    weights = [r["count_weight"].item() for r in results]
+    assert weights == [1.5, 0.5]
+    rank_means = [sum(items) / len(items) for items in RANK_ITEMS]
+    all_items = [x for items in RANK_ITEMS for x in items]
+    ddp_mean = sum(w * m for w, m in zip(weights, rank_means)) / WORLD_SIZE  # what DDP's gradient average sees
+    assert ddp_mean == pytest.approx(sum(all_items) / len(all_items))
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(results: list[dict]) -> None:

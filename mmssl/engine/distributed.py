@@ -124,6 +124,14 @@ def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def count_weight(count: torch.Tensor) -> torch.Tensor:
+    """A rank's item `count` over the mean count of the ranks (1 on one process). A per-rank mean
+    loss times this weight, once DDP averages the gradients over ranks, has the gradient of the mean
+    over every rank's items: sum_r n_r L_r / sum_r n_r, fairseq's normalisation by the item count
+    summed over workers."""
+    return count / reduce_mean(count)
+
+
 def has_layer_drop(model: nn.Module) -> bool:
     """Whether a submodule skips whole layers at random in training (LayerDrop, Fan et al. 2020;
     torchaudio's wav2vec 2.0 Transformer keeps its rate in `layer_drop`)."""

@@ -11,8 +11,9 @@ q_t and K distractors q_j from other masked steps of the same window:
     L_m = -log exp(cos(c_t, q_t) / kappa) / sum_{q~ in {q_t} + Q_t} exp(cos(c_t, q~) / kappa),
     L = mean_t L_m + alpha * L_d + lambda * mean(z^2),
 with L_d the codebook diversity loss (`mmssl.models.quantizer.diversity_loss`) and mean(z^2) the
-feature penalty. fairseq sums L_m over masked steps and divides the gradient by their number, and
-scales L_d by the same number: the same as the means here.
+feature penalty. fairseq sums L_m over masked steps and divides the gradient by their number summed
+over workers, and scales L_d and the penalty by the local number: the same as the means here, with
+each rank's L weighted by its masked count over the ranks' mean count (`count_weight`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from mmssl.config import Config, Wav2Vec2Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import frames_for
+from mmssl.engine.distributed import count_weight
 from mmssl.io import TooShortError
 from mmssl.models.audio import WAV2VEC2_SPECS, Wav2Vec2Encoder, feature_frames
 from mmssl.models.quantizer import GumbelQuantizer, diversity_loss, gumbel_temperature, perplexity
@@ -153,5 +155,6 @@ class Wav2Vec2(PretextTask):
                        "perplexity": perplexity(codes), "prob_perplexity": perplexity(quantized.probs),
                        "accuracy": (logits.argmax(-1) == 0).float().mean(),
                        "temperature": torch.tensor(self.temperature)}
-        loss = contrastive + c.diversity_weight * diversity + c.feature_penalty * penalty
+        loss = count_weight(mask.sum().float()) * (contrastive + c.diversity_weight * diversity
+                                                   + c.feature_penalty * penalty)
         return {"loss": loss, **{k: v.detach() for k, v in metrics.items()}}
