@@ -1,6 +1,7 @@
 """mmssl.io on real files encoded here: exact frames, timestamps, audio alignment, typed errors."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,21 @@ def test_audio_is_on_the_video_clock(media: dict[str, Path]) -> None:
         frame_time = reader.timestamps([8]).item()
     start = frame_time - 0.25
     assert abs(onset(load_audio(path, start, 0.5))[0] + start - frame_time) < 1 / FPS
+
+
+def test_audio_whose_rate_and_layout_change_midway(tmp_path: Path) -> None:
+    # Two ADTS AAC streams joined byte to byte (1.0 s mono at 8 kHz, then 1.5 s stereo at 16 kHz), as
+    # a joined recording or a broadcast capture changes format: both parts are decoded, in order.
+    first = write_media(tmp_path / "a.aac", None, FPS, clicks([0.3], 1.0, 8000), sample_rate=8000)
+    second = write_media(tmp_path / "b.aac", None, FPS, np.stack([clicks([0.4], 1.5)] * 2))
+    joined = tmp_path / "joined.aac"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    audio = load_audio(joined, 0.0, 3.0)
+    assert audio.shape == (3 * SR,)
+    # AAC decodes whole 1024-sample frames, the first of each part its encoder's priming: part one
+    # lasts 9 frames at 8 kHz (1.152 s) and its click comes 128 ms late, part two's 64 ms late.
+    first_length = math.ceil((8000 + 1024) / 1024) * 1024 / 8000
+    np.testing.assert_allclose(onset(audio), [0.3 + 1024 / 8000, first_length + 0.4 + 1024 / SR], atol=0.002)
 
 
 # --- bad input: typed errors that name the file -------------------------------------------------

@@ -1,6 +1,8 @@
 """`load_audio`: a window of a file's audio as float32 mono at a chosen rate, on the video clock."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 
 import av
@@ -28,24 +30,35 @@ def load_audio(path: str | Path, start_s: float, duration_s: float, sample_rate:
         window_start = clock_origin(container) + start_s  # absolute seconds on FFmpeg's clock
         window_end = window_start + num_samples / sample_rate
         seek_to = window_start - SEEK_MARGIN_S
-        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
-        position: float | None = None  # absolute time of the next resampled sample
         with media_errors(path):
             if stream.start_time is not None and seek_to > stream.start_time * stream.time_base:
                 seek_back(container, stream, int(seek_to / stream.time_base))
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                if position is None:
-                    position = float(frame.pts * frame.time_base)
-                for chunk in resampler.resample(frame):
-                    position = _place(chunk, position, window_start, sample_rate, out)
+            frames = (frame for frame in container.decode(stream) if frame.pts is not None)
+            first = next(frames, None)
+            if first is None:
+                return torch.from_numpy(out)
+            position = float(first.pts * first.time_base)  # absolute time of the next resampled sample
+            for chunk in _resampled(chain([first], frames), sample_rate):
+                position = _place(chunk, position, window_start, sample_rate, out)
                 if position >= window_end:
                     break
-            else:
-                for chunk in resampler.resample(None):
-                    position = _place(chunk, position, window_start, sample_rate, out)
     return torch.from_numpy(out)
+
+
+def _resampled(frames: Iterable[av.AudioFrame], sample_rate: int) -> Iterator[av.AudioFrame]:
+    """`frames` as float planar at `sample_rate`. A stream may change its sample rate, layout or
+    format midway (joined recordings, broadcast captures): each run of one input format gets its own
+    resampler, flushed before the next one starts and at the end."""
+    resampler, source = None, None
+    for frame in frames:
+        if (frame.format.name, frame.layout.name, frame.sample_rate) != source:
+            if resampler is not None:
+                yield from resampler.resample(None)
+            resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+            source = (frame.format.name, frame.layout.name, frame.sample_rate)
+        yield from resampler.resample(frame)
+    if resampler is not None:
+        yield from resampler.resample(None)
 
 
 def _place(chunk: av.AudioFrame, position: float, window_start: float, sample_rate: int,
