@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,11 @@ def test_folder_builder_labels_classes_and_reports_bad_files(media: dict[str, Pa
     (root / "swim" / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")  # a link to nothing
     put(media, "av", tmp_path / "elsewhere.mp4")
     (root / "climb" / "linked.mp4").symlink_to(tmp_path / "elsewhere.mp4")
+    put(media, "av", tmp_path / "disk2" / "run" / "r1.mp4")
+    (root / "run").symlink_to(tmp_path / "disk2" / "run")  # a class folder linked in from elsewhere
+    (root / "climb" / "loop").symlink_to(root)  # a link loop: its videos are listed once
+    not_utf8 = os.fsdecode(b"caf\xe9.mp4")  # Latin-1 name: the bytes are kept as surrogates
+    put(media, "av", root / "swim" / not_utf8)
 
     result = build_folder(root, workers=2)
 
@@ -132,17 +138,22 @@ def test_folder_builder_labels_classes_and_reports_bad_files(media: dict[str, Pa
         ("climb/deeper/c2.MKV", "climb", "train", True),
         ("climb/linked.mp4", "climb", "train", True),
         ("loose.webm", "", "train", True),
+        ("run/r1.mp4", "run", "train", True),
+        (f"swim/{not_utf8}", "swim", "train", True),
         ("swim/s1.mov", "swim", "train", False),
     ]
     assert rel_skipped(result, root) == {("swim/broken.mp4", "corrupt"), ("swim/empty.avi", "empty"),
                                          ("swim/gone.mp4", "missing")}
-    assert (result.usable, result.no_audio) == (5, 1)
+    assert (result.usable, result.no_audio) == (7, 1)
     assert result.skipped_by_kind() == {"corrupt": 1, "empty": 1, "missing": 1}
     summary = result.summary()
-    assert "usable: 5 (no audio: 1, unlabeled: 1)" in summary
+    assert "usable: 7 (no audio: 1, unlabeled: 1)" in summary
     assert "not probed, not a video file name: .ogg: 1, .txt: 1" in summary
-    manifest = write_manifest(result.rows, root / "manifest.csv").read_text()
-    assert "\nclimb/linked.mp4,climb," in manifest  # a link under the folder stays relative, as named
+    manifest_path = write_manifest(result.rows, root / "manifest.csv")
+    manifest = manifest_path.read_bytes()
+    assert b"\nclimb/linked.mp4,climb," in manifest  # a link under the folder stays relative, as named
+    assert b"\nswim/caf\xe9.mp4,swim," in manifest  # the file's own bytes
+    assert [row.path for row in read_manifest(manifest_path)] == [row.path for row in result.rows]
     row = result.rows[0]
     assert (row.num_frames, row.fps, row.duration) == (FRAMES, pytest.approx(FPS),
                                                        pytest.approx(FRAMES / FPS))

@@ -15,11 +15,14 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from mmssl.io import MediaError, MediaInfo, probe
 
 COLUMNS = ("path", "label", "split", "duration", "fps", "num_frames", "has_audio")
+# A file name that is not UTF-8 (Python holds its bytes as surrogates) is written and read back as
+# its bytes, so the manifest names the file the folder has.
+PATH_ERRORS = "surrogateescape"
 
 
 @dataclass
@@ -47,7 +50,7 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:
     rows = list(rows)
     extra_cols = sorted({k for r in rows for k in r.extra})
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8", errors=PATH_ERRORS) as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS + tuple(extra_cols))
         for r in rows:
@@ -70,7 +73,7 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[ManifestRo
     if not path.is_file():
         raise ManifestError(f"no manifest at {path}: build one with tools/build_manifest.py "
                             f"(datasets/ has a recipe per dataset)")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors=PATH_ERRORS) as f:
         reader = csv.DictReader(f)
         missing = set(COLUMNS) - set(reader.fieldnames or ())
         if missing:
@@ -390,9 +393,7 @@ def _scan_folder(root: Path) -> FolderScan:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
     scan = FolderScan([], [], Counter())
-    for path in sorted(root.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(root).parts) or path.is_dir():
-            continue
+    for path in sorted(_files_under(root)):
         is_video = path.suffix.lower() in VIDEO_EXTENSIONS
         if is_video and path.is_file():
             scan.videos.append(path)
@@ -401,6 +402,20 @@ def _scan_folder(root: Path) -> FolderScan:
         elif path.is_file():
             scan.other_files[path.suffix.lower() or "(no extension)"] += 1
     return scan
+
+
+def _files_under(root: Path) -> Iterator[Path]:
+    """Every file (or link to nothing) under `root`, through links to folders (class folders linked
+    in from other disks) but into no folder twice, so a link loop ends; hidden names left out."""
+    visited: set[str] = set()
+    for folder, folders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            folders.clear()
+            continue
+        visited.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        yield from (Path(folder, name) for name in files if not name.startswith("."))
 
 
 def _split_lines(path: Path) -> list[list[str]]:
