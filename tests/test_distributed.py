@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def _run(info: mdist.DistInfo) -> dict[str, object]:
     rank_values = torch.arange(3.0, requires_grad=True) + 10 * rank
     result["gather_no_grad"] = mdist.gather_no_grad(rank_values)
     result["reduce_mean"] = mdist.reduce_mean(torch.tensor(rank))
+    result["skips"] = mdist.sum_counters(Counter({"corrupt": 1}) if rank == 0 else Counter(corrupt=2, empty=1))
     result["count_weight"] = mdist.count_weight(torch.tensor(len(RANK_ITEMS[rank]), dtype=torch.float32))
     # the window's mean on each rank (2 and 7), then their mean: the micro-batches are not weighted
     result["window_means"] = window_means({"loss": RANK_ITEMS[rank],
@@ -192,6 +194,11 @@ def test_gather_no_grad_and_reduce_mean(results: list[dict]) -> None:
 def test_logged_metrics_are_the_mean_over_the_window_then_over_ranks(results: list[dict]) -> None:
     for r in results:
         assert r["window_means"] == {"loss": 4.5, "accuracy": 0.5}
+
+
+def test_skip_counts_are_summed_over_ranks(results: list[dict]) -> None:
+    for r in results:
+        assert r["skips"] == Counter(corrupt=3, empty=1)
 
 
 def test_count_weighted_rank_means_average_to_the_mean_over_all_items(results: list[dict]) -> None:

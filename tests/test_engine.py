@@ -308,13 +308,14 @@ def test_resume_auto_refuses_a_run_written_with_other_settings(tiny_synthav: Pat
 
 
 def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
-    """Two ranks, a loss that gathers the batch over them (NT-Xent) and a corrupt file in the
-    manifest: the failed sample is replaced, so both ranks keep gathering batches of one size."""
+    """Two ranks, a loss that gathers the batch over them (NT-Xent) and a corrupt file listed twice
+    in the manifest: the failed samples are replaced, so both ranks keep gathering batches of one
+    size, and the epoch's skip counts are those of both ranks."""
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00" * 5000)
     rows = read_manifest(tiny_synthav / "manifest.csv", "pretrain")
-    manifest = write_manifest([ManifestRow(str(corrupt), split="pretrain", num_frames=24, fps=8.0), *rows],
-                              tmp_path / "manifest.csv")
+    broken = [ManifestRow(str(corrupt), split="pretrain", num_frames=24, fps=8.0)]
+    manifest = write_manifest([*broken, *rows, *broken], tmp_path / "manifest.csv")
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", *_pretrain_cmd(tiny_synthav, tmp_path)[1:],
            f"data.manifest={manifest}", "data.split=pretrain", "task.name=clip_contrastive",
@@ -327,7 +328,8 @@ def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
     assert state["step"] == 3
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # rank 0 alone logs
-    assert records[-1]["skipped"] == {"corrupt": 1}  # the file's turn on rank 0 in epoch 0
+    # the file comes up once on each rank (rank 0 alone reported 1): counted over both ranks
+    assert records[-1]["skipped"] == {"corrupt": 2}
 
 
 # --- transfer ----------------------------------------------------------------------------------------

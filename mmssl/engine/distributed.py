@@ -6,6 +6,7 @@ gathers and reductions are the identity, and `barrier` does nothing.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -122,6 +123,15 @@ def reduce_mean(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
         x /= get_world_size()
     return x
+
+
+def sum_counters(counter: Counter) -> Counter:
+    """`counter` summed over ranks (every rank must call this); itself on one process."""
+    if get_world_size() == 1:
+        return counter
+    parts: list[Counter | None] = [None] * get_world_size()
+    dist.all_gather_object(parts, counter)
+    return sum(parts, Counter())
 
 
 def count_weight(count: torch.Tensor) -> torch.Tensor:

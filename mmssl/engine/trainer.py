@@ -287,6 +287,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
                 if step == total_steps or step % steps_per_epoch == 0:
                     break
             wait_start = time.perf_counter()
+        skips.skipped = distributed.sum_counters(skips.skipped)  # each rank decodes its own share
         if dist.is_main:
             summary = {"epoch": epoch, "skipped": dict(skips.skipped), "excluded": dict(skips.excluded)}
             if skips.skipped:
