@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from mmssl.config import ConfigError, TransferConfig, load_config
-from mmssl.data.manifest import ManifestError
+from mmssl.data.manifest import ManifestError, read_manifest, write_manifest
+from mmssl.io import write_media
 from mmssl.eval.transfer import PROTOCOLS, Transfer, _topk, knn_classify, random_encoder, retrieval_recall
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,3 +117,24 @@ def test_unknown_protocols_keys_and_missing_manifests_are_refused(tiny_synthav: 
         Transfer(TransferConfig(manifest=str(tmp_path / "ucf101_split1.csv")))
     with pytest.raises(ConfigError, match="knn_neighbours"):
         load_config(None, ["knn_neighbours=5"], root=TransferConfig)
+
+
+def test_a_split_with_no_usable_video_is_a_manifest_error(tiny_synthav: Path, tmp_path: Path) -> None:
+    rows = read_manifest(tiny_synthav / "manifest.csv")
+    silent = [replace(row, path=str(write_media(tmp_path / f"silent{i}.mp4", np.zeros((12, 32, 32, 3), np.uint8), 8.0)),
+                      has_audio=True)  # the manifest believes they have audio
+              for i, row in enumerate(r for r in rows if r.split == "train")]
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 5000)
+    broken = [replace(row, path=str(corrupt)) for row in rows if row.split == "train"]
+    test_rows = [row for row in rows if row.split == "test"]
+    config = TransferConfig(frame_size=32, clip_len=4, num_clips=2, num_workers=0, finetune_epochs=2)
+    for train_rows, mode, message in [(silent, "audio", r"none of the 20 'train' videos .* \{'no_audio': 20\}"),
+                                      (broken, "clip", r"none of the 20 'train' videos .* \{'corrupt': 20\}")]:
+        config.manifest = str(write_manifest([*train_rows, *test_rows], tmp_path / "manifest.csv"))
+        transfer = Transfer(config, torch.device("cpu"))
+        encoder = random_encoder("tiny_audio" if mode == "audio" else "tiny3d", 0)
+        with pytest.raises(ManifestError, match=message):
+            transfer.frozen_protocol(encoder, mode, "linear")
+    with pytest.raises(ManifestError, match=r"\{'corrupt': 20\}"):
+        transfer.finetune(encoder, "clip")

@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.config import ConfigError, TransferConfig, load_config, to_dict  # noqa: E402
+from mmssl.data.manifest import ManifestError  # noqa: E402
 from mmssl.engine.checkpoint import latest_checkpoint  # noqa: E402
 from mmssl.engine.trainer import checkpoint_config  # noqa: E402
 from mmssl.eval.transfer import PROTOCOLS, Transfer, load_encoder, random_encoder, save_confusion_png  # noqa: E402
@@ -85,9 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"{encoder_name} is an audio encoder: --protocol linear or knn on frozen features")
     out.mkdir(parents=True, exist_ok=True)
 
-    results = {name: transfer.evaluate(encoder, mode)}
-    if args.compare_random:
-        results[f"random init ({encoder_name})"] = transfer.evaluate(random_encoder(encoder_name, config.seed), mode)
+    try:
+        results = {name: transfer.evaluate(encoder, mode)}
+        if args.compare_random:
+            results[f"random init ({encoder_name})"] = transfer.evaluate(random_encoder(encoder_name, config.seed),
+                                                                         mode)
+    except ManifestError as e:
+        sys.exit(f"error: {e}")
 
     print(f"\n{config.protocol} transfer, {mode} features, {len(transfer.classes)} classes, "
           f"{len(transfer.train_rows)} train / {len(transfer.test_rows)} test videos")

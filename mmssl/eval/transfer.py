@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from mmssl.config import TransferConfig
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import PretextDataset, collate
-from mmssl.data.manifest import ManifestRow, class_names, read_manifest
+from mmssl.data.manifest import ManifestError, ManifestRow, class_names, read_manifest
 from mmssl.data.sampling import random_clip, uniform_clips
 from mmssl.data.synthetic import ensure_synthav
 from mmssl.engine.trainer import build_named_encoder, cosine_schedule, encoder_name, load_task_model, mixed_precision
@@ -181,6 +181,12 @@ def retrieval_recall(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
     return {f"R@{k}": 100.0 * same_class[:, :k].any(-1).float().mean().item() for k in ks}
 
 
+def none_usable(rows: list[ManifestRow], skipped: Counter) -> ManifestError:
+    """The error for a split of which no video could be used."""
+    return ManifestError(f"none of the {len(rows)} {rows[0].split!r} videos could be used "
+                         f"(left out: {dict(skipped) or 'none'})")
+
+
 class Transfer:
     """Labeled train/test clips of a manifest and the protocols on them."""
 
@@ -224,6 +230,8 @@ class Transfer:
                          else encode(encoder, batch["frames"].to(self.device), mode))
                 features.append(x.float().cpu())
                 labels.append(batch["label"])
+        if not features:
+            raise none_usable(rows, skipped)
         return torch.cat(features), torch.cat(labels), skipped
 
     def frozen_protocol(self, encoder: VideoEncoder | AudioEncoder, mode: str, protocol: str) -> dict:
@@ -265,7 +273,7 @@ class Transfer:
         loader = self.loader(self.train_rows, random=True, shuffle=True, seed=c.seed)
         train_skipped = Counter(loader.dataset.excluded)
         schedule = cosine_schedule(c.finetune_lr, c.finetune_lr * 0.01, c.finetune_epochs * len(loader), len(loader))
-        step = 0
+        step = trained = 0
         for epoch in range(c.finetune_epochs):
             loader.dataset.set_epoch(epoch)
             for batch in loader:
@@ -283,6 +291,9 @@ class Transfer:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                trained += 1
+        if not trained:
+            raise none_usable(self.train_rows, train_skipped)
         test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode)
         with torch.no_grad():
             logits = classifier(test_x.to(self.device)).cpu()
