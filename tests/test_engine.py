@@ -396,3 +396,16 @@ def test_visualize_draws_a_png(tiny_synthav: Path, tmp_path: Path, task: str) ->
                     f"data.synthav_dir={tiny_synthav}", "--out", str(out), "data.frame_size=32"],
                    check=True, capture_output=True)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000
+
+
+def test_visualize_reports_failed_decodes_and_stops_when_none_is_left(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 5000)
+    rows = [ManifestRow(str(corrupt), split="pretrain", num_frames=24, fps=8.0)] * 2
+    manifest = write_manifest(rows, tmp_path / "manifest.csv")
+    result = subprocess.run([sys.executable, str(ROOT / "tools/visualize.py"), "--task", "order",
+                             f"data.manifest={manifest}", "data.split=pretrain", "--out", str(tmp_path / "x.png")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "skipped videos that failed to decode: {'corrupt': 2}" in result.stdout
+    assert "none of the 2 videos could be decoded for order" in result.stderr

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -78,16 +79,21 @@ def main(argv: list[str] | None = None) -> Path:
 
     dataset = PretextDataset(load_rows(config), build_task(config), config.data.frame_size,
                              config.data.backend, seed=args.seed)
-    samples = []
+    samples, skipped = [], Counter()
     for index in np.random.default_rng(args.seed).permutation(len(dataset)):
         rng = dataset.rng(int(index))
         try:
             clip = dataset.decode(int(index), rng)
-        except MediaError:
+        except MediaError as e:
+            skipped[e.kind] += 1
             continue
         samples.append((clip, dataset.task.make_sample(clip, rng)))
         if len(samples) == args.num:
             break
+    if skipped:
+        print(f"skipped videos that failed to decode: {dict(skipped)}")
+    if not samples:
+        sys.exit(f"error: none of the {len(dataset)} videos could be decoded for {args.task}")
 
     fig = (_draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
            if isinstance(dataset.task, MaskedVideo) else _draw_samples(_rows(dataset.task, samples), args.task))
