@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -33,16 +34,25 @@ FRAMES, FPS = 8, 8.0
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One clip with audio, one without, and an unreadable and an empty file, to copy around."""
+    """One clip with audio, one without, one whose audio track holds no packet, and an unreadable
+    and an empty file, to copy around."""
     folder = tmp_path_factory.mktemp("media")
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (FRAMES, 32, 32, 3), dtype=np.uint8)
     audio = (0.1 * np.sin(np.arange(16000) / 10)).astype(np.float32)
     (folder / "corrupt.mp4").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
     (folder / "empty.mp4").touch()
+    with av.open(str(folder / "empty_audio.mkv"), "w") as container:
+        video = container.add_stream("mpeg4", rate=int(FPS))
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        container.add_stream("aac", rate=16000)  # declared, never written
+        for frame in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(video.encode(None))
     return {
         "av": write_media(folder / "av.mp4", frames, FPS, audio=audio),
         "silent": write_media(folder / "silent.mp4", frames, FPS),
+        "empty_audio": folder / "empty_audio.mkv",
         "corrupt": folder / "corrupt.mp4",
         "empty": folder / "empty.mp4",
     }
@@ -115,6 +125,7 @@ def test_folder_builder_labels_classes_and_reports_bad_files(media: dict[str, Pa
     put(media, "av", root / "climb" / "c1.mp4")
     put(media, "av", root / "climb" / "deeper" / "c2.MKV")  # any depth, any case
     put(media, "silent", root / "swim" / "s1.mov")
+    put(media, "empty_audio", root / "swim" / "s2.mkv")  # a usable video: kept, without audio
     put(media, "corrupt", root / "swim" / "broken.mp4")
     put(media, "empty", root / "swim" / "empty.avi")
     put(media, "av", root / "loose.webm")  # above the class level: unlabeled
@@ -141,13 +152,16 @@ def test_folder_builder_labels_classes_and_reports_bad_files(media: dict[str, Pa
         ("run/r1.mp4", "run", "train", True),
         (f"swim/{not_utf8}", "swim", "train", True),
         ("swim/s1.mov", "swim", "train", False),
+        ("swim/s2.mkv", "swim", "train", False),
     ]
     assert rel_skipped(result, root) == {("swim/broken.mp4", "corrupt"), ("swim/empty.avi", "empty"),
                                          ("swim/gone.mp4", "missing")}
-    assert (result.usable, result.no_audio) == (7, 1)
+    assert (result.usable, result.no_audio) == (8, 2)
     assert result.skipped_by_kind() == {"corrupt": 1, "empty": 1, "missing": 1}
+    assert result.rows[-1].extra["audio_error"].startswith("corrupt: ")
     summary = result.summary()
-    assert "usable: 7 (no audio: 1, unlabeled: 1)" in summary
+    assert "usable: 8 (no audio: 2, of which an audio track that does not decode: 1, unlabeled: 1)" in summary
+    assert f"kept without audio, the audio track does not decode:\n  {root / 'swim' / 's2.mkv'}: corrupt: " in summary
     assert "not probed, not a video file name: .ogg: 1, .txt: 1" in summary
     manifest_path = write_manifest(result.rows, root / "manifest.csv")
     manifest = manifest_path.read_bytes()

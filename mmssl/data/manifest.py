@@ -23,6 +23,7 @@ COLUMNS = ("path", "label", "split", "duration", "fps", "num_frames", "has_audio
 # A file name that is not UTF-8 (Python holds its bytes as surrogates) is written and read back as
 # its bytes, so the manifest names the file the folder has.
 PATH_ERRORS = "surrogateescape"
+AUDIO_ERROR = "audio_error"  # extra column: why a file's audio track does not decode (it has no audio then)
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ManifestRow:
     @classmethod
     def from_info(cls, path: str | Path, info: MediaInfo, label: str = "", split: str = "",
                   **extra: str) -> "ManifestRow":
+        if info.audio_error:
+            extra = {**extra, AUDIO_ERROR: info.audio_error}
         return cls(str(path), label, split, info.duration, info.fps, info.num_frames,
                    info.has_audio, {k: str(v) for k, v in extra.items()})
 
@@ -195,7 +198,9 @@ class BuildResult:
     def summary(self) -> str:
         """Human-readable report: counts, then each left-out file with its reason."""
         unlabeled = sum(not r.label for r in self.rows)
+        bad_audio = [r for r in self.rows if r.extra.get(AUDIO_ERROR)]
         lines = [f"usable: {self.usable} (no audio: {self.no_audio}"
+                 + (f", of which an audio track that does not decode: {len(bad_audio)}" if bad_audio else "")
                  + (f", unlabeled: {unlabeled}" if unlabeled else "") + ")",
                  f"unreadable: {len(self.skipped)}"]
         lines += [f"  {kind}: {n}" for kind, n in self.skipped_by_kind().items()]
@@ -207,6 +212,9 @@ class BuildResult:
         if self.skipped:
             lines.append("unreadable files:")
             lines += [f"  [{s.kind}] {s.path}: {s.detail}" for s in self.skipped]
+        if bad_audio:
+            lines.append("kept without audio, the audio track does not decode:")
+            lines += [f"  {r.path}: {r.extra[AUDIO_ERROR]}" for r in bad_audio]
         return "\n".join(lines)
 
 

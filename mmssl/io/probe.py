@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmssl.io.container import build_index, check_decodable, media_errors, open_container, seek_back, video_stream
-from mmssl.io.errors import CorruptMediaError
+from mmssl.io.errors import CorruptMediaError, MediaError
 
 
 @dataclass(frozen=True)
@@ -20,20 +20,22 @@ class MediaInfo:
     audio_channels: int  # 0 without audio
     video_codec: str
     audio_codec: str  # "" without audio
+    audio_error: str = ""  # why the file's audio track cannot be decoded (has_audio is then False)
 
 
 def probe(path: str | Path) -> MediaInfo:
     """Count the frames exactly (demuxing, no full decode), decode the first frame (and audio
-    frame) to prove the streams decode, and report the file's properties. Raises `MediaError`."""
+    frame) to prove the streams decode, and report the file's properties. Raises `MediaError` for
+    a file whose video cannot be used; one whose audio track alone does not decode is reported
+    without audio, with the reason in `audio_error`."""
     with open_container(path) as container:
         stream = video_stream(path, container)
         index = build_index(path, container, stream)
-        audio = container.streams.audio[0] if container.streams.audio else None
-        if audio is not None:
-            check_decodable(path, audio)
         _decode_first_frame(path, container, stream)
-        if audio is not None:
-            _decode_first_frame(path, container, audio)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        audio_error = _audio_error(path, container, audio) if audio is not None else ""
+        if audio_error:
+            audio = None
         return MediaInfo(
             duration=index.duration,
             fps=index.num_frames / index.duration,
@@ -45,7 +47,18 @@ def probe(path: str | Path) -> MediaInfo:
             audio_channels=audio.codec_context.channels if audio is not None else 0,
             video_codec=stream.codec_context.name,
             audio_codec=audio.codec_context.name if audio is not None else "",
+            audio_error=audio_error,
         )
+
+
+def _audio_error(path: str | Path, container, audio) -> str:
+    """Why the `audio` stream cannot be decoded, or ""."""
+    try:
+        check_decodable(path, audio)
+        _decode_first_frame(path, container, audio)
+    except MediaError as e:
+        return f"{e.kind}: {e.detail}"
+    return ""
 
 
 def _decode_first_frame(path: str | Path, container, stream) -> None:
