@@ -287,6 +287,20 @@ def test_corrupt_files(tmp_path: Path, media: dict[str, Path]) -> None:
             assert _expect(CorruptMediaError, path, call).kind == "corrupt"
 
 
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_corrupt_packet_mid_file(tmp_path: Path, backend: str) -> None:
+    """A file whose index is intact but whose data is garbled a third of the way in opens, then
+    raises CorruptMediaError (not the decoder's own error) when its frames are decoded."""
+    data = bytearray(write_media(tmp_path / "good.mp4", numbered_frames(NUM_FRAMES), FPS, gop=8).read_bytes())
+    start = data.find(b"mdat") + (len(data) - data.find(b"mdat")) // 3
+    data[start:start + 400] = np.random.default_rng(0).bytes(400)
+    garbled = tmp_path / "garbled.mp4"
+    garbled.write_bytes(bytes(data))
+    with VideoReader(garbled, backend=backend) as reader:
+        assert reader.num_frames == NUM_FRAMES
+        _expect(CorruptMediaError, garbled, lambda p: reader.get_frames(range(NUM_FRAMES)))
+
+
 def test_stream_errors(tmp_path: Path, media: dict[str, Path]) -> None:
     audio_only = media["audio_only.m4a"]
     for call in (probe, VideoReader):
