@@ -1,11 +1,14 @@
 """Manifest read/write and the dataset builders, on tiny real media made here."""
 from __future__ import annotations
 
+import faulthandler
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -205,6 +208,35 @@ def test_unexpected_probe_failure_is_reported_not_raised(media: dict[str, Path],
     assert [(s.kind, s.detail) for s in result.skipped] == [("error", "RuntimeError: decoder exploded")]
 
 
+
+def test_a_probe_that_crashes_or_hangs_costs_only_its_file(media: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """No file makes FFmpeg segfault or stall on demand, so the probe is wrapped (the worker
+    processes fork after the patch): `crash.mp4` kills its process with SIGSEGV, `hang.mp4` sleeps;
+    the other files are probed for real, in order, and the build reports both and goes on."""
+    root = tmp_path / "videos"
+    names = ["a.mp4", "crash.mp4", "b.mp4", "hang.mp4", "c.mp4", "d.mp4"]
+    for name in names:
+        put(media, "av", root / "climb" / name)
+    real_probe = manifest.probe
+
+    def faulty_probe(path: str):
+        if Path(path).name == "crash.mp4":
+            faulthandler.disable()  # pytest's traceback dump of the dying worker is not wanted
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if Path(path).name == "hang.mp4":
+            time.sleep(120)
+        return real_probe(path)
+
+    monkeypatch.setattr(manifest, "probe", faulty_probe)
+    result = manifest.probe_candidates(list_folder(root), workers=2, timeout_s=3)
+    assert rel_rows(result, root) == [(f"climb/{n}.mp4", "climb", "train", True) for n in "abcd"]
+    assert [(Path(s.path).name, s.kind, s.detail) for s in result.skipped] == [
+        ("crash.mp4", "crashed", "the probing process died (killed by SIGSEGV)"),
+        ("hang.mp4", "timeout", "probe still running after 3 s; stopped"),
+    ]
+    assert "  crashed: 1\n  timeout: 1" in result.summary()
+
 # --- UCF101 -----------------------------------------------------------------------------------
 
 def make_ucf101(media: dict[str, Path], root: Path) -> None:
@@ -359,7 +391,7 @@ def test_build_manifest_tool(media: dict[str, Path], tmp_path: Path) -> None:
 
     done = subprocess.run(  # from another folder: the tool must find the package itself
         [sys.executable, str(REPO / "tools" / "build_manifest.py"), str(root), "--format", "folder",
-         "--out", str(out), "--workers", "2", "--default-split", "all"],
+         "--out", str(out), "--workers", "2", "--default-split", "all", "--probe-timeout", "30"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "usable: 2 (no audio: 1)" in done.stdout

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmssl.data.manifest import (  # noqa: E402
     FOLDER_LAYOUTS,
     OFFICIAL_SPLITS,
+    PROBE_TIMEOUT_S,
     Listing,
     list_folder,
     list_hmdb51,
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                              "(default: 'train' for folder, empty for kinetics)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="probing processes (default: all cores; 1: in this process)")
+    parser.add_argument("--probe-timeout", type=float, default=PROBE_TIMEOUT_S, metavar="S",
+                        help="seconds one file's probe may take before it is stopped and the file skipped "
+                             f"(with --workers > 1; default {PROBE_TIMEOUT_S:g})")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser, parser.parse_args(argv)
 
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\rprobed {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
                   flush=True)
 
-    result = probe_candidates(listing, args.workers, None if args.quiet else report)
+    result = probe_candidates(listing, args.workers, None if args.quiet else report, args.probe_timeout)
     print(result.summary())
     write_manifest(result.rows, args.out)
     print(f"wrote {args.out} ({result.usable} rows)")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import csv
 import os
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+import signal
+from collections import Counter, deque
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
+
+import pebble
 
 from mmssl.io import MediaError, MediaInfo, probe
 
@@ -218,20 +221,25 @@ class BuildResult:
         return "\n".join(lines)
 
 
+PROBE_TIMEOUT_S = 300.0  # a probe demuxes the whole file: seconds for a film, far less for a clip
+
+
 def probe_candidates(listing: Listing, workers: int | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> BuildResult:
+                     progress: Callable[[int, int], None] | None = None,
+                     timeout_s: float = PROBE_TIMEOUT_S) -> BuildResult:
     """Probe every candidate in `workers` processes (default: all cores; 1 probes in this
     process) and keep the order of the listing. A bad file becomes a Skipped entry, never an
-    exception. `progress(done, total)` is called after each file."""
-    workers = workers or os.cpu_count() or 1
+    exception; in worker processes so does a probe that runs past `timeout_s` ("timeout") or
+    kills its process ("crashed", e.g. a segfault in a decoder library), and the build goes on.
+    `progress(done, total)` is called after each file."""
+    workers = min(workers or os.cpu_count() or 1, len(listing.candidates))
     total = len(listing.candidates)
     rows: list[ManifestRow] = []
     skipped = list(listing.skipped)
     with ExitStack() as stack:
-        if workers > 1 and total > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(min(workers, total)))
-            chunk = max(1, min(64, total // (4 * workers)))
-            results = pool.map(_probe_one, listing.candidates, chunksize=chunk)
+        if workers > 1:
+            pool = stack.enter_context(pebble.ProcessPool(max_workers=workers))
+            results = _probe_in_pool(pool, listing.candidates, 4 * workers, timeout_s)
         else:
             results = map(_probe_one, listing.candidates)
         for done, result in enumerate(results, 1):
@@ -239,6 +247,33 @@ def probe_candidates(listing: Listing, workers: int | None = None,
             if progress is not None:
                 progress(done, total)
     return BuildResult(rows, skipped, listing.excluded, listing.not_videos)
+
+
+def _probe_in_pool(pool: pebble.ProcessPool, candidates: Iterable[Candidate], in_flight: int,
+                   timeout_s: float) -> Iterator[ManifestRow | Skipped]:
+    """The outcome of each candidate in order, with at most `in_flight` files scheduled at once
+    (one future each, so a timeout or a crash costs only its own file)."""
+    todo = iter(candidates)
+    pending = deque((c, pool.schedule(_probe_one, (c,), timeout=timeout_s)) for c in islice(todo, in_flight))
+    while pending:
+        candidate, future = pending.popleft()
+        try:
+            yield future.result()
+        except TimeoutError:
+            yield Skipped(candidate.path, "timeout", f"probe still running after {timeout_s:g} s; stopped")
+        except pebble.ProcessExpired as e:
+            yield Skipped(candidate.path, "crashed", f"the probing process died ({_exit_reason(e.exitcode)})")
+        pending.extend((c, pool.schedule(_probe_one, (c,), timeout=timeout_s)) for c in islice(todo, 1))
+
+
+def _exit_reason(exitcode: int) -> str:
+    """`exitcode` as a process reports it: negative for the signal that killed it."""
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
 
 
 def _probe_one(candidate: Candidate) -> ManifestRow | Skipped:
