@@ -16,7 +16,7 @@ import torch
 from helpers import PRETRAINING_CONFIGS, shipped_config_batches  # tests/ is on sys.path under pytest
 
 from mmssl.config import ABSENT, Config, ConfigError, TransferConfig, config_changes, from_dict, load_config, to_dict
-from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate
+from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate, kinds
 from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.engine.trainer import (
@@ -146,12 +146,13 @@ def test_corrupt_files_are_skipped_counted_and_limited(tiny_synthav: Path, tmp_p
     dataset = PretextDataset(rows + bad, build_task(fast_config(tiny_synthav)), 32)
     batch = collate([dataset[i] for i in range(len(dataset))])
     assert batch["frames"].shape[0] == 10
-    assert sorted(batch["skipped"]) == ["corrupt", "missing"]
+    assert [(Path(s.path).name, s.kind) for s in batch["skipped"]] == [("corrupt.mp4", "corrupt"),
+                                                                       ("gone.mp4", "missing")]
     counter = SkipCounter(max_share=0.1)  # checked once 20 samples are seen
     counter.update(10, batch["skipped"])
     assert "corrupt: 1" in counter.summary() and "missing: 1" in counter.summary()
     with pytest.raises(SkipLimitExceeded, match="3 of 20 samples"):
-        counter.update(7, ["corrupt"])
+        counter.update(7, batch["skipped"][:1])
 
 
 def test_pretraining_replaces_failed_samples_so_batches_stay_whole(tiny_synthav: Path, tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_pretraining_replaces_failed_samples_so_batches_stay_whole(tiny_synthav:
     task = build_task(fast_config(tiny_synthav))
     dataset = PretextDataset([bad, *rows, bad], task, 32, replace_failed=True)
     batch = collate([dataset[(0, i)] for i in range(len(dataset))])
-    assert batch["frames"].shape[0] == 8 and batch["skipped"].count("corrupt") >= 2
+    assert batch["frames"].shape[0] == 8 and kinds(batch["skipped"])["corrupt"] >= 2
     again = collate([dataset[(0, i)] for i in range(len(dataset))])
     assert torch.equal(batch["frames"], again["frames"]) and batch["skipped"] == again["skipped"]
     all_bad = PretextDataset([bad, bad], task, 32, replace_failed=True)

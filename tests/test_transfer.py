@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mmssl.config import ConfigError, TransferConfig, load_config
-from mmssl.data.manifest import ManifestError, read_manifest, write_manifest
+from mmssl.data.manifest import ManifestError, Skipped, read_manifest, write_manifest
 from mmssl.io import write_media
 from mmssl.eval.transfer import PROTOCOLS, Transfer, _topk, knn_classify, random_encoder, retrieval_recall
 
@@ -124,9 +124,10 @@ def test_a_split_with_no_usable_video_is_a_manifest_error(tiny_synthav: Path, tm
     silent = [replace(row, path=str(write_media(tmp_path / f"silent{i}.mp4", np.zeros((12, 32, 32, 3), np.uint8), 8.0)),
                       has_audio=True)  # the manifest believes they have audio
               for i, row in enumerate(r for r in rows if r.split == "train")]
-    corrupt = tmp_path / "corrupt.mp4"
-    corrupt.write_bytes(b"\x00" * 5000)
-    broken = [replace(row, path=str(corrupt)) for row in rows if row.split == "train"]
+    broken = [replace(row, path=str(tmp_path / f"corrupt{i}.mp4"))
+              for i, row in enumerate(r for r in rows if r.split == "train")]
+    for row in broken:
+        Path(row.path).write_bytes(b"\x00" * 5000)
     test_rows = [row for row in rows if row.split == "test"]
     config = TransferConfig(frame_size=32, clip_len=4, num_clips=2, num_workers=0, finetune_epochs=2)
     for train_rows, mode, message in [(silent, "audio", r"none of the 20 'train' videos .* \{'no_audio': 20\}"),
@@ -138,3 +139,30 @@ def test_a_split_with_no_usable_video_is_a_manifest_error(tiny_synthav: Path, tm
             transfer.frozen_protocol(encoder, mode, "linear")
     with pytest.raises(ManifestError, match=r"\{'corrupt': 20\}"):
         transfer.finetune(encoder, "clip")
+
+
+def test_finetuning_counts_a_video_that_fails_in_a_later_epoch_once(tiny_synthav: Path, tmp_path: Path) -> None:
+    """One random clip per video per epoch: a video garbled near its end decodes in epoch 0 and fails
+    in a later one; fine-tuning reports it once, and not as trained on."""
+    frames = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    data = bytearray(write_media(tmp_path / "clean.mp4", frames, 8.0, gop=4).read_bytes())
+    start = data.find(b"mdat") + int((len(data) - data.find(b"mdat")) * 0.9)
+    data[start:start + 200] = np.random.default_rng(1).bytes(200)
+    garbled = tmp_path / "garbled.mp4"
+    garbled.write_bytes(bytes(data))
+    rows = read_manifest(tiny_synthav / "manifest.csv")
+    label = next(r.label for r in rows if r.label)
+    manifest = write_manifest([*rows, replace(rows[0], path=str(garbled), label=label, split="train")],
+                              tmp_path / "manifest.csv")
+    config = TransferConfig(manifest=str(manifest), frame_size=32, clip_len=4, num_workers=0, finetune_epochs=3,
+                            seed=1)
+    transfer = Transfer(config, torch.device("cpu"))
+    dataset = transfer.loader(transfer.train_rows, random=True, shuffle=True, seed=config.seed).dataset
+    index = [row.path for row in dataset.rows].index(str(garbled))
+    failed = []
+    for epoch in range(config.finetune_epochs):
+        dataset.set_epoch(epoch)
+        failed.append(isinstance(dataset[index], Skipped))
+    assert not failed[0] and any(failed), failed  # the case this test is about
+    result = transfer.finetune(random_encoder("tiny3d", 0), "clip")
+    assert result["skipped"] == {"corrupt": 1} and result["num_train_videos"] == 20

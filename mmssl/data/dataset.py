@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Iterator, Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -88,9 +88,9 @@ class PretextDataset(Dataset):
             if not self.replace_failed:
                 log.warning("skipping %s", message)
                 return skipped
-            failed.append(skipped.kind)
+            failed.append(skipped)
             if len(failed) > MAX_REPLACEMENTS:
-                raise SkipLimitExceeded(f"{len(failed)} decodes in a row failed ({dict(Counter(failed))}) for "
+                raise SkipLimitExceeded(f"{len(failed)} decodes in a row failed ({dict(kinds(failed))}) for "
                                         f"sample {index} of epoch {epoch}; the last: {message}")
             rng = np.random.default_rng([self.seed, epoch, index, len(failed)])
             row = int(rng.integers(len(self.rows)))
@@ -114,14 +114,19 @@ def decode_window(row: ManifestRow, window: Window, frame_size: int | None = Non
 
 
 def collate(items: list[dict[str, object] | Skipped]) -> dict[str, object]:
-    """Stack the samples; the batch's "skipped" entry lists the reasons of the failed decodes
-    (dropped samples, and those a replacement sample stands for)."""
+    """Stack the samples; the batch's "skipped" entry lists the failed decodes as `Skipped`
+    (file, reason): dropped samples, and those a replacement sample stands for."""
     samples = [item for item in items if not isinstance(item, Skipped)]
-    skipped = [item.kind for item in items if isinstance(item, Skipped)]
-    skipped += [kind for sample in samples for kind in sample.pop("skipped", [])]
+    skipped = [item for item in items if isinstance(item, Skipped)]
+    skipped += [failure for sample in samples for failure in sample.pop("skipped", [])]
     batch: dict[str, object] = default_collate(samples) if samples else {}
     batch["skipped"] = skipped
     return batch
+
+
+def kinds(skipped: Iterable[Skipped]) -> Counter:
+    """Failed decodes counted by reason."""
+    return Counter(failure.kind for failure in skipped)
 
 
 class SkipLimitExceeded(RuntimeError):
@@ -140,9 +145,9 @@ class SkipCounter:
         self.seen = 0
         self.skipped: Counter = Counter()
 
-    def update(self, batch_size: int, kinds: list[str]) -> None:
-        self.seen += batch_size + len(kinds)
-        self.skipped.update(kinds)
+    def update(self, batch_size: int, skipped: list[Skipped]) -> None:
+        self.seen += batch_size + len(skipped)
+        self.skipped.update(kinds(skipped))
         total = sum(self.skipped.values())
         if self.seen >= 20 and total > self.max_share * self.seen:
             raise SkipLimitExceeded(f"{total} of {self.seen} samples failed to decode ({self.summary()}), "

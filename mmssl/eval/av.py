@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from mmssl.data.dataset import PretextDataset, collate
+from mmssl.data.dataset import PretextDataset, collate, kinds
 from mmssl.data.manifest import ManifestError, read_manifest
 from mmssl.data.synthetic import ensure_synthav
 from mmssl.engine.trainer import load_task_model
@@ -31,7 +31,7 @@ def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str 
     videos, audios = [], []
     skipped: Counter = Counter()
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        skipped.update(batch.pop("skipped"))
+        skipped.update(kinds(batch.pop("skipped")))
         if not batch:
             continue
         for name, value in model(batch).items():

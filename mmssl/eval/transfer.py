@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from mmssl.config import TransferConfig
 from mmssl.data.clip import DecodedClip, Window
-from mmssl.data.dataset import PretextDataset, collate
+from mmssl.data.dataset import PretextDataset, collate, kinds
 from mmssl.data.manifest import ManifestError, ManifestRow, class_names, read_manifest
 from mmssl.data.sampling import random_clip, uniform_clips
 from mmssl.data.synthetic import ensure_synthav
@@ -223,7 +223,7 @@ class Transfer:
         loader = self.loader(rows, random=False, shuffle=False, audio=mode == "audio")
         features, labels, skipped = [], [], Counter(loader.dataset.excluded)
         for batch in loader:
-            skipped.update(batch.pop("skipped"))
+            skipped.update(kinds(batch.pop("skipped")))
             if "label" in batch:
                 with mixed_precision(self.device):
                     x = (encode_audio(encoder, batch["audio"].to(self.device)) if mode == "audio"
@@ -260,7 +260,8 @@ class Transfer:
 
     def finetune(self, encoder: VideoEncoder, mode: str) -> dict:
         """Encoder + linear classifier trained end to end on one random clip per video per epoch (bf16
-        autocast on CUDA); "skipped" counts the videos left out by reason."""
+        autocast on CUDA); "skipped" counts by reason the videos left out and those whose clip
+        failed to decode in some epoch (each file once)."""
         c = self.config
         if mode == "audio":
             raise ValueError("fine-tuning takes video encoders; audio encoders have the frozen-feature protocols")
@@ -271,7 +272,7 @@ class Transfer:
         params = list(encoder.parameters()) + list(classifier.parameters())
         optimizer = torch.optim.AdamW(params, lr=c.finetune_lr, weight_decay=c.finetune_weight_decay)
         loader = self.loader(self.train_rows, random=True, shuffle=True, seed=c.seed)
-        train_skipped = Counter(loader.dataset.excluded)
+        failed: dict[str, str] = {}  # video -> reason of its first failed decode, over all epochs
         schedule = cosine_schedule(c.finetune_lr, c.finetune_lr * 0.01, c.finetune_epochs * len(loader), len(loader))
         step = trained = 0
         for epoch in range(c.finetune_epochs):
@@ -280,9 +281,8 @@ class Transfer:
                 for group in optimizer.param_groups:
                     group["lr"] = float(schedule[step])
                 step += 1
-                skipped = batch.pop("skipped")
-                if epoch == 0:  # a video that fails, fails every epoch: counted once
-                    train_skipped.update(skipped)
+                for failure in batch.pop("skipped"):
+                    failed.setdefault(failure.path, failure.kind)
                 if "frames" not in batch:
                     continue
                 with mixed_precision(self.device):
@@ -292,6 +292,7 @@ class Transfer:
                 loss.backward()
                 optimizer.step()
                 trained += 1
+        train_skipped = loader.dataset.excluded + Counter(failed.values())
         if not trained:
             raise none_usable(self.train_rows, train_skipped)
         test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode)
