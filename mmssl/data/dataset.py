@@ -2,7 +2,7 @@
 
 Randomness: sample i of epoch e draws from `np.random.default_rng([seed, e, i])`, so a run is
 reproducible for a seed whatever the number of workers, and differs across epochs and samples.
-A file that fails to decode becomes a `Skipped` marker: `collate` drops it and counts it by reason.
+A file that fails to decode becomes a `Skipped` marker: `collate` drops it and lists it in "skipped".
 With `replace_failed` (pretraining) the sample is instead replaced by one of another row, drawn
 from `default_rng([seed, e, i, attempt])`, and the failure still counted: batches keep their size,
 which DDP's gathers, BatchNorm and gradient accumulation rely on.

@@ -152,7 +152,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file left out of the manifest: `kind` is a MediaError kind, or "error" for anything else."""
+    """A file left out (of a manifest, or of a batch when it fails to decode): `kind` is a
+    MediaError kind, "timeout" or "crashed" for a probe stopped or killed, "error" for anything else."""
 
     path: str
     kind: str
