@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import faulthandler
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -18,6 +21,7 @@ import pytest
 from mmssl.data import manifest
 from mmssl.data.manifest import (
     BuildResult,
+    Listing,
     ManifestError,
     ManifestRow,
     build_folder,
@@ -236,6 +240,59 @@ def test_a_probe_that_crashes_or_hangs_costs_only_its_file(media: dict[str, Path
         ("hang.mp4", "timeout", "probe still running after 3 s; stopped"),
     ]
     assert "  crashed: 1\n  timeout: 1" in result.summary()
+
+
+def as_unprivileged_user(task: Callable[[], object]) -> object:
+    """`task()` in a forked process that, when the tests run as root (who may read everything),
+    first becomes the user `nobody`; its JSON result comes back through a pipe."""
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # the child: already holds every module it needs (the interpreter may be under /root)
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            result = {"result": task()}
+        except BaseException as e:  # noqa: BLE001 - handed to the test, which fails with it
+            result = {"error": repr(e)}
+        with os.fdopen(write_end, "w") as pipe:
+            json.dump(result, pipe)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        answer = json.loads(pipe.read() or '{"error": "no answer"}')
+    assert "error" not in answer, answer["error"]
+    return answer["result"]
+
+
+def test_what_this_user_may_not_read_is_left_out_as_permission_denied(media: dict[str, Path]) -> None:
+    """A class folder that may not be listed, a video that may not be read, and a split file's
+    video under that folder are left out as permission_denied and named; the rest is built."""
+    root = Path(tempfile.mkdtemp())  # outside pytest's folders, which only their owner may enter
+    try:
+        root.chmod(0o755)
+        put(media, "av", root / "open" / "a.mp4")
+        put(media, "av", root / "open" / "locked.mp4").chmod(0o000)
+        put(media, "av", root / "sealed" / "b.mp4")
+        (root / "sealed").chmod(0o000)
+
+        def build() -> list:
+            result = build_folder(root, workers=1)
+            listing = Listing()
+            listing.add(root / "sealed" / "b.mp4", "x", "train", "trainlist01.txt")
+            return [[Path(r.path).name for r in result.rows],
+                    [[Path(s.path).name, s.kind, s.detail] for s in result.skipped + listing.skipped]]
+
+        rows, skipped = as_unprivileged_user(build)
+        assert rows == ["a.mp4"]
+        assert skipped == [
+            ["sealed", "permission_denied", "folder not listed: its videos unseen (Permission denied)"],
+            ["locked.mp4", "permission_denied", "cannot open (Permission denied)"],
+            ["b.mp4", "permission_denied", "listed in trainlist01.txt; Permission denied"],
+        ]
+    finally:
+        for folder in (root, root / "sealed"):
+            folder.chmod(0o755)
+        shutil.rmtree(root)
 
 # --- UCF101 -----------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import pebble
 
-from mmssl.io import MediaError, MediaInfo, probe
+from mmssl.io import MediaError, MediaInfo, PermissionDeniedError, probe
 
 COLUMNS = ("path", "label", "split", "duration", "fps", "num_frames", "has_audio")
 # A file name that is not UTF-8 (Python holds its bytes as surrogates) is written and read back as
@@ -171,8 +171,14 @@ class Listing:
     not_videos: Counter = field(default_factory=Counter)  # files not probed, by extension
 
     def add(self, path: Path, label: str, split: str, source: str, **extra: str) -> None:
-        """Add `path` as a candidate, or as missing (named in `source`) when it is not a file."""
-        if path.is_file():
+        """Add `path` as a candidate, or as missing (named in `source`) when it is not a file, or
+        as permission_denied when a folder on its path may not be searched."""
+        try:
+            found = path.is_file()
+        except PermissionError as e:
+            self.skipped.append(Skipped(str(path), PermissionDeniedError.kind, f"listed in {source}; {e.strerror}"))
+            return
+        if found:
             self.candidates.append(Candidate(str(path), label, split, extra))
         else:
             self.skipped.append(Skipped(str(path), "missing", f"listed in {source}, not on disk"))
@@ -300,8 +306,8 @@ def list_folder(root: str | Path, layout: str = "class", default_split: str = "t
         raise ValueError(f"layout must be one of {FOLDER_LAYOUTS}, got {layout!r}")
     root = Path(root).absolute()
     scan = _scan_folder(root)
-    listing = Listing(skipped=[Skipped(str(p), "missing", "a link to nothing") for p in scan.broken_links],
-                      not_videos=scan.other_files)
+    broken = [Skipped(str(p), "missing", "a link to nothing") for p in scan.broken_links]
+    listing = Listing(skipped=broken + scan.unlisted, not_videos=scan.other_files)
     for path in scan.videos:
         folders = path.relative_to(root).parts[:-1]
         split = default_split
@@ -398,9 +404,10 @@ def list_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Pat
     if isinstance(annotations, (str, Path)):
         annotations = [annotations]
     by_stem: dict[str, Path] = {}
-    for path in _scan_folder(root).videos:
+    scan = _scan_folder(root)
+    for path in scan.videos:
         by_stem.setdefault(path.stem, path)
-    listing = Listing()
+    listing = Listing(skipped=list(scan.unlisted))
     for csv_path in map(Path, annotations):
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
@@ -429,6 +436,7 @@ class FolderScan:
     videos: list[Path]  # files with a video extension (any case), sorted
     broken_links: list[Path]  # video names whose link points to nothing
     other_files: Counter  # files with other extensions, by extension
+    unlisted: list[Skipped]  # folders that could not be listed (their videos are not in `videos`)
 
 
 def _scan_folder(root: Path) -> FolderScan:
@@ -436,8 +444,9 @@ def _scan_folder(root: Path) -> FolderScan:
     left out."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
-    scan = FolderScan([], [], Counter())
-    for path in sorted(_files_under(root)):
+    errors: list[OSError] = []
+    scan = FolderScan([], [], Counter(), [])
+    for path in sorted(_files_under(root, errors.append)):
         is_video = path.suffix.lower() in VIDEO_EXTENSIONS
         if is_video and path.is_file():
             scan.videos.append(path)
@@ -445,14 +454,18 @@ def _scan_folder(root: Path) -> FolderScan:
             scan.broken_links.append(path)
         elif path.is_file():
             scan.other_files[path.suffix.lower() or "(no extension)"] += 1
+    for error in errors:
+        kind = PermissionDeniedError.kind if isinstance(error, PermissionError) else "unreadable"
+        scan.unlisted.append(Skipped(error.filename, kind, f"folder not listed: its videos unseen ({error.strerror})"))
     return scan
 
 
-def _files_under(root: Path) -> Iterator[Path]:
+def _files_under(root: Path, on_error: Callable[[OSError], None]) -> Iterator[Path]:
     """Every file (or link to nothing) under `root`, through links to folders (class folders linked
-    in from other disks) but into no folder twice, so a link loop ends; hidden names left out."""
+    in from other disks) but into no folder twice, so a link loop ends; hidden names left out.
+    A folder that cannot be listed goes to `on_error`."""
     visited: set[str] = set()
-    for folder, folders, files in os.walk(root, followlinks=True):
+    for folder, folders, files in os.walk(root, followlinks=True, onerror=on_error):
         real = os.path.realpath(folder)
         if real in visited:
             folders.clear()

@@ -7,6 +7,7 @@ from mmssl.io.errors import (
     MissingMediaError,
     NoAudioStreamError,
     NoVideoStreamError,
+    PermissionDeniedError,
     TooShortError,
     UnsupportedCodecError,
 )
@@ -16,6 +17,6 @@ from mmssl.io.writer import write_media
 
 __all__ = [
     "BACKENDS", "CorruptMediaError", "EmptyMediaError", "MediaError", "MediaInfo", "MissingMediaError",
-    "NoAudioStreamError", "NoVideoStreamError", "TooShortError", "UnsupportedCodecError", "VideoReader",
-    "load_audio", "probe", "write_media",
+    "NoAudioStreamError", "NoVideoStreamError", "PermissionDeniedError", "TooShortError", "UnsupportedCodecError",
+    "VideoReader", "load_audio", "probe", "write_media",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +25,7 @@ from mmssl.io.errors import (
     MediaError,
     MissingMediaError,
     NoVideoStreamError,
+    PermissionDeniedError,
     TooShortError,
     UnsupportedCodecError,
 )
@@ -34,14 +36,20 @@ logging.getLogger("libav").setLevel(logging.ERROR)
 def open_container(path: str | Path) -> av.container.InputContainer:
     """Open `path` for reading, or raise the `MediaError` that says why not."""
     path = str(path)
-    if not os.path.exists(path):
-        raise MissingMediaError(path, "no such file")
-    if os.path.isdir(path):
+    try:
+        status = os.stat(path)
+    except PermissionError as e:
+        raise PermissionDeniedError(path, f"a folder on its path may not be searched ({e.strerror})") from e
+    except OSError as e:  # FileNotFoundError, or a link to nothing
+        raise MissingMediaError(path, "no such file") from e
+    if stat.S_ISDIR(status.st_mode):
         raise MissingMediaError(path, "is a directory")
-    if os.path.getsize(path) == 0:
+    if status.st_size == 0:
         raise EmptyMediaError(path, "file has 0 bytes")
     try:
         return av.open(path, mode="r", metadata_errors="ignore")
+    except av.error.PermissionError as e:
+        raise PermissionDeniedError(path, f"cannot open ({e.strerror})") from e
     except av.error.FFmpegError as e:
         raise CorruptMediaError(path, f"cannot open container ({e.strerror or e})") from e
 

@@ -23,6 +23,12 @@ class EmptyMediaError(MediaError):
     kind = "empty"
 
 
+class PermissionDeniedError(MediaError, PermissionError):
+    """The file, or a folder on its path, may not be read by this user."""
+
+    kind = "permission_denied"
+
+
 class CorruptMediaError(MediaError):
     """Corrupt or truncated: the container or the stream cannot be read to the end."""
 
