@@ -455,7 +455,7 @@ def _scan_folder(root: Path) -> FolderScan:
         elif path.is_file():
             scan.other_files[path.suffix.lower() or "(no extension)"] += 1
     for error in errors:
-        kind = PermissionDeniedError.kind if isinstance(error, PermissionError) else "unreadable"
+        kind = PermissionDeniedError.kind if isinstance(error, PermissionError) else MediaError.kind
         scan.unlisted.append(Skipped(error.filename, kind, f"folder not listed: its videos unseen ({error.strerror})"))
     return scan
 
