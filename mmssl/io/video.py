@@ -96,29 +96,28 @@ class _DecordBackend:
         pyav_side.close()
         if size and keep_aspect:
             size = cover_size((pyav_side.height, pyav_side.width), size)
+        self.height, self.width = size or (pyav_side.height, pyav_side.width)  # decord scales to exactly this
         kwargs = {"width": size[1], "height": size[0]} if size else {}
         self.decord_errors = (RuntimeError, decord.DECORDError)
         try:
             self.reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads, **kwargs)
         except self.decord_errors as e:
-            raise CorruptMediaError(path, f"decord cannot open ({e})") from e
-        first = self.reader[0].shape if len(self.reader) else (0, 0, 0)
-        self.height, self.width = first[0], first[1]
+            raise CorruptMediaError(path, f"decord cannot open ({_first_line(e)})") from e
 
     def read(self, frames: np.ndarray) -> list[np.ndarray]:
-        """Decode the frames with the given (sorted, unique) numbers; decord's own failures (a
-        packet it cannot decode) and frames past the count decord makes of the file (one fewer on
-        some, DECODERS.md) raise `CorruptMediaError` rather than an untyped error or a repeated frame."""
-        counted = len(self.reader)
-        if frames[-1] >= counted:
-            raise CorruptMediaError(self.path, f"decord counts {counted} frames where the demuxed index has "
-                                               f"{self.index.num_frames}; frame {frames[-1]} asked for")
+        """Decode the frames with the given (sorted, unique) numbers. decord's own failures (a
+        packet it cannot decode; its decoder thread may report one on any later call) and frames
+        past the count decord makes of the file (one fewer on some, DECODERS.md) raise
+        `CorruptMediaError` rather than an untyped error or a repeated frame."""
         try:
+            counted = len(self.reader)
+            if frames[-1] >= counted:
+                raise CorruptMediaError(self.path, f"decord counts {counted} frames where the demuxed index "
+                                                   f"has {self.index.num_frames}; frame {frames[-1]} asked for")
             batch = self.reader.get_batch(frames.tolist()).asnumpy()
+            self.reader.seek(0)  # without this decord's memory grows by GBs after a batch
         except self.decord_errors as e:
             raise CorruptMediaError(self.path, f"decord cannot decode ({_first_line(e)})") from e
-        finally:
-            self.reader.seek(0)  # without this decord's memory grows by GBs after a batch
         return list(batch)
 
     def close(self) -> None:
