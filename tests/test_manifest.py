@@ -212,7 +212,6 @@ def test_unexpected_probe_failure_is_reported_not_raised(media: dict[str, Path],
     assert [(s.kind, s.detail) for s in result.skipped] == [("error", "RuntimeError: decoder exploded")]
 
 
-
 def test_a_probe_that_crashes_or_hangs_costs_only_its_file(media: dict[str, Path], tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """No file makes FFmpeg segfault or stall on demand, so the probe is wrapped (the worker
