@@ -239,8 +239,8 @@ def probe_candidates(listing: Listing, workers: int | None = None,
     exception; in worker processes so does a probe that runs past `timeout_s` ("timeout") or
     kills its process ("crashed", e.g. a segfault in a decoder library), and the build goes on.
     `progress(done, total)` is called after each file."""
-    workers = min(workers or os.cpu_count() or 1, len(listing.candidates))
     total = len(listing.candidates)
+    workers = min(workers or os.cpu_count() or 1, total)
     rows: list[ManifestRow] = []
     skipped = list(listing.skipped)
     with ExitStack() as stack:
@@ -260,17 +260,17 @@ def _probe_in_pool(pool: pebble.ProcessPool, candidates: Iterable[Candidate], in
                    timeout_s: float) -> Iterator[ManifestRow | Skipped]:
     """The outcome of each candidate in order, with at most `in_flight` files scheduled at once
     (one future each, so a timeout or a crash costs only its own file)."""
-    todo = iter(candidates)
-    pending = deque((c, pool.schedule(_probe_one, (c,), timeout=timeout_s)) for c in islice(todo, in_flight))
+    scheduled = ((c, pool.schedule(_probe_one, (c,), timeout=timeout_s)) for c in candidates)  # lazily
+    pending = deque(islice(scheduled, in_flight))
     while pending:
         candidate, future = pending.popleft()
+        pending.extend(islice(scheduled, 1))
         try:
             yield future.result()
         except TimeoutError:
             yield Skipped(candidate.path, "timeout", f"probe still running after {timeout_s:g} s; stopped")
         except pebble.ProcessExpired as e:
             yield Skipped(candidate.path, "crashed", f"the probing process died ({_exit_reason(e.exitcode)})")
-        pending.extend((c, pool.schedule(_probe_one, (c,), timeout=timeout_s)) for c in islice(todo, 1))
 
 
 def _exit_reason(exitcode: int) -> str:
