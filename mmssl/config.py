@@ -259,6 +259,7 @@ class TransferConfig:
     finetune_epochs: int = 30
     finetune_lr: float = 1e-3
     finetune_weight_decay: float = 0.05
+    finetune_layer_decay: float = 1.0  # layer-wise lr decay of a ViT (VideoMAE: 0.75); 1: off
     knn_k: int = 20  # weighted kNN: neighbours that vote (DINO's 20)
     knn_temperature: float = 0.07  # their weights exp(cosine similarity / T)
 

@@ -15,7 +15,18 @@ import torch
 from mmssl.config import ConfigError, TransferConfig, load_config
 from mmssl.data.manifest import ManifestError, Skipped, read_manifest, write_manifest
 from mmssl.io import write_media
-from mmssl.eval.transfer import PROTOCOLS, Transfer, _topk, knn_classify, random_encoder, retrieval_recall
+from mmssl.engine.trainer import set_lr
+from mmssl.eval.transfer import (
+    PROTOCOLS,
+    Transfer,
+    _topk,
+    finetune_optimizer,
+    knn_classify,
+    layer_decay_scale,
+    random_encoder,
+    retrieval_recall,
+)
+from mmssl.models.vit import VideoViT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,3 +177,28 @@ def test_finetuning_counts_a_video_that_fails_in_a_later_epoch_once(tiny_synthav
     assert not failed[0] and any(failed), failed  # the case this test is about
     result = transfer.finetune(random_encoder("tiny3d", 0), "clip")
     assert result["skipped"] == {"corrupt": 1} and result["num_train_videos"] == 20
+
+
+def test_layer_decay_scales_each_vit_layer_from_the_top_and_spares_norms_from_weight_decay() -> None:
+    """BEiT / VideoMAE fine-tuning: layer l of L (embedding 0, block i at i + 1, final norm and
+    classifier at L - 1) trains at decay ** (L - 1 - l) times the lr."""
+    encoder = VideoViT(dim=32, depth=2, heads=2, tubelet=(2, 8, 8), pos_embed="learned", num_frames=4, image_size=16)
+    scale = layer_decay_scale(encoder, 0.5)
+    expected = {"patch_embed.weight": 0.125, "pos_embed.table": 0.125, "blocks.0.qkv.weight": 0.25,
+                "blocks.1.mlp.2.bias": 0.5, "norm.weight": 1.0, "head.weight": 1.0}
+    assert {name: scale(name) for name in expected} == expected
+    classifier = torch.nn.Linear(32, 3)
+    optimizer = finetune_optimizer(encoder, classifier, TransferConfig(finetune_layer_decay=0.5))
+    set_lr(optimizer, 0.1)
+    lr = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(lr) == len([*encoder.parameters(), *classifier.parameters()])  # each parameter once
+    assert lr[id(encoder.patch_embed.weight)] == pytest.approx(0.0125)
+    assert lr[id(encoder.blocks[1].qkv.weight)] == pytest.approx(0.05)
+    assert lr[id(classifier.weight)] == lr[id(classifier.bias)] == pytest.approx(0.1)
+    assert decay[id(classifier.weight)] == 0.05 and decay[id(classifier.bias)] == decay[id(encoder.norm.weight)] == 0
+    assert {group["lr"] for group in finetune_optimizer(encoder, classifier, TransferConfig()).param_groups} == {1e-3}
+    with pytest.raises(ValueError, match="needs an encoder with layers"):
+        layer_decay_scale(random_encoder("tiny3d", 0), 0.75)
+    with pytest.raises(ValueError, match="must lie in"):
+        layer_decay_scale(encoder, 1.5)

@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -116,14 +117,30 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
 NO_DECAY_SUFFIXES = ("mask_token", "pos_embed.table")  # MAE/VideoMAE's no_weight_decay(): tokens, position tables
 
 
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD; no weight decay on biases, normalisation parameters, mask tokens and learned
-    position tables."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
+def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]],
+                 lr_scale: Callable[[str], float] = lambda name: 1.0) -> list[dict]:
+    """Optimizer groups: no weight decay on biases, normalisation parameters, mask tokens and learned
+    position tables; each group's "lr_scale" (from `lr_scale(name)`, e.g. layer-wise decay) multiplies
+    the scheduled lr. One group per (decay, scale): the decayed ones first, each side by rising scale."""
+    groups: dict[tuple[bool, float], dict] = {}
+    for name, p in named_parameters:
         if p.requires_grad:
-            (decay if p.ndim > 1 and not name.endswith(NO_DECAY_SUFFIXES) else no_decay).append(p)
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decay = p.ndim > 1 and not name.endswith(NO_DECAY_SUFFIXES)
+            key = (decay, float(lr_scale(name)))
+            groups.setdefault(key, {"params": [], "lr_scale": key[1], **({} if decay else {"weight_decay": 0.0})})
+            groups[key]["params"].append(p)
+    return [groups[key] for key in sorted(groups, key=lambda key: (not key[0], key[1]))]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to `lr` times its "lr_scale" (1 where unset)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD on `param_groups(model)`."""
+    groups = param_groups(model.named_parameters())
     opt = config.optim
     if opt.name == "adamw":
         return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
@@ -246,8 +263,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
             batch_size = len(next(iter(batch.values())))
             skips.update(batch_size, skipped)
             batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items()}
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_schedule[step])
+            set_lr(optimizer, float(lr_schedule[step]))
             task.set_step(step, total_steps)
             last_micro = (micro + 1) % accumulate == 0
             sync = nullcontext() if last_micro or dist.world_size == 1 else ddp.no_sync()

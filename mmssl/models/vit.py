@@ -160,6 +160,21 @@ class VideoViT(VideoEncoder):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.apply(init_weights)
 
+    @property
+    def num_layers(self) -> int:
+        """Layers for layer-wise lr decay (BEiT, VideoMAE's fine-tuning): the embedding, the blocks,
+        and the top (final norm and whatever head follows)."""
+        return len(self.blocks) + 2
+
+    def layer_id(self, name: str) -> int:
+        """Layer of parameter `name`: 0 for the tubelet and position embedding, i + 1 for block i,
+        `num_layers - 1` for the rest (the final norm)."""
+        if name.startswith(("patch_embed.", "pos_embed.")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.num_layers - 1
+
     def grid(self, size: tuple[int, ...]) -> Grid:
         """Token grid (t, h, w) of an input whose last three sizes are (T, H, W)."""
         t, h, w = size[-3:]
