@@ -235,7 +235,7 @@ def test_a_probe_that_crashes_or_hangs_costs_only_its_file(media: dict[str, Path
     result = manifest.probe_candidates(list_folder(root), workers=2, timeout_s=3)
     assert rel_rows(result, root) == [(f"climb/{n}.mp4", "climb", "train", True) for n in "abcd"]
     assert [(Path(s.path).name, s.kind, s.detail) for s in result.skipped] == [
-        ("crash.mp4", "crashed", "the probing process died (killed by SIGSEGV)"),
+        ("crash.mp4", "crashed", "the probe's process died (killed by SIGSEGV)"),
         ("hang.mp4", "timeout", "probe still running after 3 s; stopped"),
     ]
     assert "  crashed: 1\n  timeout: 1" in result.summary()

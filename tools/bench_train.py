@@ -41,11 +41,11 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from mmssl.config import Config, load_config  # noqa: E402
 from mmssl.data.dataset import collate  # noqa: E402
+from mmssl.data.loader import build_loader  # noqa: E402
 from mmssl.data.synthetic import SynthAVConfig, ensure_synthav  # noqa: E402
 from mmssl.engine.trainer import (  # noqa: E402
     TaskModel,
     build_encoder,
-    build_loader,
     build_optimizer,
     pretraining_data,
     to_channels_last_3d,

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler, default_collate
 
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow, Skipped
-from mmssl.io import MediaError, VideoReader, load_audio
+from mmssl.io import CrashedDecodeError, MediaError, VideoReader, load_audio
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class PretextDataset(Dataset):
         self.rows = [r for r in with_audio if r.num_frames >= task.min_frames(r.fps)]
         counts = {"no_audio": len(rows) - len(with_audio), "too_short": len(with_audio) - len(self.rows)}
         self.excluded = Counter({kind: count for kind, count in counts.items() if count})
+        self.crashed: dict[str, str] = {}  # file -> how decoding it killed a process; never decoded again
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -71,6 +72,8 @@ class PretextDataset(Dataset):
     def decode(self, index: int, rng: np.random.Generator) -> DecodedClip:
         """The task's window of row `index`, decoded (raises MediaError for bad files)."""
         row = self.rows[index]
+        if row.path in self.crashed:
+            raise CrashedDecodeError(row.path, self.crashed[row.path])
         return decode_window(row, self.task.window(row, rng), self.frame_size, self.backend, self.sample_rate)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, object] | Skipped:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-from collections import Counter, deque
+from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import pebble
 
+from mmssl.data.isolation import isolated_map
 from mmssl.io import MediaError, MediaInfo, PermissionDeniedError, probe
 
 COLUMNS = ("path", "label", "split", "duration", "fps", "num_frames", "has_audio")
@@ -153,7 +152,8 @@ class Candidate:
 @dataclass(frozen=True)
 class Skipped:
     """A file left out (of a manifest, or of a batch when it fails to decode): `kind` is a
-    MediaError kind, "timeout" or "crashed" for a probe stopped or killed, "error" for anything else."""
+    MediaError kind ("crashed": its probe or decode killed a process), "timeout" for a probe
+    stopped, "error" for anything else."""
 
     path: str
     kind: str
@@ -246,7 +246,8 @@ def probe_candidates(listing: Listing, workers: int | None = None,
     with ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(pebble.ProcessPool(max_workers=workers))
-            results = _probe_in_pool(pool, listing.candidates, 4 * workers, timeout_s)
+            results = isolated_map(pool, _probe_one, listing.candidates, _probe_failed, 4 * workers, timeout_s,
+                                   "probe")
         else:
             results = map(_probe_one, listing.candidates)
         for done, result in enumerate(results, 1):
@@ -256,31 +257,8 @@ def probe_candidates(listing: Listing, workers: int | None = None,
     return BuildResult(rows, skipped, listing.excluded, listing.not_videos)
 
 
-def _probe_in_pool(pool: pebble.ProcessPool, candidates: Iterable[Candidate], in_flight: int,
-                   timeout_s: float) -> Iterator[ManifestRow | Skipped]:
-    """The outcome of each candidate in order, with at most `in_flight` files scheduled at once
-    (one future each, so a timeout or a crash costs only its own file)."""
-    scheduled = ((c, pool.schedule(_probe_one, (c,), timeout=timeout_s)) for c in candidates)  # lazily
-    pending = deque(islice(scheduled, in_flight))
-    while pending:
-        candidate, future = pending.popleft()
-        pending.extend(islice(scheduled, 1))
-        try:
-            yield future.result()
-        except TimeoutError:
-            yield Skipped(candidate.path, "timeout", f"probe still running after {timeout_s:g} s; stopped")
-        except pebble.ProcessExpired as e:
-            yield Skipped(candidate.path, "crashed", f"the probing process died ({_exit_reason(e.exitcode)})")
-
-
-def _exit_reason(exitcode: int) -> str:
-    """`exitcode` as a process reports it: negative for the signal that killed it."""
-    if exitcode < 0:
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exit code {exitcode}"
+def _probe_failed(candidate: Candidate, kind: str, detail: str) -> Skipped:
+    return Skipped(candidate.path, kind, detail)
 
 
 def _probe_one(candidate: Candidate) -> ManifestRow | Skipped:

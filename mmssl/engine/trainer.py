@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mmssl.config import Config, ConfigError, config_changes, from_dict, to_dict
-from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, collate
+from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter
+from mmssl.data.loader import RecoveringLoader
 from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest
 from mmssl.data.synthetic import ensure_synthav
 from mmssl.engine import distributed
@@ -183,18 +183,6 @@ def pretraining_data(config: Config, task: PretextTask, rank: int = 0,
     return dataset, EpochSampler(len(dataset), config.train.seed, rank, world_size, batch_size=config.data.batch_size)
 
 
-def build_loader(dataset: PretextDataset, sampler: EpochSampler, config: Config, device: torch.device) -> DataLoader:
-    """The pretraining DataLoader: `config.data.num_workers` persistent workers (they keep the task's
-    per-video caches), 4 batches prefetched per worker, pinned memory when feeding a GPU."""
-    workers = config.data.num_workers
-    return DataLoader(
-        dataset, batch_size=config.data.batch_size, sampler=sampler, collate_fn=collate,
-        num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-        persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
-    )
-
-
 def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> Path:
     """Train `config`'s task; write checkpoints and metrics.jsonl under `out_dir`; return the final
     checkpoint's path. `resume`: "auto" (the newest checkpoint in out_dir, if any) or a path."""
@@ -205,7 +193,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
 
     task = build_task(config)
     dataset, sampler = pretraining_data(config, task, dist.rank, dist.world_size)
-    loader = build_loader(dataset, sampler, config, dist.device)
+    batches = RecoveringLoader(dataset, sampler, config, dist.device)
     model = TaskModel(task, build_encoder(config)).to(dist.device)
     if task.global_batchnorm:
         model = distributed.global_batchnorm(model, dist.device)
@@ -253,11 +241,10 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     window_start, data_wait, samples = time.perf_counter(), 0.0, 0
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, start=step_in_epoch * accumulate * config.data.batch_size)
         skips.reset()
         micro = 0
         wait_start = time.perf_counter()
-        for batch in loader:
+        for batch in batches.epoch(epoch, start=step_in_epoch * accumulate * config.data.batch_size):
             data_wait += time.perf_counter() - wait_start
             skipped = batch.pop("skipped")  # failed decodes, each replaced by another row's sample
             batch_size = len(next(iter(batch.values())))

@@ -2,6 +2,7 @@
 from mmssl.io.audio import load_audio
 from mmssl.io.errors import (
     CorruptMediaError,
+    CrashedDecodeError,
     EmptyMediaError,
     MediaError,
     MissingMediaError,
@@ -16,7 +17,7 @@ from mmssl.io.video import BACKENDS, VideoReader
 from mmssl.io.writer import write_media
 
 __all__ = [
-    "BACKENDS", "CorruptMediaError", "EmptyMediaError", "MediaError", "MediaInfo", "MissingMediaError",
-    "NoAudioStreamError", "NoVideoStreamError", "PermissionDeniedError", "TooShortError", "UnsupportedCodecError",
-    "VideoReader", "load_audio", "probe", "write_media",
+    "BACKENDS", "CorruptMediaError", "CrashedDecodeError", "EmptyMediaError", "MediaError", "MediaInfo",
+    "MissingMediaError", "NoAudioStreamError", "NoVideoStreamError", "PermissionDeniedError", "TooShortError",
+    "UnsupportedCodecError", "VideoReader", "load_audio", "probe", "write_media",
 ]

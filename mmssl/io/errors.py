@@ -51,3 +51,9 @@ class TooShortError(MediaError, IndexError):
 
 class UnsupportedCodecError(MediaError):
     kind = "unsupported_codec"
+
+
+class CrashedDecodeError(MediaError):
+    """Decoding this file killed a process (a segfault in a decoder library): it is not decoded again."""
+
+    kind = "crashed"

@@ -1,0 +1,119 @@
+"""The pretraining DataLoader, and batches that go on when one of its worker processes dies.
+
+A worker dies when a decoder library crashes on a file (a segfault in FFmpeg) or the kernel kills
+it for memory; PyTorch then raises "DataLoader worker (pid ...) is killed by signal" and a long run
+would end there. `RecoveringLoader` instead decodes the samples that were in flight again, each in
+its own child process (`isolated_map`); the files whose decode kills its process join the
+dataset's `crashed` files, which are never decoded again (failed decodes of kind "crashed",
+replaced and counted like any other), and fresh workers go on at the same sample. The run sees the
+batches it would have seen but for those files, and every rank keeps its step count (DDP stays in
+lockstep). A death that no file explains restarts the workers too, `MAX_UNEXPLAINED_RESTARTS`
+times in a run at most.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from itertools import islice
+
+import pebble
+import torch
+from torch.utils.data import DataLoader
+
+from mmssl.config import Config
+from mmssl.data.dataset import EpochSampler, PretextDataset, collate
+from mmssl.data.isolation import isolated_map
+
+log = logging.getLogger(__name__)
+
+PREFETCH_BATCHES = 4  # per worker
+MAX_UNEXPLAINED_RESTARTS = 3
+ISOLATED_DECODE_TIMEOUT_S = 120.0
+WORKER_DIED = "DataLoader worker (pid"  # how PyTorch's messages of a dead worker begin
+
+
+def build_loader(dataset: PretextDataset, sampler: EpochSampler, config: Config, device: torch.device) -> DataLoader:
+    """The pretraining DataLoader: `config.data.num_workers` persistent workers (they keep the task's
+    per-video caches), `PREFETCH_BATCHES` batches prefetched per worker, pinned memory when feeding a GPU."""
+    workers = config.data.num_workers
+    return DataLoader(
+        dataset, batch_size=config.data.batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=PREFETCH_BATCHES if workers else None,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
+    )
+
+
+class WorkerDeathError(RuntimeError):
+    """DataLoader workers died more than `MAX_UNEXPLAINED_RESTARTS` times with no file to blame."""
+
+
+class RecoveringLoader:
+    """`build_loader`'s batches, epoch by epoch, surviving the death of a worker (module docstring)."""
+
+    def __init__(self, dataset: PretextDataset, sampler: EpochSampler, config: Config, device: torch.device) -> None:
+        self.dataset, self.sampler, self.config, self.device = dataset, sampler, config, device
+        self.loader = build_loader(dataset, sampler, config, device)
+        self.unexplained_restarts = 0
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
+        """The batches of `epoch` from sample `start` of this rank's share (`EpochSampler.set_epoch`)."""
+        position = start
+        while True:
+            self.sampler.set_epoch(epoch, start=position)
+            try:
+                for batch in self.loader:
+                    position += self.config.data.batch_size
+                    yield batch
+                return
+            except RuntimeError as e:
+                if not str(e).startswith(WORKER_DIED) or not self.config.data.num_workers:
+                    raise
+                self.restart(epoch, position, e)
+
+    def restart(self, epoch: int, position: int, error: RuntimeError) -> None:
+        """Find the files among the in-flight samples (from `position` on) whose decode kills its
+        process, mark them crashed, and start fresh workers (which hold the updated dataset)."""
+        in_flight = self.config.data.num_workers * PREFETCH_BATCHES * self.config.data.batch_size
+        self.sampler.set_epoch(epoch, start=position)
+        culprits = crashing_files(self.dataset, list(islice(self.sampler, in_flight)),
+                                  self.config.data.num_workers)
+        if not culprits:
+            self.unexplained_restarts += 1
+            if self.unexplained_restarts > MAX_UNEXPLAINED_RESTARTS:
+                raise WorkerDeathError(f"DataLoader workers died {self.unexplained_restarts} times with no file "
+                                       f"to blame (each of the samples in flight decodes alone): {error}") from error
+        log.warning("%s at sample %d of epoch %d; %s; restarting the workers", error, position, epoch,
+                    f"not decoded again: {culprits}" if culprits else "no sample in flight kills a process alone")
+        self.dataset.crashed.update(culprits)
+        self.loader = build_loader(self.dataset, self.sampler, self.config, self.device)
+
+
+_dataset: PretextDataset | None = None  # in the child processes of `crashing_files`
+
+
+def _hold(dataset: PretextDataset) -> None:
+    global _dataset
+    _dataset = dataset
+
+
+def _decode(key: tuple[int, int]) -> None:
+    """Child: decode the window that sample (epoch, index) draws first from its own row; a failure
+    the dataset handles (or any exception) is not what is searched for."""
+    epoch, index = key
+    try:
+        _dataset.decode(index, _dataset.rng(index, epoch))
+    except Exception:  # noqa: BLE001 - only a dead process counts
+        pass
+
+
+def crashing_files(dataset: PretextDataset, keys: list[tuple[int, int]], workers: int,
+                   timeout_s: float = ISOLATED_DECODE_TIMEOUT_S) -> dict[str, str]:
+    """The files among the samples `keys` ((epoch, index) pairs) whose decode, alone in a child
+    process, kills that process or runs past `timeout_s`: file -> what happened."""
+    unique = list(dict.fromkeys(key for key in keys if dataset.rows[key[1]].path not in dataset.crashed))
+    with pebble.ProcessPool(max_workers=max(workers, 1), initializer=_hold, initargs=(dataset,)) as pool:
+        outcomes = isolated_map(pool, _decode, unique, lambda key, kind, detail: (key, detail),
+                                4 * max(workers, 1), timeout_s, "decode")
+        failures = [outcome for outcome in outcomes if outcome is not None]
+    return {dataset.rows[index].path: detail for (_, index), detail in failures}

@@ -1,0 +1,84 @@
+"""The pretraining loader goes on when a DataLoader worker dies: the file that killed it is found
+alone in a child process, never decoded again and counted, and the run sees the batches it would
+have seen but for that file."""
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from test_engine import fast_config  # tests/ is on sys.path under pytest
+
+from mmssl.data import dataset as dataset_module
+from mmssl.data.loader import MAX_UNEXPLAINED_RESTARTS, RecoveringLoader, WorkerDeathError
+from mmssl.engine.trainer import pretrain, pretraining_data
+from mmssl.tasks import build_task
+
+CPU = torch.device("cpu")
+
+
+def crash_when(monkeypatch: pytest.MonkeyPatch, dies) -> None:
+    """No file makes FFmpeg segfault on demand, so the window decode is wrapped (workers and child
+    processes fork after the patch): where `dies(row)` holds, it kills its process with SIGSEGV."""
+    real_decode = dataset_module.decode_window
+
+    def crashing_decode(row, *args, **kwargs):
+        if dies(row):
+            faulthandler.disable()  # pytest's traceback dump of the dying process is not wanted
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real_decode(row, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "decode_window", crashing_decode)
+
+
+def test_a_file_that_kills_a_worker_costs_only_that_file(tiny_synthav: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = fast_config(tiny_synthav, "data.num_workers=2")
+    task = build_task(config)
+    dataset, sampler = pretraining_data(config, task)
+    doomed = dataset.rows[5].path
+    crash_when(monkeypatch, lambda row: row.path == doomed)
+    loader = RecoveringLoader(dataset, sampler, config, CPU)
+    batches = [*loader.epoch(0), *loader.epoch(1)]
+    assert list(dataset.crashed) == [doomed] and "killed by SIGSEGV" in dataset.crashed[doomed]
+    assert loader.unexplained_restarts == 0
+
+    # the same two epochs, with the file known to crash from the start, in this process
+    reference_data, reference_sampler = pretraining_data(fast_config(tiny_synthav), task)
+    reference_data.crashed.update(dataset.crashed)
+    reference = RecoveringLoader(reference_data, reference_sampler, fast_config(tiny_synthav), CPU)
+    expected = [*reference.epoch(0), *reference.epoch(1)]
+    assert len(batches) == len(expected) == 2 * len(sampler) // config.data.batch_size
+    for got, want in zip(batches, expected):
+        assert got.keys() == want.keys() and got["skipped"] == want["skipped"]
+        assert all(torch.equal(got[key], want[key]) for key in got if key != "skipped")
+    crashed = [s for batch in batches for s in batch["skipped"] if s.kind == "crashed"]
+    assert len(crashed) >= 2 and {s.path for s in crashed} == {doomed}  # drawn in each epoch, replaced
+
+
+def test_deaths_no_file_explains_restart_the_workers_a_few_times(tiny_synthav: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed whatever it decodes (as by the kernel's OOM killer) while each file decodes
+    alone: restarted MAX_UNEXPLAINED_RESTARTS times, then a WorkerDeathError."""
+    config = fast_config(tiny_synthav, "data.num_workers=2")
+    dataset, sampler = pretraining_data(config, build_task(config))
+    crash_when(monkeypatch, lambda row: torch.utils.data.get_worker_info() is not None)
+    loader = RecoveringLoader(dataset, sampler, config, CPU)
+    with pytest.raises(WorkerDeathError, match="no file to blame"):
+        next(loader.epoch(0))
+    assert loader.unexplained_restarts == MAX_UNEXPLAINED_RESTARTS + 1 and not dataset.crashed
+
+
+def test_pretraining_goes_on_past_a_crashing_file(tiny_synthav: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    config = fast_config(tiny_synthav, "data.num_workers=2", "train.max_steps=6")
+    doomed = pretraining_data(config, build_task(config))[0].rows[0].path
+    crash_when(monkeypatch, lambda row: row.path == doomed)
+    assert pretrain(config, tmp_path).exists()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    epochs = [r for r in records if "loss" not in r]
+    assert [r["epoch"] for r in epochs] == [0, 1] and all(r["skipped"]["crashed"] >= 1 for r in epochs)
