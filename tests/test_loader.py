@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
+from torch.utils.data._utils import signal_handling
 from test_engine import fast_config  # tests/ is on sys.path under pytest
 
 from mmssl.data import dataset as dataset_module
@@ -74,10 +76,16 @@ def test_deaths_no_file_explains_restart_the_workers_a_few_times(tiny_synthav: P
 
 def test_pretraining_goes_on_past_a_crashing_file(tiny_synthav: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch's SIGCHLD handler (set here by a first DataLoader with workers, as any earlier one in
+    a process sets it) would raise the worker's death mid-step; pretraining takes it out."""
+    monkeypatch.setattr(signal_handling, "_SIGCHLD_handler_set", False)
+    list(DataLoader(range(2), num_workers=1))
+    assert signal.getsignal(signal.SIGCHLD).__module__ == signal_handling.__name__
     config = fast_config(tiny_synthav, "data.num_workers=2", "train.max_steps=6")
     doomed = pretraining_data(config, build_task(config))[0].rows[0].path
     crash_when(monkeypatch, lambda row: row.path == doomed)
     assert pretrain(config, tmp_path).exists()
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
     epochs = [r for r in records if "loss" not in r]

@@ -13,12 +13,15 @@ times in a run at most.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from itertools import islice
 
 import pebble
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data._utils import signal_handling
 
 from mmssl.config import Config
 from mmssl.data.dataset import EpochSampler, PretextDataset, collate
@@ -48,10 +51,26 @@ class WorkerDeathError(RuntimeError):
     """DataLoader workers died more than `MAX_UNEXPLAINED_RESTARTS` times with no file to blame."""
 
 
+def report_worker_deaths_when_waiting() -> None:
+    """Let a dead worker's error come only from the DataLoader's wait for data. PyTorch's SIGCHLD
+    handler raises it wherever the main process is (mid-forward, mid-optimizer-step, where no
+    recovery is safe); without the handler the DataLoader finds the dead worker when it next waits
+    for that worker's batch (it checks its workers every 5 s of waiting), inside
+    `RecoveringLoader.epoch`. PyTorch installs the handler once per process, on the first iterator
+    with workers, unless its flag says it is set: so the flag is set, and a handler already
+    installed is removed (SIGCHLD's default action is to ignore it)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # PyTorch sets no handler from other threads either
+    if getattr(signal.getsignal(signal.SIGCHLD), "__module__", None) == signal_handling.__name__:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal_handling._SIGCHLD_handler_set = True
+
+
 class RecoveringLoader:
     """`build_loader`'s batches, epoch by epoch, surviving the death of a worker (module docstring)."""
 
     def __init__(self, dataset: PretextDataset, sampler: EpochSampler, config: Config, device: torch.device) -> None:
+        report_worker_deaths_when_waiting()
         self.dataset, self.sampler, self.config, self.device = dataset, sampler, config, device
         self.loader = build_loader(dataset, sampler, config, device)
         self.unexplained_restarts = 0
