@@ -86,7 +86,7 @@ class RecoveringLoader:
                     yield batch
                 return
             except RuntimeError as e:
-                if not str(e).startswith(WORKER_DIED) or not self.config.data.num_workers:
+                if not str(e).startswith(WORKER_DIED):
                     raise
                 self.restart(epoch, position, e)
 

@@ -193,8 +193,9 @@ def retrieval_recall(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
 def layer_decay_scale(encoder: VideoEncoder, decay: float) -> Callable[[str], float]:
     """Layer-wise lr decay (BEiT, Bao et al. 2022; VideoMAE's fine-tuning: 0.75 for ViT-B): parameter
     `name` of layer l (``encoder.layer_id``) trains at ``decay ** (num_layers - 1 - l)`` times the lr,
-    so the top layer and the classifier get the full lr and the embedding the least; names outside
-    the encoder (the classifier's "head.*") count as the top. `decay` 1: every scale is 1."""
+    so the top layer and the classifier get the full lr and the embedding the least (``layer_id``
+    counts any name it does not know, such as the classifier's "head.*", as the top). `decay` 1:
+    every scale is 1."""
     if decay == 1.0:
         return lambda name: 1.0
     if not 0 < decay < 1:
@@ -203,8 +204,7 @@ def layer_decay_scale(encoder: VideoEncoder, decay: float) -> Callable[[str], fl
         raise ValueError(f"layer-wise lr decay needs an encoder with layers (the video ViTs), "
                          f"not {type(encoder).__name__}")
     top = encoder.num_layers - 1
-    encoder_names = {name for name, _ in encoder.named_parameters()}
-    return lambda name: decay ** (top - (encoder.layer_id(name) if name in encoder_names else top))
+    return lambda name: decay ** (top - encoder.layer_id(name))
 
 
 def finetune_optimizer(encoder: VideoEncoder, classifier: nn.Module, config: TransferConfig) -> torch.optim.AdamW:

@@ -168,7 +168,7 @@ class VideoViT(VideoEncoder):
 
     def layer_id(self, name: str) -> int:
         """Layer of parameter `name`: 0 for the tubelet and position embedding, i + 1 for block i,
-        `num_layers - 1` for the rest (the final norm)."""
+        `num_layers - 1` for the rest (the final norm, and a head's parameters named outside the encoder)."""
         if name.startswith(("patch_embed.", "pos_embed.")):
             return 0
         if name.startswith("blocks."):
