@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -19,10 +21,11 @@ from mmssl.io import (
     UnsupportedCodecError,
     VideoReader,
     load_audio,
+    open_container,
     probe,
     write_media,
 )
-from mmssl.io.video import cover_size, read_all_frames
+from mmssl.io.video import SKIP_NONREF_CODECS, _PyAVBackend, cover_size, read_all_frames
 from mmssl.io.writer import cut_without_reencoding
 
 SR = 16000
@@ -133,6 +136,37 @@ def test_random_access_equals_sequential_decode(media: dict[str, Path], name: st
         assert torch.equal(reader.get_frames(range(len(reference))), reference)
 
 
+@pytest.mark.parametrize("name", ["h264_aac.mp4", "vfr.mp4", "edit_list.mp4", "mpeg4_pcm.avi"])
+def test_strided_read_leaves_unwanted_b_frames_undecoded(media: dict[str, Path], name: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every third frame, from a reader that skips non-reference frames nobody asked for and from one
+    # that decodes all: the same frames as the sequential decode, with fewer frames decoded on
+    # H.264 (x264's B-frames; none skipped on MPEG-4 part 2, which is not in SKIP_NONREF_CODECS).
+    decoded: list[int] = []
+    decode = _PyAVBackend._decode
+
+    def counting(self: _PyAVBackend, wanted: dict[int, int]) -> Iterator[av.VideoFrame]:
+        for frame in decode(self, wanted):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(_PyAVBackend, "_decode", counting)
+    reference = read_all_frames(media[name])
+    indices = list(range(1, len(reference), 3))
+    counts = []
+    for codecs in (frozenset(), SKIP_NONREF_CODECS):
+        monkeypatch.setattr("mmssl.io.video.SKIP_NONREF_CODECS", codecs)
+        decoded.clear()
+        with VideoReader(media[name]) as reader:
+            assert torch.equal(reader.get_frames(indices), reference[indices])
+        counts.append(len(decoded))
+    every, skipping = counts
+    if name.endswith(".avi"):
+        assert skipping == every
+    else:
+        assert skipping < every, counts
+
+
 @pytest.mark.parametrize("name", [*FORMATS, "vfr.mp4"])
 def test_frames_are_the_encoded_ones(media: dict[str, Path], name: str) -> None:
     with VideoReader(media[name]) as reader:
@@ -233,6 +267,22 @@ def test_audio_is_on_the_video_clock(media: dict[str, Path]) -> None:
         frame_time = reader.timestamps([8]).item()
     start = frame_time - 0.25
     assert abs(onset(load_audio(path, start, 0.5))[0] + start - frame_time) < 1 / FPS
+
+
+@pytest.mark.parametrize("name", ["h264_aac.mp4", "vp9_opus.webm", "mpeg4_pcm.avi", "mpeg4_mp3.mkv",
+                                  "no_audio_keys.avi", "edit_list.mp4"])
+@pytest.mark.parametrize("start", [0.0, 0.1, 1.0])
+def test_frames_then_audio_from_one_open_container(media: dict[str, Path], name: str, start: float) -> None:
+    # A sample's frames, then its audio window (at the start of the track, or later), through one open
+    # container that the reader leaves open: the same as reads that each open the file.
+    path, indices = media[name], [3, 1, 20]
+    with open_container(path) as container:
+        with VideoReader(path, container=container) as reader:
+            frames = reader.get_frames(indices)
+        audio = load_audio(path, start, 0.7, container=container)
+    with VideoReader(path) as reader:
+        assert torch.equal(frames, reader.get_frames(indices))
+    torch.testing.assert_close(audio, load_audio(path, start, 0.7), atol=0, rtol=0)
 
 
 def test_audio_whose_rate_and_layout_change_midway(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler, default_collate
 
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow, Skipped
-from mmssl.io import CrashedDecodeError, MediaError, VideoReader, load_audio
+from mmssl.io import CrashedDecodeError, MediaError, VideoReader, load_audio, open_container
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,13 @@ def decode_window(row: ManifestRow, window: Window, frame_size: int | None = Non
     (raises MediaError for bad files). A window without frames decodes no video."""
     size = (frame_size, frame_size) if frame_size else None
     video = torch.empty(0, *(size or (0, 0)), 3, dtype=torch.uint8)
-    if len(window.frames):
-        with VideoReader(row.path, size=size, backend=backend, keep_aspect=True) as reader:
-            video = reader.get_frames(window.frames)
     audio = None
-    if window.audio_start_s is not None:
-        audio = load_audio(row.path, window.audio_start_s, window.audio_duration_s, sample_rate)
+    with open_container(row.path) as container:  # one open for both streams
+        if len(window.frames):
+            with VideoReader(row.path, size=size, backend=backend, keep_aspect=True, container=container) as reader:
+                video = reader.get_frames(window.frames)
+        if window.audio_start_s is not None:
+            audio = load_audio(row.path, window.audio_start_s, window.audio_duration_s, sample_rate, container)
     return DecodedClip(video, audio, window, row)
 
 

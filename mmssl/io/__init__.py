@@ -1,5 +1,6 @@
 """Media in: probing, frame-exact video reading, audio loading, typed errors, and a writer."""
 from mmssl.io.audio import load_audio
+from mmssl.io.container import open_container
 from mmssl.io.errors import (
     CorruptMediaError,
     CrashedDecodeError,
@@ -19,5 +20,5 @@ from mmssl.io.writer import write_media
 __all__ = [
     "BACKENDS", "CorruptMediaError", "CrashedDecodeError", "EmptyMediaError", "MediaError", "MediaInfo",
     "MissingMediaError", "NoAudioStreamError", "NoVideoStreamError", "PermissionDeniedError", "TooShortError",
-    "UnsupportedCodecError", "VideoReader", "load_audio", "probe", "write_media",
+    "UnsupportedCodecError", "VideoReader", "load_audio", "open_container", "probe", "write_media",
 ]

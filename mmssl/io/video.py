@@ -4,25 +4,33 @@
 Backends (measured in DECODERS.md and by tools/bench_loader.py):
 - "pyav" (default): frame-exact on every container we test, including mp4 edit lists, because it
   addresses frames through our own demuxed index (mmssl.io.container.FrameIndex) and seeks to the
-  keyframe before each requested frame only when that is ahead of the decoder's position.
-- "decord": decord 0.6.0's `VideoReader`. Faster on some files, but wrong frames on mp4 edit lists
-  and MPEG program streams, and leaks memory unless it seeks back after each batch (done here).
+  keyframe before each requested frame only when that is ahead of the decoder's position; on the way
+  it leaves H.264's non-reference frames that were not asked for undecoded (SKIP_NONREF_CODECS).
+- "decord": decord 0.6.0's `VideoReader`. No faster than "pyav" on tools/bench_loader.py's files, wrong
+  frames on mp4 edit lists and MPEG program streams, and leaks memory unless it seeks back after each
+  batch (done here).
 """
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import av
 import numpy as np
 import torch
+from av.container import InputContainer
 from av.video.reformatter import VideoReformatter
 
 from mmssl.io.container import build_index, media_errors, open_container, seek_back, video_stream
 from mmssl.io.errors import CorruptMediaError, TooShortError
 
 Size = tuple[int, int]  # (height, width)
+# Codecs whose non-reference frames no other frame is predicted from (H.264: nal_ref_idc 0), so a frame
+# that is not asked for may be left undecoded when it is one of them: x264's default B-frames are ~45%
+# of a file. Not MPEG-4 part 2, whose AVI files pack a B-frame into the packet of the frame after it,
+# nor HEVC, whose sub-layer non-reference pictures may be references for higher sub-layers.
+SKIP_NONREF_CODECS = frozenset({"h264"})
 
 
 def cover_size(native: Size, size: Size) -> Size:
@@ -35,18 +43,21 @@ def cover_size(native: Size, size: Size) -> Size:
 class _PyAVBackend:
     """Seek-and-decode through PyAV with a frame index from demuxing."""
 
-    def __init__(self, path: str, size: Size | None, threads: int, keep_aspect: bool = False) -> None:
+    def __init__(self, path: str, size: Size | None, threads: int, keep_aspect: bool = False,
+                 container: InputContainer | None = None) -> None:
         self.path = path
-        self.container = open_container(path)
+        self.owns_container = container is None
+        self.container = open_container(path) if container is None else container
         try:
             self.stream = video_stream(path, self.container)
             self.index = build_index(path, self.container, self.stream)
         except BaseException:
-            self.container.close()
+            self.close()
             raise
         ctx = self.stream.codec_context
         ctx.thread_count = threads
         ctx.thread_type = "AUTO" if threads != 1 else "SLICE"
+        self.skip_nonref = ctx.name in SKIP_NONREF_CODECS
         self.size = cover_size((ctx.height, ctx.width), size) if size and keep_aspect else size
         self.height, self.width = self.size or (ctx.height, ctx.width)
         self.reformatter = VideoReformatter()
@@ -65,7 +76,7 @@ class _PyAVBackend:
                 key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
                 if decoded is None or position is None or key > position or target < position:
                     seek_back(self.container, self.stream, int(key))
-                    decoded = self.container.decode(self.stream)
+                    decoded = self._decode(wanted)
                     position = None
                 for frame in decoded:
                     if frame.pts is None:
@@ -80,18 +91,29 @@ class _PyAVBackend:
                     raise CorruptMediaError(self.path, f"frame at pts {target} could not be decoded")
         return out  # type: ignore[return-value]
 
+    def _decode(self, wanted: Container[int]) -> Iterator[av.VideoFrame]:
+        """Frames decoded from the demuxer's position on. A packet whose pts is not `wanted` is decoded
+        only when it holds a reference frame (SKIP_NONREF_CODECS), which the frames after it may need."""
+        ctx = self.stream.codec_context
+        for packet in self.container.demux(self.stream):
+            if self.skip_nonref:
+                ctx.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
+            yield from packet.decode()
+
     def close(self) -> None:
-        self.container.close()
+        if self.owns_container:
+            self.container.close()
 
 
 class _DecordBackend:
     """decord 0.6.0 (frames as decord numbers them: not exact on mp4 edit lists)."""
 
-    def __init__(self, path: str, size: Size | None, threads: int, keep_aspect: bool = False) -> None:
+    def __init__(self, path: str, size: Size | None, threads: int, keep_aspect: bool = False,
+                 container: InputContainer | None = None) -> None:
         import decord
 
         self.path = path
-        pyav_side = _PyAVBackend(path, None, 1)  # same typed errors and clock as the pyav backend
+        pyav_side = _PyAVBackend(path, None, 1, container=container)  # the pyav backend's typed errors and clock
         self.index = pyav_side.index
         pyav_side.close()
         if size and keep_aspect:
@@ -129,7 +151,7 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-BACKENDS: dict[str, Callable[[str, Size | None, int, bool], object]] = {
+BACKENDS: dict[str, Callable[..., _PyAVBackend | _DecordBackend]] = {
     "pyav": _PyAVBackend,
     "decord": _DecordBackend,
 }
@@ -141,16 +163,18 @@ class VideoReader:
     Frame i is the i-th displayed frame in presentation order (what a sequential decode yields).
     `size=(h, w)` resizes in the decoder: stretched to it, or with `keep_aspect` scaled to cover it
     (`cover_size`) and centre-cropped to it. `threads` are the decoder's threads (keep 1 inside
-    DataLoader workers). Bad files raise a `mmssl.io.MediaError` subclass.
+    DataLoader workers). `container`: `path` already open (`open_container`), for the reader to use
+    and leave open, so that a sample's frames and audio cost one open. Bad files raise a
+    `mmssl.io.MediaError` subclass.
     """
 
     def __init__(self, path: str | Path, size: Size | None = None, backend: str = "pyav",
-                 threads: int = 1, keep_aspect: bool = False) -> None:
+                 threads: int = 1, keep_aspect: bool = False, container: InputContainer | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
         self.path = str(path)
         self.backend_name = backend
-        self._backend = BACKENDS[backend](self.path, size, threads, keep_aspect)
+        self._backend = BACKENDS[backend](self.path, size, threads, keep_aspect, container)
         self.index = self._backend.index
         decoded = self._backend.height, self._backend.width
         self._crop: tuple[slice, slice] | None = None  # the centre window of a keep_aspect decode
