@@ -20,6 +20,7 @@ def test_bench_train_quick(tiny_synthav: Path, tmp_path: Path) -> None:
     assert variants["fp32 eager"]["speedup_vs_fp32_eager"] == 1.0
     assert {"bf16 autocast", "bf16 + channels_last_3d"} <= set(variants)
     assert report["end_to_end"]["task"] == "avc"  # AVTS, the default --pretrain-config
+    assert report["end_to_end"]["decode_samples_per_s"] > 0 and report["end_to_end"]["workers_to_feed_compute"] >= 1
     for workers in ("0", "1"):
         r = report["end_to_end"]["workers"][workers]
         assert r["step_s"] > 0 and 0 <= r["data_wait_share"] <= 1

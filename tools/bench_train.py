@@ -11,7 +11,8 @@ Part 2 (end to end): a pretraining step (the trainer's TaskModel and DataLoader 
 --pretrain-config, AVTS by default: video clip + audio window decoded in the workers; augmentation,
 log-mel and the loss on the device), in the fastest variant of part 1, fed by the loader for several
 worker counts (pinned memory, uint8 to the device) against the same step on one batch resident on
-the device: data-wait share and step time over the compute-only step time. SynthAV is made at
+the device: data-wait share and step time over the compute-only step time; and one process's
+decode rate (samples/s of the dataset alone), so the workers the step needs. SynthAV is made at
 --size px (data/synthav_<size>px) so that the workers decode frames of the trained size.
 
   python tools/bench_train.py [--encoder r2plus1d_18] [--frames 16] [--size 112] [--batch 32]
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import platform
 import sys
 import time
@@ -180,8 +182,11 @@ def end_to_end_part(args: argparse.Namespace, device: torch.device, variant: str
 
     resident = to_device(collate([dataset[(0, i)] for i in range(args.batch)]))
     compute_s = time_steps(lambda: step(resident), args.warmup, args.steps, device)
+    unseen = itertools.count(args.batch)  # samples not decoded yet (the resident batch is)
+    decode_s = time_steps(lambda: dataset[(0, next(unseen) % len(dataset))], args.warmup, 4 * args.batch, device)
     results = {"variant": variant, "task": task.name, "config": args.pretrain_config,
-               "compute_only_step_s": compute_s, "workers": {}}
+               "compute_only_step_s": compute_s, "decode_samples_per_s": 1 / decode_s,
+               "workers_to_feed_compute": math.ceil(args.batch / compute_s * decode_s), "workers": {}}
     for workers in args.workers:
         config.data.num_workers = workers
         loader = build_loader(dataset, sampler, config, device)
@@ -255,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nend to end: {pipeline['task']} pretraining ({Path(args.pretrain_config).name}, {fastest}), "
           f"SynthAV at {args.size}px: compute-only step "
           f"{pipeline['compute_only_step_s'] * 1e3:.1f} ms")
+    print(f"one process decodes {pipeline['decode_samples_per_s']:.0f} samples/s (the task's window, "
+          f"made into a sample): >= {pipeline['workers_to_feed_compute']} workers keep the compute-only step fed")
     print(f"{'workers':>7} {'step ms':>8} {'clips/s':>8} {'data wait':>9} {'e2e / compute':>13}")
     for workers, r in pipeline["workers"].items():
         print(f"{workers:>7} {r['step_s'] * 1e3:>8.1f} {r['clips_per_s']:>8.1f} {r['data_wait_share']:>9.0%} "
