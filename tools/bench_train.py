@@ -112,7 +112,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_steps(run: Callable[[], object], warmup: int, steps: int, device: torch.device) -> float:
-    """Seconds per call of `run` (one training step) over `steps` calls after `warmup`."""
+    """Seconds per call of `run` (a training step, or a sample's decode) over `steps` calls after `warmup`."""
     for _ in range(warmup):
         run()
     synchronize(device)

@@ -28,8 +28,8 @@ from mmssl.io.errors import CorruptMediaError, TooShortError
 Size = tuple[int, int]  # (height, width)
 # Codecs whose non-reference frames no other frame is predicted from (H.264: nal_ref_idc 0), so a frame
 # that is not asked for may be left undecoded when it is one of them: x264's default B-frames are ~45%
-# of a file. Not MPEG-4 part 2, whose AVI files pack a B-frame into the packet of the frame after it,
-# nor HEVC, whose sub-layer non-reference pictures may be references for higher sub-layers.
+# of a file. Not MPEG-4 part 2, whose AVI files may pack two frames into one packet (DivX's packed
+# B-frames), nor HEVC, whose sub-layer non-reference pictures may be references for higher sub-layers.
 SKIP_NONREF_CODECS = frozenset({"h264"})
 
 
