@@ -132,7 +132,8 @@ def _relative(file: str, folder: Path) -> str:
 # processes and turns the readable ones into rows. One probing path serves every format.
 
 VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".ogv", ".m4v", ".flv", ".wmv", ".3gp",
+    ".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".ogv", ".m4v", ".flv", ".wmv", ".3gp", ".ts", ".mts",
+    ".m2ts",
 })
 FOLDER_LAYOUTS = ("class", "split/class")
 OFFICIAL_SPLITS = (1, 2, 3)

@@ -14,6 +14,9 @@ from mmssl.io.container import check_decodable, clock_origin, media_errors, open
 from mmssl.io.errors import NoAudioStreamError
 
 SEEK_MARGIN_S = 0.5  # decode from this much earlier: the first frames after a seek are unreliable
+# Timestamps that move by more than this against the samples decoded mean missing or overlapping
+# audio; smaller moves are the rounding of coarse time bases (FLV's milliseconds: 1 ms).
+JUMP_S = 0.01
 
 
 def load_audio(path: str | Path, start_s: float, duration_s: float, sample_rate: int = 16000,
@@ -33,39 +36,61 @@ def load_audio(path: str | Path, start_s: float, duration_s: float, sample_rate:
 def _read_window(container: InputContainer, path: str | Path, start_s: float, duration_s: float,
                  sample_rate: int, rewind: bool) -> torch.Tensor:
     """`load_audio` from an open container; `rewind`: go back to the first packet for a window at
-    the start of the track (a freshly opened container is there already)."""
+    the start of the track (a freshly opened container is there already). Samples follow one another
+    from the first decoded frame's time on. In a file with video they keep to the video's clock
+    across a jump of the timestamps by more than JUMP_S (packets missing, a paused recording): a gap
+    stays silent, an overlap is written over. An audio-only file plays on as one signal (the raw
+    streams' demuxers make timestamps up from the first frame's header)."""
     out = np.zeros(round(duration_s * sample_rate), dtype=np.float32)
     if not container.streams.audio:
         raise NoAudioStreamError(path, "no audio stream")
     stream = container.streams.audio[0]
     check_decodable(path, stream)
     window_start = clock_origin(container) + start_s  # absolute seconds on FFmpeg's clock
-    window_end = window_start + len(out) / sample_rate
     seek_to = window_start - SEEK_MARGIN_S
-    chunks: list[np.ndarray] = []
     with media_errors(path):
         if stream.start_time is not None and seek_to > stream.start_time * stream.time_base:
             seek_back(container, stream, int(seek_to / stream.time_base))
         elif rewind:
             seek_back(container, stream, stream.start_time or 0)
-        frames = (frame for frame in container.decode(stream) if frame.pts is not None)
+        frames = (frame for frame in _decoded(container, stream, window_start) if frame.pts is not None)
         first = next(frames, None)
         if first is None:
             return torch.from_numpy(out)
-        begin = float(first.pts * first.time_base)  # absolute time of the first resampled sample
-        decoded = 0
+        start = round((float(first.pts * first.time_base) - window_start) * sample_rate)  # window position
+        written, origin = 0, None  # samples so far; the first chunk's time (s)
         for chunk in _resampled(chain([first], frames), sample_rate):
+            if chunk.pts is not None and container.streams.video:
+                origin = float(chunk.pts * chunk.time_base) if origin is None else origin
+                jump = round((float(chunk.pts * chunk.time_base) - origin) * sample_rate) - written
+                written += jump if abs(jump) > JUMP_S * sample_rate else 0
             planes = chunk.to_ndarray()  # float32 [channels, samples]
-            chunks.append(planes[0] if len(planes) == 1 else planes.mean(axis=0))
-            decoded += planes.shape[1]
-            if begin + decoded / sample_rate >= window_end:
+            _paste(out, start + written, planes[0] if len(planes) == 1 else planes.mean(axis=0))
+            written += planes.shape[1]
+            if start + written >= len(out):
                 break
-    mono = np.concatenate(chunks) if chunks else out[:0]
-    offset = round((begin - window_start) * sample_rate)  # window position of mono[0]
-    lo, hi = max(offset, 0), min(offset + len(mono), len(out))
-    if lo < hi:
-        out[lo:hi] = mono[lo - offset:hi - offset]
     return torch.from_numpy(out)
+
+
+def _decoded(container: InputContainer, stream: av.audio.stream.AudioStream,
+             window_start: float) -> Iterator[av.AudioFrame]:
+    """The frames of `stream` from the demuxer's position on. After a seek a demuxer may start inside
+    a packet (MPEG-PS): a packet that fails to decode and ends before the window is passed over."""
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            if packet.pts is None or float((packet.pts + packet.duration) * stream.time_base) > window_start:
+                raise
+            continue
+        yield from frames
+
+
+def _paste(out: np.ndarray, at: int, samples: np.ndarray) -> None:
+    """Write `samples` into `out` from position `at` on, the part inside `out` only."""
+    lo, hi = max(at, 0), min(at + len(samples), len(out))
+    if lo < hi:
+        out[lo:hi] = samples[lo - at:hi - at]
 
 
 def _resampled(frames: Iterable[av.AudioFrame], sample_rate: int) -> Iterator[av.AudioFrame]:

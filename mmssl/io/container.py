@@ -3,7 +3,9 @@ failures to typed `MediaError`s and presentation order to frame numbers.
 
 Frame i of a video is the i-th displayed frame in presentation order. The index comes from demuxing
 (no decoding) and skips packets that FFmpeg marks `is_discard` (pre-roll before an mp4 edit list's
-start): without that, clips cut with `-c copy` are off by the pre-roll (see DECODERS.md).
+start): without that, clips cut with `-c copy` are off by the pre-roll (see DECODERS.md). It keeps
+each keyframe's decode timestamp too: the MPEG-PS, MPEG-TS and FLV demuxers seek by it, and a seek
+to a keyframe's presentation time lands on a later keyframe there.
 """
 from __future__ import annotations
 
@@ -76,6 +78,11 @@ def seek_back(container: av.container.InputContainer, stream: av.stream.Stream, 
         container.seek(stream.start_time or 0, stream=stream, backward=True, any_frame=True)
 
 
+def packet_stamp(packet: av.Packet) -> int | None:
+    """A packet's presentation timestamp, or its decode timestamp where it has none."""
+    return packet.pts if packet.pts is not None else packet.dts
+
+
 def check_decodable(path: str | Path, stream: av.stream.Stream) -> None:
     """Raise `UnsupportedCodecError` when FFmpeg has no decoder for `stream`."""
     ctx = stream.codec_context
@@ -106,6 +113,7 @@ class FrameIndex:
 
     pts: np.ndarray  # int64, sorted: frame i has pts[i]
     keyframe_pts: np.ndarray  # int64, sorted, including pre-roll keyframes a seek may need
+    keyframe_dts: np.ndarray  # int64, the decode timestamp to seek to for each of keyframe_pts
     time_base: Fraction
     origin: float  # seconds, see clock_origin
     frame_duration: int  # in time_base units: duration of the last frame
@@ -133,8 +141,8 @@ def _has_sample_table(container: av.container.InputContainer) -> bool:
 def build_index(path: str | Path, container: av.container.InputContainer,
                 stream: av.video.stream.VideoStream) -> FrameIndex:
     """Demux (without decoding) every packet of `stream` and index its displayed frames."""
-    pts, keys, durations = [], [], []
-    demuxed = 0
+    pts, keys, durations = [], {}, []
+    demuxed, first_dts = 0, None
     with media_errors(path):
         for packet in container.demux(stream):
             if packet.dts is None and packet.size == 0:
@@ -142,11 +150,13 @@ def build_index(path: str | Path, container: av.container.InputContainer,
             demuxed += 1
             if packet.size == 0:
                 continue  # a dropped frame (AVI): nothing to display
-            stamp = packet.pts if packet.pts is not None else packet.dts
+            stamp = packet_stamp(packet)
             if stamp is None:
                 raise UnsupportedCodecError(path, "video packets carry no timestamps")
+            dts = stamp if packet.dts is None else packet.dts
+            first_dts = dts if first_dts is None else min(first_dts, dts)
             if packet.is_keyframe:
-                keys.append(stamp)
+                keys[stamp] = dts
             if not packet.is_discard:
                 pts.append(stamp)
                 durations.append(packet.duration or 0)
@@ -161,9 +171,12 @@ def build_index(path: str | Path, container: av.container.InputContainer,
     last = int(np.asarray(durations)[order][-1])
     if last <= 0:
         last = int(np.median(np.diff(sorted_pts))) if len(sorted_pts) > 1 else 1
+    keys = keys or {int(sorted_pts[0]): first_dts}  # no keyframe flags: decode from the first packet
+    keyframe_pts = np.asarray(sorted(keys), dtype=np.int64)
     return FrameIndex(
         pts=sorted_pts,
-        keyframe_pts=np.unique(np.asarray(keys or [sorted_pts[0]], dtype=np.int64)),
+        keyframe_pts=keyframe_pts,
+        keyframe_dts=np.asarray([keys[k] for k in keyframe_pts], dtype=np.int64),
         time_base=stream.time_base,
         origin=clock_origin(container),
         frame_duration=last,

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+
 from mmssl.io.container import build_index, check_decodable, media_errors, open_container, seek_back, video_stream
 from mmssl.io.errors import CorruptMediaError, MediaError
 
@@ -13,7 +15,7 @@ class MediaInfo:
     duration: float  # seconds of video
     fps: float  # frames per second (average for variable frame rate)
     num_frames: int  # exact count of displayed frames
-    width: int
+    width: int  # of the frames upright (the display matrix's quarter turns applied)
     height: int
     has_audio: bool
     audio_sample_rate: int  # 0 without audio
@@ -31,7 +33,8 @@ def probe(path: str | Path) -> MediaInfo:
     with open_container(path) as container:
         stream = video_stream(path, container)
         index = build_index(path, container, stream)
-        _decode_first_frame(path, container, stream)
+        turned = round(_decode_first_frame(path, container, stream).rotation / 90) % 2
+        width, height = stream.codec_context.width, stream.codec_context.height
         audio = container.streams.audio[0] if container.streams.audio else None
         audio_error = _audio_error(path, container, audio) if audio is not None else ""
         if audio_error:
@@ -40,8 +43,8 @@ def probe(path: str | Path) -> MediaInfo:
             duration=index.duration,
             fps=index.num_frames / index.duration,
             num_frames=index.num_frames,
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
+            width=height if turned else width,
+            height=width if turned else height,
             has_audio=audio is not None,
             audio_sample_rate=audio.codec_context.sample_rate if audio is not None else 0,
             audio_channels=audio.codec_context.channels if audio is not None else 0,
@@ -61,9 +64,9 @@ def _audio_error(path: str | Path, container, audio) -> str:
     return ""
 
 
-def _decode_first_frame(path: str | Path, container, stream) -> None:
+def _decode_first_frame(path: str | Path, container, stream) -> av.VideoFrame | av.AudioFrame:
     with media_errors(path):
         seek_back(container, stream, stream.start_time or 0)
-        for _ in container.decode(stream):
-            return
+        for frame in container.decode(stream):
+            return frame
     raise CorruptMediaError(path, f"{stream.type} stream yields no decodable frame")

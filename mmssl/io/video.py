@@ -1,4 +1,5 @@
-"""`VideoReader`: exactly the frames asked for, as uint8 [T, H, W, 3], resized in the decoder
+"""`VideoReader`: exactly the frames asked for, as uint8 [T, H, W, 3], upright (turned as the file's
+display matrix says: phones store portrait video as rotated landscape frames), resized in the decoder
 (stretched to a size, or scaled with the aspect ratio kept and centre-cropped to it).
 
 Backends (measured in DECODERS.md and by tools/bench_loader.py):
@@ -7,8 +8,8 @@ Backends (measured in DECODERS.md and by tools/bench_loader.py):
   keyframe before each requested frame only when that is ahead of the decoder's position; on the way
   it leaves H.264's non-reference frames that were not asked for undecoded (SKIP_NONREF_CODECS).
 - "decord": decord 0.6.0's `VideoReader`. No faster than "pyav" on tools/bench_loader.py's files, wrong
-  frames on mp4 edit lists and MPEG program streams, and leaks memory unless it seeks back after each
-  batch (done here).
+  frames on mp4 edit lists and MPEG program streams, fails on files with a rotation in their display
+  matrix (a `CorruptMediaError`), and leaks memory unless it seeks back after each batch (done here).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 from av.container import InputContainer
 from av.video.reformatter import VideoReformatter
 
-from mmssl.io.container import build_index, media_errors, open_container, seek_back, video_stream
+from mmssl.io.container import build_index, media_errors, open_container, packet_stamp, seek_back, video_stream
 from mmssl.io.errors import CorruptMediaError, TooShortError
 
 Size = tuple[int, int]  # (height, width)
@@ -58,8 +59,8 @@ class _PyAVBackend:
         ctx.thread_count = threads
         ctx.thread_type = "AUTO" if threads != 1 else "SLICE"
         self.skip_nonref = ctx.name in SKIP_NONREF_CODECS
-        self.size = cover_size((ctx.height, ctx.width), size) if size and keep_aspect else size
-        self.height, self.width = self.size or (ctx.height, ctx.width)
+        self.size, self.keep_aspect = size, keep_aspect
+        self.height, self.width = size or (ctx.height, ctx.width)  # as stored, when no size is asked for
         self.reformatter = VideoReformatter()
 
     def read(self, frames: np.ndarray) -> list[np.ndarray]:
@@ -68,37 +69,59 @@ class _PyAVBackend:
         out: list[np.ndarray | None] = [None] * len(frames)
         decoded = None
         position = None  # pts of the last decoded frame
+        keys = self.index.keyframe_pts
         with media_errors(self.path):
             for target in self.index.pts[frames]:
                 if out[wanted[int(target)]] is not None:
                     continue
-                keys = self.index.keyframe_pts
-                key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
-                if decoded is None or position is None or key > position or target < position:
-                    seek_back(self.container, self.stream, int(key))
-                    decoded = self._decode(wanted)
-                    position = None
-                for frame in decoded:
-                    if frame.pts is None:
-                        continue
-                    position = frame.pts
-                    slot = wanted.get(frame.pts)
-                    if slot is not None and out[slot] is None:
-                        out[slot] = frame_to_array(frame, self.size, self.reformatter)
-                    if frame.pts >= target:
+                key = max(bisect.bisect_right(keys, target) - 1, 0)
+                if decoded is not None and position is not None and keys[key] <= position <= target:
+                    position = self._take(decoded, int(target), wanted, out)
+                # where the demuxer lands past the keyframe, from the one before it, then from the first
+                for start in dict.fromkeys((key, max(key - 1, 0), 0)):
+                    if out[wanted[int(target)]] is not None:
                         break
+                    seek_back(self.container, self.stream, int(self.index.keyframe_dts[start]))
+                    decoded = self._decode(wanted, int(keys[start]))
+                    position = self._take(decoded, int(target), wanted, out)
                 if out[wanted[int(target)]] is None:
                     raise CorruptMediaError(self.path, f"frame at pts {target} could not be decoded")
         return out  # type: ignore[return-value]
 
-    def _decode(self, wanted: Container[int]) -> Iterator[av.VideoFrame]:
-        """Frames decoded from the demuxer's position on. A packet whose pts is not `wanted` is decoded
-        only when it holds a reference frame (SKIP_NONREF_CODECS), which the frames after it may need."""
+    def _take(self, decoded: Iterator[av.VideoFrame], target: int, wanted: dict[int, int],
+              out: list[np.ndarray | None]) -> int | None:
+        """Decode on to the frame at pts `target`, putting each wanted frame on the way into `out`;
+        the pts of the last frame decoded (None if none was)."""
+        position = None
+        for frame in decoded:
+            if frame.pts is None:
+                continue
+            position = frame.pts
+            slot = wanted.get(frame.pts)
+            if slot is not None and out[slot] is None:
+                out[slot] = frame_to_array(frame, self.size, self.reformatter, self.keep_aspect)
+            if frame.pts >= target:
+                break
+        return position
+
+    def _decode(self, wanted: Container[int], key: int) -> Iterator[av.VideoFrame]:
+        """Frames decoded from the demuxer's position on, once the keyframe at pts `key` has gone into
+        the decoder (frames before it may lack their references); none when the demuxer landed past
+        it (a later keyframe comes first). A packet whose pts is not `wanted` is decoded only when it
+        holds a reference frame (SKIP_NONREF_CODECS), which the frames after it may need."""
         ctx = self.stream.codec_context
+        reached = False
         for packet in self.container.demux(self.stream):
+            stamp = packet_stamp(packet)
+            if not reached:
+                if packet.is_keyframe and stamp is not None and stamp > key:
+                    return
+                reached = stamp == key
             if self.skip_nonref:
                 ctx.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
-            yield from packet.decode()
+            frames = packet.decode()
+            if reached:
+                yield from frames
 
     def close(self) -> None:
         if self.owns_container:
@@ -116,9 +139,9 @@ class _DecordBackend:
         pyav_side = _PyAVBackend(path, None, 1, container=container)  # the pyav backend's typed errors and clock
         self.index = pyav_side.index
         pyav_side.close()
+        self.height, self.width = size or (pyav_side.height, pyav_side.width)
         if size and keep_aspect:
-            size = cover_size((pyav_side.height, pyav_side.width), size)
-        self.height, self.width = size or (pyav_side.height, pyav_side.width)  # decord scales to exactly this
+            size = cover_size((pyav_side.height, pyav_side.width), size)  # decord scales to exactly this
         kwargs = {"width": size[1], "height": size[0]} if size else {}
         self.decord_errors = (RuntimeError, decord.DECORDError)
         try:
@@ -176,10 +199,7 @@ class VideoReader:
         self.backend_name = backend
         self._backend = BACKENDS[backend](self.path, size, threads, keep_aspect, container)
         self.index = self._backend.index
-        decoded = self._backend.height, self._backend.width
-        self._crop: tuple[slice, slice] | None = None  # the centre window of a keep_aspect decode
-        if size and keep_aspect and tuple(size) != decoded:
-            self._crop = tuple(slice((d - s) // 2, (d - s) // 2 + s) for d, s in zip(decoded, size))
+        self._crop = tuple(size) if size and keep_aspect else None  # the centre of a keep_aspect decode
 
     @property
     def num_frames(self) -> int:
@@ -195,8 +215,7 @@ class VideoReader:
 
     @property
     def size(self) -> Size:
-        if self._crop:
-            return tuple(window.stop - window.start for window in self._crop)
+        """(height, width) asked for; without a size, the size the file stores frames at (before a turn)."""
         return self._backend.height, self._backend.width
 
     def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -205,7 +224,7 @@ class VideoReader:
         unique, inverse = np.unique(wanted, return_inverse=True)
         arrays = self._backend.read(unique)
         if self._crop:
-            arrays = [a[self._crop] for a in arrays]
+            arrays = [centre_crop(a, self._crop) for a in arrays]
         return torch.from_numpy(np.stack([arrays[i] for i in inverse]))
 
     def timestamps(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -235,14 +254,27 @@ class VideoReader:
         return self.num_frames
 
 
-def frame_to_array(frame: av.VideoFrame, size: Size | None, reformatter: VideoReformatter) -> np.ndarray:
-    """RGB uint8 [H, W, 3], scaled by FFmpeg's swscale when `size=(h, w)` is given. Reusing one
-    reformatter per reader keeps swscale's context (8-17x faster than `frame.to_ndarray`, which
-    builds a new one per call, as measured by tools/bench_loader.py's profile); one thread, since
-    readers run inside DataLoader workers."""
-    height, width = size if size is not None else (None, None)
-    return reformatter.reformat(frame, format="rgb24", width=width, height=height,
-                                interpolation="BILINEAR", threads=1).to_ndarray()
+def frame_to_array(frame: av.VideoFrame, size: Size | None, reformatter: VideoReformatter,
+                   keep_aspect: bool = False) -> np.ndarray:
+    """RGB uint8 [H, W, 3], turned upright by the quarter turns of the frame's display matrix, and
+    scaled by FFmpeg's swscale when `size=(h, w)` (of the upright frame) is given: to it, or with
+    `keep_aspect` to `cover_size` of it. Reusing one reformatter per reader keeps swscale's context
+    (8-17x faster than `frame.to_ndarray`, which builds a new one per call, as measured by
+    tools/bench_loader.py's profile); one thread, since readers run inside DataLoader workers."""
+    turns = round(frame.rotation / 90) % 4  # counter-clockwise
+    stored = (frame.height, frame.width)
+    if size is not None and keep_aspect:
+        size = cover_size(stored[::-1] if turns % 2 else stored, size)
+    height, width = (size[::-1] if turns % 2 else size) if size is not None else (None, None)
+    array = reformatter.reformat(frame, format="rgb24", width=width, height=height,
+                                 interpolation="BILINEAR", threads=1).to_ndarray()
+    return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
+
+
+def centre_crop(array: np.ndarray, size: Size) -> np.ndarray:
+    """The centre `size=(h, w)` window of an [H, W, ...] array at least that large."""
+    top, left = ((d - s) // 2 for d, s in zip(array.shape[:2], size))
+    return array[top:top + size[0], left:left + size[1]]
 
 
 def read_all_frames(path: str | Path, size: Size | None = None) -> torch.Tensor:

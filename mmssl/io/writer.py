@@ -33,13 +33,15 @@ def write_media(
     options: dict[str, str] | None = None,
     threads: int = 1,
     container_options: dict[str, str] | None = None,
+    rotation: int = 0,
 ) -> Path:
     """Write `frames` (uint8 [T, H, W, 3] RGB, or None for an audio-only file) and optional `audio`
     (float32 [samples] or [channels, samples] in [-1, 1]) to `path`; the suffix picks the container.
 
     `frame_times` (seconds, increasing) makes a variable-frame-rate file; otherwise frame i is at
     i / fps. `gop` sets the keyframe interval; `options` go to the video encoder and
-    `container_options` to the muxer (e.g. {"movflags": "faststart"}). One encoder thread and
+    `container_options` to the muxer (e.g. {"movflags": "faststart"}). `rotation` (degrees counter-
+    clockwise) goes into the display matrix, as phones store portrait video. One encoder thread and
     no x264 mb-tree by default, so the same frames give the same bytes on every run.
     """
     path = Path(path)
@@ -49,6 +51,8 @@ def write_media(
             frames = np.ascontiguousarray(frames, dtype=np.uint8)
             video = _add_video_stream(container, frames, fps, video_codec, pix_fmt, gop,
                                       frame_times is not None, options, threads)
+            if rotation:
+                video.set_display_rotation(rotation)
         if audio is not None:
             audio_stream = container.add_stream(audio_codec, rate=sample_rate)
             audio_stream.layout = "mono" if np.ndim(audio) == 1 or np.shape(audio)[0] == 1 else "stereo"
