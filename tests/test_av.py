@@ -102,6 +102,16 @@ def test_pairs_balance_and_never_pair_a_clip_with_its_own_audio() -> None:
     assert hard.sum() / (labels == 0).sum() == pytest.approx(0.25 * 0.8, abs=0.04)
 
 
+def test_a_batch_of_one_is_positive_and_never_counted_hard() -> None:
+    """No other sample to draw an easy negative from: the pair is positive, so not hard (the logged hard_share)."""
+    task = build_task(load_config(ROOT / "configs/pretrain/avts.yaml",
+                                  ["task.avc.positive_share=0.0", "task.avc.hard_share=1.0"]))
+    task.set_step(99, 100)  # every pair would be a hard negative but for the batch of one
+    audio = torch.ones(1, 8)
+    chosen, labels, hard = task.pairs({"audio": audio, "hard_audio": -audio, "has_hard": torch.tensor([True])})
+    assert torch.equal(chosen, audio) and labels.tolist() == [1] and hard.tolist() == [False]
+
+
 def test_curriculum_starts_with_easy_negatives_only() -> None:
     task = build_task(load_config(ROOT / "configs/pretrain/avts.yaml"))
     task.set_step(0, 100)

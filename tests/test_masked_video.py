@@ -58,6 +58,17 @@ def test_every_patch_is_masked_equally_often() -> None:
     assert len({m.numpy().tobytes() for m in draws[:50, 0]}) == 50
 
 
+def test_a_ratio_that_masks_no_patch_is_rejected() -> None:
+    """int(ratio * h * w) = 0 would leave the loss empty (NaN): mask_ratio 0, or 0.05 of a 4x4 grid."""
+    with pytest.raises(ValueError, match="0 < mask_ratio < 1"):
+        MaskedVideo(MaskedVideoConfig(mask_ratio=0.0), (2, 16, 16))
+    task = MaskedVideo(MaskedVideoConfig(clip_len=4, mask_ratio=0.05), (2, 8, 8))
+    with pytest.raises(ValueError, match="masks no patch of a 4x4"):
+        task.make_sample(clip_of(torch.zeros(4, 32, 32, 3, dtype=torch.uint8)), np.random.default_rng(0))
+    assert int(task.make_sample(clip_of(torch.zeros(4, 64, 64, 3, dtype=torch.uint8)),
+                                np.random.default_rng(0))["mask"].sum()) == 2 * 3  # int(0.05 * 64) per slot
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_targets_per_tubelet_and_channel(normalize: bool) -> None:
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from mmssl.io import TooShortError
 from mmssl.models.heads import PairwiseHead
 from mmssl.tasks import build_task
 from mmssl.tasks.sorting import SequenceSorting, sequence_classes
-from mmssl.transforms.video import VideoAugment, channel_split, frame_shift
+from mmssl.transforms.video import VideoAugment, channel_split, frame_shift, to_model_input
 
 from helpers import SpyEncoder  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -118,21 +118,27 @@ def test_frame_shift_moves_each_frame_by_its_own_offset() -> None:
 
 
 def test_loss_shares_the_crop_then_jitters_and_splits_channels_per_frame() -> None:
-    torch.manual_seed(0)
     task = SequenceSorting(OPNConfig(jitter=0.1), VideoAugment())
     encoder = SpyEncoder()
     head = task.build_head(encoder)
-    gray = torch.randint(0, 256, (2, 1, 32, 32, 1), dtype=torch.uint8)
-    batch = {"frames": gray.expand(2, 4, 32, 32, 3).contiguous(), "label": torch.tensor([0, 11])}
+    colour = torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch = {"frames": colour.expand(2, 4, 32, 32, 3).contiguous(), "label": torch.tensor([0, 11])}
+    torch.manual_seed(0)
     out = task.loss(batch, encoder, head)
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    torch.manual_seed(0)  # the same crop, flip and colour jitter: the normalised crop every frame of a sample shares
+    crop = to_model_input(batch["frames"], task.augment)[:, :, 0]
     x = encoder.inputs[0]
     assert x.shape == (8, 3, 1, 32, 32)  # each frame on its own, T=1
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
     frames = x[:, 0, 0].reshape(2, 4, 32, 32)
-    for sample in frames:  # one image, one crop: the frames differ by a shift only
-        shifts = [find_shift(sample[0], sample[t], 6) for t in range(1, 4)]
-        assert None not in shifts and any(s != (0, 0) for s in shifts)
+    channels, shifts = set(), set()
+    for b, t in itertools.product(range(2), range(4)):  # one channel of the shared crop, moved by the frame's jitter
+        found = [(c, s) for c in range(3) if (s := find_shift(crop[b, c], frames[b, t], 6)) is not None]
+        assert len(found) == 1, found
+        channels.add(found[0][0])
+        shifts.add(found[0][1])
+    assert len(channels) > 1 and len(shifts) > 1
 
 
 def test_head_classifies_pairs_into_twelve_classes() -> None:

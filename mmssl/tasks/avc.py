@@ -115,9 +115,9 @@ class AudioVisualCorrespondence(PretextTask):
         size = len(audio)
         device = audio.device
         positive = torch.rand(size, device=device) < self.config.positive_share
-        hard = ~positive & has_hard & (torch.rand(size, device=device) < self.hard_share)
         if size == 1:
             positive = torch.ones_like(positive)  # no other sample to draw an easy negative from
+        hard = ~positive & has_hard & (torch.rand(size, device=device) < self.hard_share)
         # k stays on the device (an index, not a Python int): no sync, and one compiled graph for every k
         shift = torch.randint(1, size, (), device=device) if size > 1 else 0
         easy = audio[(torch.arange(size, device=device) - shift) % size]

@@ -95,8 +95,8 @@ class MaskedVideo(PretextTask):
 
     def __init__(self, config: MaskedVideoConfig, tubelet: tuple[int, int, int],
                  augment: VideoAugment | None = None) -> None:
-        if not 0 <= config.mask_ratio < 1 or config.clip_len < 1 or config.stride < 1 or config.decoder_depth < 0:
-            raise ValueError(f"VideoMAE needs 0 <= mask_ratio < 1, clip_len, stride >= 1, decoder_depth >= 0, "
+        if not 0 < config.mask_ratio < 1 or config.clip_len < 1 or config.stride < 1 or config.decoder_depth < 0:
+            raise ValueError(f"VideoMAE needs 0 < mask_ratio < 1, clip_len, stride >= 1, decoder_depth >= 0, "
                              f"got {config}")
         if config.clip_len % tubelet[0]:
             raise ValueError(f"clip_len {config.clip_len} is not a multiple of the tubelet's {tubelet[0]} frames")
@@ -115,10 +115,15 @@ class MaskedVideo(PretextTask):
         return Window(frames=random_clip(row.num_frames, self.config.clip_len, self.config.stride, rng))
 
     def token_grid(self, num_frames: int, height: int, width: int) -> Grid:
-        """The (t, h, w) token grid of a clip; the frames must tile into whole tubelets."""
+        """The (t, h, w) token grid of a clip; the frames must tile into whole tubelets, of which the
+        mask ratio must hide at least one per temporal slot (else the loss has no token to average)."""
         if num_frames % self.tubelet[0] or height % self.tubelet[1] or width % self.tubelet[2]:
             raise ValueError(f"a {num_frames}x{height}x{width} clip does not tile into {self.tubelet} tubelets")
-        return num_frames // self.tubelet[0], height // self.tubelet[1], width // self.tubelet[2]
+        t, h, w = num_frames // self.tubelet[0], height // self.tubelet[1], width // self.tubelet[2]
+        if masked_per_slot(h, w, self.config.mask_ratio) == 0:
+            raise ValueError(f"mask_ratio {self.config.mask_ratio} masks no patch of a {h}x{w} token grid "
+                             f"(int(ratio * {h * w}) = 0): raise it or the frame size")
+        return t, h, w
 
     def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """The uint8 frames and the tube mask on their token grid."""
