@@ -10,7 +10,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 
 
 ABSENT = "<absent>"  # config_changes: the key is not in that tree
+LOSS_TEMPERATURES = {"nt_xent": 0.1, "moco": 0.07}  # ClipContrastiveConfig's default T: SimCLR's, MoCo's
 
 
 @dataclass
@@ -162,7 +163,7 @@ class ClipContrastiveConfig:
     stride: int = 2
     sampler: str = "cvrl"  # cvrl (2 clips, gap density decreasing linearly to 0) | uniform (independent starts)
     loss: str = "nt_xent"  # nt_xent (SimCLR) | moco | byol | simsiam | barlow_twins | vicreg
-    temperature: float = 0.1  # nt_xent (SimCLR 0.1) and moco (0.07 in MoCo, 0.2 in MoCo v2)
+    temperature: float | None = None  # nt_xent and moco; None: the loss's own (SimCLR 0.1, MoCo 0.07; MoCo v2 0.2)
     embed_dim: int = 128  # projector output
     hidden_dim: int = 512  # projector hidden width (and BYOL's predictor)
     queue_size: int = 65536  # moco: negatives in the queue, at least the global batch
@@ -174,6 +175,11 @@ class ClipContrastiveConfig:
     contrast: float = 0.8
     hue: float = 0.2
     grayscale: float = 0.2
+
+    @property
+    def loss_temperature(self) -> float | None:
+        """`temperature`, or where unset the loss's default (LOSS_TEMPERATURES); None for a loss without one."""
+        return self.temperature if self.temperature is not None else LOSS_TEMPERATURES.get(self.loss)
 
 
 @dataclass
@@ -216,7 +222,7 @@ class TrainConfig:
     epochs: int = 15
     max_steps: int = 0  # 0: epochs decide; else stop after this many optimizer steps
     seed: int = 0
-    amp: str = "auto"  # auto: bf16 autocast on CUDA; off
+    amp: Literal["auto", "off"] = "auto"  # auto: bf16 autocast on CUDA; off
     compile: bool = False
     channels_last: bool = False
     log_every: int = 10
@@ -357,6 +363,12 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{name!r} expects {hint}, got {value!r}")
+    if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted off / on as a boolean
+            value = "on" if value else "off"
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{name!r} expects one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")
+        return value
     if hint is type(None):
         if value is None:
             return None

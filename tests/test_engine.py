@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest, write
 from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.engine.trainer import (
     NonFiniteLossError,
+    build_encoder,
     build_optimizer,
     cosine_schedule,
     load_rows,
@@ -92,6 +94,23 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_config(None, ["optim=3"])
     config = load_config(None, ["optim.lr=1e-2", "data.crop_scale=[0.3, 1]", "train.compile=true"])
     assert (config.optim.lr, config.data.crop_scale, config.train.compile) == (0.01, [0.3, 1.0], True)
+
+
+def test_train_amp_is_auto_or_off() -> None:
+    """Any other value would silently turn autocast off on a GPU."""
+    assert load_config(None, ["train.amp='off'"]).train.amp == load_config(None, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="'train.amp' expects one of 'auto', 'off', got 'bf16'"):
+        load_config(None, ["train.amp=bf16"])
+
+
+@pytest.mark.parametrize(("loss", "overrides", "temperature"), [
+    ("nt_xent", [], 0.1), ("moco", [], 0.07), ("moco", ["task.clip_contrastive.temperature=0.2"], 0.2)])
+def test_clip_contrastive_temperature_defaults_by_loss(loss: str, overrides: list[str],
+                                                       temperature: float) -> None:
+    """SimCLR's T = 0.1 for nt_xent, MoCo's 0.07 for moco (SPEC.md), unless set (moco.yaml: MoCo v2's 0.2)."""
+    config = load_config(None, ["task.name=clip_contrastive", f"task.clip_contrastive.loss={loss}",
+                                "task.clip_contrastive.queue_size=8", *overrides])
+    assert build_task(config).build_head(build_encoder(config)).criterion.temperature == temperature
 
 
 def test_cosine_schedule_warms_up_then_decays() -> None:
@@ -168,6 +187,8 @@ def test_pretraining_replaces_failed_samples_so_batches_stay_whole(tiny_synthav:
     assert batch["frames"].shape[0] == 8 and kinds(batch["skipped"])["corrupt"] >= 2
     again = collate([dataset[(0, i)] for i in range(len(dataset))])
     assert torch.equal(batch["frames"], again["frames"]) and batch["skipped"] == again["skipped"]
+    one_good = PretextDataset([bad, rows[0]], task, 32, replace_failed=True)  # never the failed row again
+    assert all(len(one_good[(epoch, 0)]["skipped"]) == 1 for epoch in range(20))
     all_bad = PretextDataset([bad, bad], task, 32, replace_failed=True)
     with pytest.raises(SkipLimitExceeded, match="11 decodes in a row failed"):
         all_bad[(0, 0)]
@@ -306,6 +327,27 @@ def test_resume_auto_refuses_a_run_written_with_other_settings(tiny_synthav: Pat
     longer = pretrain(fast_config(tiny_synthav, "train.max_steps=3"), tmp_path, str(final))
     assert "changed settings: train.max_steps: 2 -> 3" in capsys.readouterr().out
     assert torch.load(longer, weights_only=True)["step"] == 3
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_checkpoints(tiny_synthav: Path, tmp_path: Path) -> None:
+    """Pruning keeps the highest steps in the folder: a fresh run there would delete its own checkpoints."""
+    pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(tmp_path))} holds the checkpoints of another run "
+                                          r"\(checkpoint_000002.pt\): pass --resume auto .* or choose a new --out"):
+        pretrain(fast_config(tiny_synthav, "train.max_steps=1", "train.keep_last=1"), tmp_path)
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint_000002.pt"
+
+
+def test_a_named_checkpoint_resumes_with_the_changed_optimizer_settings(tiny_synthav: Path, tmp_path: Path) -> None:
+    """The optimizer's state (AdamW's moments and step counts) comes from the checkpoint, its
+    hyperparameters from the config, as the printed changes say."""
+    final = pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path)
+    longer = pretrain(fast_config(tiny_synthav, "train.max_steps=3", "optim.weight_decay=0.2",
+                                  "optim.betas=[0.8, 0.99]"), tmp_path, str(final))
+    optimizer = torch.load(longer, weights_only=True)["optimizer"]
+    assert [group["weight_decay"] for group in optimizer["param_groups"]] == [0.2, 0.0]  # biases and norms: none
+    assert all(tuple(group["betas"]) == (0.8, 0.99) for group in optimizer["param_groups"])
+    assert {int(state["step"]) for state in optimizer["state"].values()} == {3}
 
 
 def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:

@@ -138,12 +138,13 @@ def test_margin_loss_limits_and_label_convention() -> None:
 
 # --- MoCo's queue --------------------------------------------------------------------------------
 
-def test_moco_enqueues_after_the_logits_and_advances_the_pointer() -> None:
+def test_moco_enqueues_after_the_logits_and_stops_the_keys_gradient() -> None:
     torch.manual_seed(0)
     loss = MoCoLoss(dim=4, queue_size=6).double()
     old_queue = loss.queue.clone()
     q = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
-    k = q.detach() * 2  # the current keys: a key among the negatives would be a perfect match
+    # the current keys (a key among the negatives would be a perfect match), requiring grad like an encoder output
+    k = (q.detach() * 2).requires_grad_()
     got = loss(q, k)
     torch.testing.assert_close(got, moco(q, k, old_queue, 0.07))
     assert not torch.isclose(got, moco(q, k, loss.queue, 0.07))
@@ -151,11 +152,11 @@ def test_moco_enqueues_after_the_logits_and_advances_the_pointer() -> None:
     torch.testing.assert_close(loss.queue[4:], old_queue[4:])
     assert loss.queue_ptr.item() == 4
     got.backward()  # the enqueue after the logits does not break the graph
-    k2 = torch.randn(4, 4, dtype=torch.float64)
-    loss(q, k2)
+    k2 = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)  # not parallel to q: a nonzero gradient if any
+    loss(q, k2).backward()
     torch.testing.assert_close(loss.queue[[4, 5, 0, 1]], F.normalize(k2, dim=1))  # FIFO, wrapping around
     assert loss.queue_ptr.item() == 2
-    assert k2.grad is None
+    assert q.grad.abs().sum() > 0 and k.grad is None and k2.grad is None  # stop-gradient on the keys
     with pytest.raises(ValueError, match="do not fit"):
         loss(torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/bench_learning.json")
     parser.add_argument("--resume", action="store_true",
                         help="continue the pretraining runs already in --work (a finished one is reused) "
-                             "instead of starting them again (pretrain_minutes: this call's share)")
+                             "instead of starting them again (pretrain_minutes: this call's share); without it, "
+                             "each run's folder in --work is deleted first")
     parser.add_argument("--finetune", action="store_true",
                         help="also fine-tune each pretrained video encoder on the train split")
     parser.add_argument("--knn", action="store_true",
@@ -89,13 +91,16 @@ def main(argv: list[str] | None = None) -> dict:
             _add(rows, label, mode, run())
 
     for method in args.methods:
-        task = build_task(load_config(METHODS[method]))
-        mode = task.feature_mode
         for seed in range(args.seeds):
             config = load_config(METHODS[method], [*args.overrides, f"train.seed={seed}",
                                                    f"data.synthav_dir={args.synthav_dir}"])
+            task = build_task(config)  # the run's: its feature mode and audio follow the overrides
+            mode = task.feature_mode
+            run = Path(args.work) / f"{method}_seed{seed}"
+            if not args.resume and run.exists():
+                shutil.rmtree(run)  # a fresh run: pretrain refuses a folder that holds checkpoints
             start = time.perf_counter()
-            checkpoint = pretrain(config, Path(args.work) / f"{method}_seed{seed}", "auto" if args.resume else None)
+            checkpoint = pretrain(config, run, "auto" if args.resume else None)
             minutes = (time.perf_counter() - start) / 60
             encoder, name, _ = load_encoder(checkpoint)
             transfer.config.seed = audio_transfer.config.seed = seed

@@ -3,9 +3,9 @@
 Randomness: sample i of epoch e draws from `np.random.default_rng([seed, e, i])`, so a run is
 reproducible for a seed whatever the number of workers, and differs across epochs and samples.
 A file that fails to decode becomes a `Skipped` marker: `collate` drops it and lists it in "skipped".
-With `replace_failed` (pretraining) the sample is instead replaced by one of another row, drawn
-from `default_rng([seed, e, i, attempt])`, and the failure still counted: batches keep their size,
-which DDP's gathers, BatchNorm and gradient accumulation rely on.
+With `replace_failed` (pretraining) the sample is instead replaced by one of another row (any but
+the one that failed), drawn from `default_rng([seed, e, i, attempt])`, and the failure still
+counted: batches keep their size, which DDP's gathers, BatchNorm and gradient accumulation rely on.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class PretextDataset(Dataset):
                 raise SkipLimitExceeded(f"{len(failed)} decodes in a row failed ({dict(kinds(failed))}) for "
                                         f"sample {index} of epoch {epoch}; the last: {message}")
             rng = np.random.default_rng([self.seed, epoch, index, len(failed)])
-            row = int(rng.integers(len(self.rows)))
+            row = (row + 1 + int(rng.integers(max(len(self.rows) - 1, 1)))) % len(self.rows)  # another row
             log.warning("skipping %s; sample %d of epoch %d takes row %d instead", message, index, epoch, row)
 
 

@@ -185,9 +185,13 @@ def pretraining_data(config: Config, task: PretextTask, rank: int = 0,
 
 def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> Path:
     """Train `config`'s task; write checkpoints and metrics.jsonl under `out_dir`; return the final
-    checkpoint's path. `resume`: "auto" (the newest checkpoint in out_dir, if any) or a path."""
-    dist = distributed.init_distributed()
+    checkpoint's path. `resume`: "auto" (the newest checkpoint in out_dir, if any) or a path; None
+    (a fresh run) refuses an out_dir that holds checkpoints already: pruning would delete this run's."""
     out_dir = Path(out_dir)
+    if resume is None and (found := latest_checkpoint(out_dir)) is not None:
+        raise ConfigError(f"{out_dir} holds the checkpoints of another run ({found.name}): pass --resume auto "
+                          "to continue it, or choose a new --out")
+    dist = distributed.init_distributed()
     torch.manual_seed(config.train.seed + dist.rank)
     np.random.seed(config.train.seed + dist.rank)
 
@@ -220,7 +224,10 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     step = 0
     resume_from = latest_checkpoint(out_dir) if resume == "auto" else (Path(resume) if resume else None)
     if resume_from is not None:
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         state = load_checkpoint(resume_from, map_location=dist.device, model=model, optimizer=optimizer)
+        for group, own in zip(optimizer.param_groups, settings, strict=True):
+            group.update(own)  # this config's hyperparameters (weight decay, betas, ...), not the checkpoint's
         _check_resumed_config(state["config"], config, resume_from, implicit=resume == "auto",
                               warn=dist.is_main)
         step = int(state["step"])

@@ -165,7 +165,7 @@ class ClipContrastive(PretextTask):
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
         c = self.config
         if c.loss in ("nt_xent", "moco"):
-            projector = ContrastiveHead(encoder.feature_dim, None, c.embed_dim, c.hidden_dim, c.temperature,
+            projector = ContrastiveHead(encoder.feature_dim, None, c.embed_dim, c.hidden_dim, c.loss_temperature,
                                         learn_temperature=False)
         else:
             projector = projection_mlp(encoder.feature_dim, c.hidden_dim, c.embed_dim,
@@ -181,8 +181,8 @@ class ClipContrastive(PretextTask):
     def _criterion(self) -> nn.Module:
         c = self.config
         kwargs: dict[str, dict[str, object]] = {
-            "nt_xent": {"temperature": c.temperature, "gather_distributed": True},
-            "moco": {"dim": c.embed_dim, "queue_size": c.queue_size, "temperature": c.temperature,
+            "nt_xent": {"temperature": c.loss_temperature, "gather_distributed": True},
+            "moco": {"dim": c.embed_dim, "queue_size": c.queue_size, "temperature": c.loss_temperature,
                      "gather_distributed": True},
             "barlow_twins": {"gather_distributed": True},
             "vicreg": {"gather_distributed": True},
