@@ -31,6 +31,7 @@ class DataConfig:
     frame_size: int = 64  # decoder: short side scaled to frame_size (aspect kept), centre crop to a square
     backend: str = "pyav"
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop area
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # its width / height (log-uniform)
     flip: bool = True
     batch_size: int = 32
     num_workers: int = 2

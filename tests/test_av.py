@@ -1,6 +1,7 @@
 """Audio-visual correspondence (L3 + AVTS): alignment, hard negatives, pairing rules, gradients."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from mmssl.models import build_video_encoder
 from mmssl.models.audio import build_audio_encoder
 from mmssl.tasks import build_task
 from mmssl.tasks.avc import NO_HARD
-from mmssl.transforms.audio import LogMel
+from mmssl.transforms.audio import LogMel, SpecAugment
+from mmssl.transforms.video import to_model_input
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -131,11 +133,31 @@ def test_avc_without_hard_negatives_decodes_only_the_positive_audio(tiny_synthav
         assert window.audio_duration_s == config.task.avc.audio_s
 
 
+@pytest.mark.parametrize("name", ["avc", "avts"])
+def test_av_configs_see_the_whole_frame(tiny_synthav: Path, name: str) -> None:
+    # SynthAV's pitch follows the shape's height: these configs turn the crop (area and aspect) and the
+    # flip off, so a clip reaches the encoder as decoded (brightness/contrast jitter aside).
+    task = build_task(load_config(ROOT / f"configs/pretrain/{name}.yaml", [f"data.synthav_dir={tiny_synthav}"]))
+    frames = torch.randint(0, 256, (4, 8, 32, 32, 3), dtype=torch.uint8)
+    augment = dataclasses.replace(task.augment, brightness=0.0, contrast=0.0)
+    torch.testing.assert_close(to_model_input(frames, augment), to_model_input(frames), atol=1e-5, rtol=0)
+
+
 def test_log_mel_shape_and_audio_encoder() -> None:
     spectrogram = LogMel()(torch.randn(3, SR))
     assert spectrogram.shape == (3, 1, 64, 101)
     encoder = build_audio_encoder("logmel_cnn")
     assert encoder.feature_dim == 512 and encoder(torch.randn(2, SR)).shape == (2, 512)
+
+
+def test_spec_augment_fills_its_masks_with_the_mean_in_training_only() -> None:
+    spectrogram = LogMel()(0.3 * torch.sin(torch.arange(2 * SR) / SR * 2 * torch.pi * 440).view(2, SR))
+    augment = SpecAugment(freq_mask=8, time_mask=20)
+    torch.manual_seed(0)
+    masked = augment(spectrogram)
+    changed = masked != spectrogram
+    assert changed.any() and torch.all(masked[changed] == spectrogram.mean())  # not 0: a loud band
+    assert torch.equal(augment.eval()(spectrogram), spectrogram)
 
 
 @pytest.mark.parametrize("loss", ["ce", "margin"])

@@ -29,7 +29,8 @@ def task_class(name: str) -> type[PretextTask]:
 
 
 def build_task(config: Config) -> PretextTask:
-    augment = VideoAugment(crop_scale=tuple(config.data.crop_scale), flip=config.data.flip)
+    data = config.data
+    augment = VideoAugment(crop_scale=tuple(data.crop_scale), crop_ratio=tuple(data.crop_ratio), flip=data.flip)
     return task_class(config.task.name).from_config(config, augment)
 
 

@@ -30,7 +30,9 @@ class LogMel(nn.Module):
 
 
 class SpecAugment(nn.Module):
-    """SpecAugment (Park et al. 2019) frequency and time masks, drawn per example, in training only."""
+    """SpecAugment (Park et al. 2019) frequency and time masks, drawn per example, in training only,
+    filled with the batch's mean (SpecAugment masks mean-normalised features with 0; our log-mel is
+    not normalised, and there 0 would be a loud band)."""
 
     def __init__(self, freq_mask: int = 8, time_mask: int = 20, num_masks: int = 2) -> None:
         super().__init__()
@@ -39,4 +41,9 @@ class SpecAugment(nn.Module):
             torchaudio.transforms.TimeMasking(time_mask, iid_masks=True))])
 
     def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        return self.masks(spectrogram) if self.training else spectrogram
+        if not self.training:
+            return spectrogram
+        fill = spectrogram.mean().detach()
+        for mask in self.masks:
+            spectrogram = mask(spectrogram, fill)
+        return spectrogram

@@ -10,14 +10,18 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-MEAN = (0.45, 0.45, 0.45)  # Kinetics statistics used by torchvision's video models
+# Kinetics statistics as PyTorchVideo/SlowFast normalise (one value for every channel, so colour
+# rotation and OPN's channel splitting commute with it); torchvision's pretrained video weights
+# (`weights="KINETICS400_V1"`) were trained on (0.432, 0.395, 0.376) / (0.228, 0.221, 0.217).
+MEAN = (0.45, 0.45, 0.45)
 STD = (0.225, 0.225, 0.225)
 
 
 @dataclass
 class VideoAugment:
-    """Random resized crop (area share in `crop_scale`, aspect in `crop_ratio`), horizontal flip and
-    brightness/contrast jitter, drawn per sample and shared by all its frames."""
+    """Random resized crop (area share in `crop_scale`, aspect in `crop_ratio`; both (1, 1): the
+    whole frame), horizontal flip and brightness/contrast jitter, drawn per sample and shared by
+    all its frames."""
 
     crop_scale: tuple[float, float] = (0.5, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
