@@ -5,6 +5,7 @@ import faulthandler
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,7 +146,7 @@ def test_folder_builder_labels_classes_and_reports_bad_files(media: dict[str, Pa
     (root / "climb" / "linked.mp4").symlink_to(tmp_path / "elsewhere.mp4")
     put(media, "av", tmp_path / "disk2" / "run" / "r1.mp4")
     (root / "run").symlink_to(tmp_path / "disk2" / "run")  # a class folder linked in from elsewhere
-    (root / "climb" / "loop").symlink_to(root)  # a link loop: its videos are listed once
+    (root / "climb" / "loop").symlink_to(root)  # a link loop: its videos are listed once, the loop reported
     not_utf8 = os.fsdecode(b"caf\xe9.mp4")  # Latin-1 name: the bytes are kept as surrogates
     put(media, "av", root / "swim" / not_utf8)
 
@@ -162,9 +163,9 @@ def test_folder_builder_labels_classes_and_reports_bad_files(media: dict[str, Pa
         ("swim/s2.mkv", "swim", "train", False),
     ]
     assert rel_skipped(result, root) == {("swim/broken.mp4", "corrupt"), ("swim/empty.avi", "empty"),
-                                         ("swim/gone.mp4", "missing")}
+                                         ("swim/gone.mp4", "missing"), ("climb/loop", "duplicate")}
     assert (result.usable, result.no_audio) == (8, 2)
-    assert result.skipped_by_kind() == {"corrupt": 1, "empty": 1, "missing": 1}
+    assert result.skipped_by_kind() == {"corrupt": 1, "empty": 1, "missing": 1, "duplicate": 1}
     assert result.rows[-1].extra["audio_error"].startswith("corrupt: ")
     summary = result.summary()
     assert "usable: 8 (no audio: 2, of which an audio track that does not decode: 1, unlabeled: 1)" in summary
@@ -196,6 +197,17 @@ def test_folder_builder_split_class_layout(media: dict[str, Path], tmp_path: Pat
     ]
     with pytest.raises(ValueError, match="layout"):
         list_folder(root, layout="class/split")
+
+
+def test_folder_builder_reports_a_class_folder_linked_twice(media: dict[str, Path], tmp_path: Path) -> None:
+    """Two class folders that are one folder: the first by name keeps the videos, the other is reported."""
+    root = tmp_path / "videos"
+    put(media, "av", root / "jog" / "a.mp4")
+    (root / "running").symlink_to(root / "jog")
+    listing = list_folder(root)
+    assert [(Path(c.path).relative_to(root).as_posix(), c.label) for c in listing.candidates] == [("jog/a.mp4", "jog")]
+    assert [(s.path, s.kind, s.detail) for s in listing.skipped] == [
+        (str(root / "running"), "duplicate", f"same folder as {root / 'jog'}")]
 
 
 def test_unexpected_probe_failure_is_reported_not_raised(media: dict[str, Path], tmp_path: Path,
@@ -337,6 +349,26 @@ def test_ucf101_builder(media: dict[str, Path], tmp_path: Path) -> None:
     assert rel_skipped(split2, root) == {("Archery/v_Archery_g01_c01.avi", "corrupt")}
 
 
+def test_a_video_listed_twice_is_kept_once_and_the_repeat_reported(media: dict[str, Path], tmp_path: Path) -> None:
+    """A video in both trainlist and testlist would leak across the splits: its second listing is
+    left out as a duplicate that names where it was kept."""
+    root = tmp_path / "UCF-101"
+    make_ucf101(media, root)
+    with open(root / "ucfTrainTestlist" / "testlist01.txt", "a", newline="") as f:
+        f.write("Archery/v_Archery_g08_c02.avi\r\n")
+    result = build_ucf101(root, split=1, workers=1)
+    assert rel_rows(result, root) == [
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyEyeMakeup", "train", True),
+        ("Archery/v_Archery_g08_c02.avi", "Archery", "train", True),
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "ApplyEyeMakeup", "test", False),
+    ]
+    [duplicate] = [s for s in result.skipped if s.kind == "duplicate"]
+    assert duplicate.path == str(root / "Archery" / "v_Archery_g08_c02.avi")
+    assert duplicate.detail.startswith("listed again (split 'test', label 'Archery'); kept once, as ")
+    assert duplicate.detail.endswith(" in split 'train' with label 'Archery'")
+    assert "  duplicate: 1" in result.summary()
+
+
 def test_ucf101_checks_labels_against_classind(media: dict[str, Path], tmp_path: Path) -> None:
     root = tmp_path / "UCF-101"
     make_ucf101(media, root)
@@ -391,6 +423,30 @@ def test_hmdb51_builder(media: dict[str, Path], tmp_path: Path) -> None:
         build_hmdb51(root, split=3, splits_dir=splits)
 
 
+def test_split_files_ignore_resource_forks_and_name_the_bad_line(media: dict[str, Path], tmp_path: Path) -> None:
+    """A macOS `._<class>_test_split1.txt` (binary) beside the real file is ignored; a split file
+    that is not UTF-8 text, or a classInd line that is not `<index> <class>`, is an error naming
+    the file and line."""
+    root = tmp_path / "hmdb51"
+    put(media, "av", root / "wave" / "a_wave_0.avi")
+    splits = root / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    (splits / "wave_test_split1.txt").write_text("a_wave_0.avi 1 \n")
+    (splits / "._wave_test_split1.txt").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X\xb0\xff")
+    listing = manifest.list_hmdb51(root)
+    assert [(c.label, c.split) for c in listing.candidates] == [("wave", "train")]
+
+    (splits / "wave_test_split2.txt").write_bytes(b"a_wave_0.avi 1\n\ncaf\xe9_wave_0.avi 2\n")
+    with pytest.raises(ValueError, match=re.escape(f"{splits / 'wave_test_split2.txt'}:3: not UTF-8")):
+        manifest.list_hmdb51(root, split=2)
+
+    ucf = tmp_path / "UCF-101"
+    make_ucf101(media, ucf)
+    (ucf / "ucfTrainTestlist" / "classInd.txt").write_text("1 ApplyEyeMakeup\none Archery\n")
+    with pytest.raises(ValueError, match=re.escape(f"{ucf / 'ucfTrainTestlist' / 'classInd.txt'}:2: expected")):
+        manifest.list_ucf101(ucf)
+
+
 # --- Kinetics ---------------------------------------------------------------------------------
 
 def test_kinetics_builder(media: dict[str, Path], tmp_path: Path) -> None:
@@ -434,6 +490,30 @@ def test_kinetics_builder(media: dict[str, Path], tmp_path: Path) -> None:
     bad_csv.write_text("label,id\nx,y\n")
     with pytest.raises(ValueError, match="lack columns"):
         build_kinetics(root, bad_csv)
+
+
+def test_kinetics_rows_sharing_one_file_are_reported(media: dict[str, Path], tmp_path: Path) -> None:
+    """Two segments of one youtube id and a single bare `<id>.mp4`: the file is one row, the other
+    segment a duplicate naming the split and label it was kept in."""
+    root = tmp_path / "kinetics"
+    put(media, "av", root / "aaa.mp4")
+    annotations = tmp_path / "train.csv"
+    annotations.write_text("label,youtube_id,time_start,time_end,split\n"
+                           "knot,aaa,10,20,train\n"
+                           "knot,aaa,30,40,val\n")
+    result = build_kinetics(root, annotations, workers=1)
+    assert [(r.split, r.extra["time_start"]) for r in result.rows] == [("train", "10")]
+    assert [(s.path, s.kind) for s in result.skipped] == [(str(root / "aaa.mp4"), "duplicate")]
+    assert "split 'train'" in result.skipped[0].detail and "label 'knot'" in result.skipped[0].detail
+
+
+@pytest.mark.parametrize("start, end", [("", "10"), ("3", "ten"), ("nan", "10")])
+def test_kinetics_bad_times_name_the_file_and_line(tmp_path: Path, start: str, end: str) -> None:
+    (tmp_path / "videos").mkdir()
+    annotations = tmp_path / "train.csv"
+    annotations.write_text(f"label,youtube_id,time_start,time_end,split\nx,abc,1,11,train\nx,abd,{start},{end},train\n")
+    with pytest.raises(ValueError, match=re.escape(f"{annotations}:3: time_start")):
+        manifest.list_kinetics(tmp_path / "videos", annotations)
 
 
 # --- the tool ---------------------------------------------------------------------------------

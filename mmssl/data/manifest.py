@@ -26,6 +26,7 @@ COLUMNS = ("path", "label", "split", "duration", "fps", "num_frames", "has_audio
 # its bytes, so the manifest names the file the folder has.
 PATH_ERRORS = "surrogateescape"
 AUDIO_ERROR = "audio_error"  # extra column: why a file's audio track does not decode (it has no audio then)
+DUPLICATE = "duplicate"  # Skipped kind: a file or folder listed already (once in a manifest, never in two splits)
 
 
 @dataclass
@@ -154,7 +155,8 @@ class Candidate:
 class Skipped:
     """A file left out (of a manifest, or of a batch when it fails to decode): `kind` is a
     MediaError kind ("crashed": its probe or decode killed a process), "timeout" for a probe
-    stopped, "error" for anything else."""
+    stopped, "missing" for a listed file not on disk, DUPLICATE for a file or folder listed
+    already, "error" for anything else."""
 
     path: str
     kind: str
@@ -239,23 +241,37 @@ def probe_candidates(listing: Listing, workers: int | None = None,
     process) and keep the order of the listing. A bad file becomes a Skipped entry, never an
     exception; in worker processes so does a probe that runs past `timeout_s` ("timeout") or
     kills its process ("crashed", e.g. a segfault in a decoder library), and the build goes on.
-    `progress(done, total)` is called after each file."""
-    total = len(listing.candidates)
+    A file listed a second time (the same file after links are resolved) is left out as DUPLICATE
+    and probed once. `progress(done, total)` is called after each file."""
+    candidates, duplicates = _first_listings(listing.candidates)
+    total = len(candidates)
     workers = min(workers or os.cpu_count() or 1, total)
     rows: list[ManifestRow] = []
-    skipped = list(listing.skipped)
+    skipped = listing.skipped + duplicates
     with ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(pebble.ProcessPool(max_workers=workers))
-            results = isolated_map(pool, _probe_one, listing.candidates, _probe_failed, 4 * workers, timeout_s,
-                                   "probe")
+            results = isolated_map(pool, _probe_one, candidates, _probe_failed, 4 * workers, timeout_s, "probe")
         else:
-            results = map(_probe_one, listing.candidates)
+            results = map(_probe_one, candidates)
         for done, result in enumerate(results, 1):
             (rows if isinstance(result, ManifestRow) else skipped).append(result)
             if progress is not None:
                 progress(done, total)
     return BuildResult(rows, skipped, listing.excluded, listing.not_videos)
+
+
+def _first_listings(candidates: list[Candidate]) -> tuple[list[Candidate], list[Skipped]]:
+    """The first candidate of each file, and every later one as DUPLICATE naming the first's split
+    and label (two rows of one file would put it in two splits, or twice in one)."""
+    first_of: dict[str, Candidate] = {}
+    duplicates: list[Skipped] = []
+    for c in candidates:
+        first = first_of.setdefault(os.path.realpath(c.path), c)
+        if first is not c:
+            duplicates.append(Skipped(c.path, DUPLICATE, f"listed again (split {c.split!r}, label {c.label!r}); kept "
+                                      f"once, as {first.path} in split {first.split!r} with label {first.label!r}"))
+    return list(first_of.values()), duplicates
 
 
 def _probe_failed(candidate: Candidate, kind: str, detail: str) -> Skipped:
@@ -313,16 +329,19 @@ def list_ucf101(root: str | Path, split: int = 1, splits_dir: str | Path | None 
     _check_split(split)
     root = Path(root).absolute()
     splits_dir = Path(splits_dir) if splits_dir is not None else root / "ucfTrainTestlist"
-    index_of = {name: int(index) for index, name in _split_lines(splits_dir / "classInd.txt")}
+    index_of: dict[str, int] = {}
+    for where, line in _split_lines(splits_dir / "classInd.txt"):
+        if len(line) != 2 or not line[0].isdecimal():
+            raise ValueError(f"{where}: expected '<index> <class>', got {line}")
+        index_of[line[1]] = int(line[0])
     listing = Listing()
     for split_name in ("train", "test"):
         list_file = splits_dir / f"{split_name}list0{split}.txt"
-        for lineno, (rel, *index) in enumerate(_split_lines(list_file), 1):
+        for where, (rel, *index) in _split_lines(list_file):
             label = rel.split("/")[0]
-            where = f"{list_file}:{lineno}"
             if label not in index_of:
                 raise ValueError(f"{where}: class {label!r} is not in classInd.txt")
-            if index and int(index[0]) != index_of[label]:
+            if index and not (index[0].isdecimal() and int(index[0]) == index_of[label]):
                 raise ValueError(f"{where}: index {index[0]} of {label!r} disagrees with "
                                  f"classInd.txt ({index_of[label]})")
             listing.add(root / rel, label, split_name, list_file.name)
@@ -348,15 +367,15 @@ def list_hmdb51(root: str | Path, split: int = 1, splits_dir: str | Path | None 
     root = Path(root).absolute()
     splits_dir = Path(splits_dir) if splits_dir is not None else root / "testTrainMulti_7030_splits"
     suffix = f"_test_split{split}.txt"
-    list_files = sorted(splits_dir.glob(f"*{suffix}"))
+    list_files = sorted(p for p in splits_dir.glob(f"*{suffix}") if not p.name.startswith("."))  # no ._ forks
     if not list_files:
         raise FileNotFoundError(f"{splits_dir}: no *{suffix} split files")
     listing = Listing()
     for list_file in list_files:
         label = list_file.name[: -len(suffix)]
-        for lineno, line in enumerate(_split_lines(list_file), 1):
+        for where, line in _split_lines(list_file):
             if len(line) != 2 or line[1] not in ("0", *HMDB_CODES):
-                raise ValueError(f"{list_file}:{lineno}: expected '<video> <0|1|2>', got {line}")
+                raise ValueError(f"{where}: expected '<video> <0|1|2>', got {line}")
             video, code = line
             if code == "0":
                 listing.excluded += 1
@@ -394,7 +413,12 @@ def list_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Pat
             if lacking:
                 raise ValueError(f"{csv_path}: annotations lack columns {sorted(lacking)}")
             for d in reader:
-                yid, start, end = d["youtube_id"], int(float(d["time_start"])), int(float(d["time_end"]))
+                yid = d["youtube_id"]
+                try:
+                    start, end = int(float(d["time_start"])), int(float(d["time_end"]))
+                except (TypeError, ValueError, OverflowError) as e:
+                    raise ValueError(f"{csv_path}:{reader.line_num}: time_start and time_end must be numbers of "
+                                     f"seconds, got {d['time_start']!r} and {d['time_end']!r}") from e
                 name = f"{yid}_{start:06d}_{end:06d}"
                 path = by_stem.get(name) or by_stem.get(yid) or root / name
                 listing.add(path, d.get("label") or "", d.get("split") or default_split,
@@ -415,7 +439,7 @@ class FolderScan:
     videos: list[Path]  # files with a video extension (any case), sorted
     broken_links: list[Path]  # video names whose link points to nothing
     other_files: Counter  # files with other extensions, by extension
-    unlisted: list[Skipped]  # folders that could not be listed (their videos are not in `videos`)
+    unlisted: list[Skipped]  # folders not listed (unreadable, or walked already): their videos not in `videos`
 
 
 def _scan_folder(root: Path) -> FolderScan:
@@ -425,7 +449,11 @@ def _scan_folder(root: Path) -> FolderScan:
         raise FileNotFoundError(f"{root}: not a folder")
     errors: list[OSError] = []
     scan = FolderScan([], [], Counter(), [])
-    for path in sorted(_files_under(root, errors.append)):
+
+    def repeated(folder: str, first: str) -> None:
+        scan.unlisted.append(Skipped(folder, DUPLICATE, f"same folder as {first}"))
+
+    for path in sorted(_files_under(root, errors.append, repeated)):
         is_video = path.suffix.lower() in VIDEO_EXTENSIONS
         if is_video and path.is_file():
             scan.videos.append(path)
@@ -439,25 +467,37 @@ def _scan_folder(root: Path) -> FolderScan:
     return scan
 
 
-def _files_under(root: Path, on_error: Callable[[OSError], None]) -> Iterator[Path]:
-    """Every file (or link to nothing) under `root`, through links to folders (class folders linked
-    in from other disks) but into no folder twice, so a link loop ends; hidden names left out.
-    A folder that cannot be listed goes to `on_error`."""
-    visited: set[str] = set()
+def _files_under(root: Path, on_error: Callable[[OSError], None],
+                 on_repeat: Callable[[str, str], None]) -> Iterator[Path]:
+    """Every file (or link to nothing) under `root`, folders in name order, through links to folders
+    (class folders linked in from other disks) but into no folder twice, so a link loop ends; hidden
+    names left out. A folder that cannot be listed goes to `on_error`, one walked already under
+    another name to `on_repeat(folder, first name)`."""
+    first_name: dict[str, str] = {}
     for folder, folders, files in os.walk(root, followlinks=True, onerror=on_error):
-        real = os.path.realpath(folder)
-        if real in visited:
+        first = first_name.setdefault(os.path.realpath(folder), folder)
+        if first != folder:
+            on_repeat(folder, first)
             folders.clear()
             continue
-        visited.add(real)
-        folders[:] = [name for name in folders if not name.startswith(".")]
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
         yield from (Path(folder, name) for name in files if not name.startswith("."))
 
 
-def _split_lines(path: Path) -> list[list[str]]:
-    """Whitespace-split non-blank lines of an official split file (CRLF-tolerant)."""
-    with open(path) as f:
-        return [line.split() for line in f if line.strip()]
+def _split_lines(path: Path) -> list[tuple[str, list[str]]]:
+    """("<path>:<line number>", whitespace-split fields) of each non-blank line of an official split
+    file (CRLF-tolerant); a line that is not UTF-8 is a ValueError naming the file and line."""
+    lines = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                fields = raw.decode("utf-8").split()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text ({e})") from e
+            if fields:
+                lines.append((where, fields))
+    return lines
 
 
 def _check_split(split: int) -> None:
