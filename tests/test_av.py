@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mmssl.config import TransferConfig, load_config
+from mmssl.config import ConfigError, TransferConfig, load_config, to_dict
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import read_manifest
 from mmssl.data.synthetic import SHAPES
-from mmssl.engine.trainer import TaskModel, pretrain
+from mmssl.engine.checkpoint import save_checkpoint
+from mmssl.engine.trainer import TaskModel, build_encoder, pretrain
+from mmssl.eval.av import evaluate_av, retrieval_recall
 from mmssl.eval.transfer import Transfer, load_audio_encoder
 from mmssl.models import build_video_encoder
 from mmssl.models.audio import build_audio_encoder
@@ -212,17 +216,61 @@ def test_av_contrastive_step_trains_both_towers_and_the_temperature(tiny_synthav
 
 
 def test_eval_av_reports_heldout_accuracy_and_retrieval(tiny_synthav: Path, tmp_path: Path) -> None:
-    from mmssl.eval.av import evaluate_av
-
     for task_name in ("avc", "av_contrastive"):
         config = load_config(ROOT / f"configs/pretrain/{task_name}.yaml",
                              [f"data.synthav_dir={tiny_synthav}", "data.frame_size=32", f"task.{task_name}.clip_len=4",
                               "data.batch_size=4", "data.num_workers=0", "train.max_steps=1"])
         result = evaluate_av(pretrain(config, tmp_path / task_name), split="test")
+        assert result["task"] == result["av_task"] == task_name
         assert 0 <= result["retrieval_v2a_r1"] <= result["retrieval_v2a_r5"] <= 100
         assert result["retrieval_candidates"] == 16  # 20 test videos, 20% without audio
         assert result["left_out"] == {"no_audio": 4} and result["manifest"] == str(tiny_synthav / "manifest.csv")
         assert any(key.startswith("heldout_") for key in result)
+
+
+def test_retrieval_recall_ranks_ties_against_the_own_item() -> None:
+    assert retrieval_recall(torch.eye(8), (1, 5)) == {1: 100.0, 5: 100.0}
+    ranks = [0, 0, 1, 4, 5, 9, 3, 7, 2, 0]  # each row's own item's place among its scores, best first
+    n = len(ranks)
+    similarity = torch.empty(n, n)
+    for i, rank in enumerate(ranks):
+        others = [j for j in range(n) if j != i]
+        similarity[i, others[:rank] + [i] + others[rank:]] = torch.arange(n, 0, -1.0)
+    assert retrieval_recall(similarity, (1, 5)) == pytest.approx({1: 30.0, 5: 70.0})
+    # a constant similarity retrieves nothing (not everything): every own item is tied with all others
+    assert retrieval_recall(torch.ones(8, 8), (1, 5, 8)) == {1: 0.0, 5: 0.0, 8: 100.0}
+    tied = torch.eye(8)
+    tied[:, 0] = 1  # rows 1-7: the own item tied with item 0 at the top, so second
+    assert retrieval_recall(tied, (1, 2)) == pytest.approx({1: 12.5, 2: 100.0})
+
+
+def random_init_checkpoint(synthav: Path, path: Path, *overrides: str) -> Path:
+    """A pretraining checkpoint of a test-sized config at random init (no step trained)."""
+    config = load_config(None, [f"data.synthav_dir={synthav}", "data.frame_size=32", *overrides])
+    torch.manual_seed(0)
+    return save_checkpoint(path, model=TaskModel(build_task(config), build_encoder(config)), config=to_dict(config))
+
+
+def test_eval_av_evaluates_the_av_task_of_a_multitask_run_and_refuses_a_run_without_one(
+        tiny_synthav: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = importlib.util.spec_from_file_location("eval_av", ROOT / "tools/eval_av.py")
+    eval_av = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_av)
+    multitask = ["task.name=multitask", "task.multitask.weights=[1.0, 1.0]"]
+    checkpoint = random_init_checkpoint(tiny_synthav, tmp_path / "multitask.pt", *multitask,
+                                        "task.multitask.tasks=[order, avc]", "task.avc.clip_len=4")
+    result = eval_av.main(["--checkpoint", str(checkpoint)])
+    assert result["task"] == "multitask" and result["av_task"] == "avc"
+    assert result["retrieval_candidates"] == 16 and 0 <= result["heldout_accuracy"] <= 1
+    assert json.loads((tmp_path / "av_eval.json").read_text()) == result
+
+    for name, overrides in (("order", []), ("multitask", [*multitask, "task.multitask.tasks=[order, vcop]"])):
+        checkpoint = random_init_checkpoint(tiny_synthav, tmp_path / f"{name}.pt", *overrides)
+        with pytest.raises(ConfigError, match=f"task '{name}'.* no audio-visual correspondence.*avc, av_contrastive"):
+            evaluate_av(checkpoint)
+        with pytest.raises(SystemExit):
+            eval_av.main(["--checkpoint", str(checkpoint)])
+        assert "avc, av_contrastive" in capsys.readouterr().err
 
 
 def test_audio_tower_of_an_av_checkpoint_is_probed_on_the_shape_labels(tiny_synthav: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Held-out evaluation of an audio-visual pretraining run (avc, av_contrastive): the pretext
-accuracy on the test split and video-to-audio retrieval R@1/R@5 among all test audios.
+"""Held-out evaluation of an audio-visual pretraining run (avc, av_contrastive; of a multitask
+run, its audio-visual task): the pretext accuracy on the test split and video-to-audio retrieval
+R@1/R@5 among all test audios.
 
   python tools/eval_av.py --checkpoint CKPT|RUN_DIR [--manifest FILE] [--split test] [--out FILE.json]
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmssl.config import ConfigError  # noqa: E402
 from mmssl.data.manifest import ManifestError  # noqa: E402
 from mmssl.engine.checkpoint import latest_checkpoint  # noqa: E402
 from mmssl.eval.av import evaluate_av  # noqa: E402
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint = latest_checkpoint(checkpoint) or parser.error(f"no checkpoint in {args.checkpoint}")
     try:
         result = evaluate_av(checkpoint, args.manifest, args.split)
-    except ManifestError as e:
+    except (ConfigError, ManifestError) as e:
         parser.error(str(e))
     for key, value in result.items():
         print(f"{key:<24} {value:.2f}" if isinstance(value, float) else f"{key:<24} {value}")

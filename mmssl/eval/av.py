@@ -6,22 +6,30 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
+from mmssl.config import ConfigError
 from mmssl.data.dataset import PretextDataset, collate, kinds
 from mmssl.data.manifest import ManifestError, read_manifest
 from mmssl.data.synthetic import ensure_synthav
-from mmssl.engine.trainer import load_task_model
+from mmssl.engine.trainer import TaskModel, load_task_model
+from mmssl.tasks.base import PretextTask
+from mmssl.tasks.multitask import MultiTask
 from mmssl.transforms.video import to_model_input
+
+AV_TASKS = ("avc", "av_contrastive")  # the tasks with an audio tower and a video-audio similarity
 
 
 @torch.no_grad()
 def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str = "test",
                 batch_size: int = 32, seed: int = 0) -> dict:
     """Pretext metrics averaged over `split` (e.g. AVC accuracy), and retrieval of each clip's own
-    audio among all the split's audios by the similarity the task learned."""
+    audio among all the split's audios by the similarity the task learned. Of a multi-task run,
+    its audio-visual task is evaluated (with that task's head); a run without one is refused
+    (ConfigError)."""
     model, config = load_task_model(checkpoint)
-    task, head = model.task, model.head
+    task, head = av_task(model)
     task.augment = None
     task.set_step(1, 1)  # past any curriculum: hard negatives included where the task has them
     manifest = manifest or config.data.manifest or ensure_synthav(config.data.synthav_dir)
@@ -34,7 +42,7 @@ def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str 
         skipped.update(kinds(batch.pop("skipped")))
         if not batch:
             continue
-        for name, value in model(batch).items():
+        for name, value in task.loss(batch, model.encoder, head).items():
             metrics.setdefault(name, []).append(float(value) * len(batch["frames"]))
         videos.append(model.encoder(to_model_input(batch["frames"])))
         audios.append(head.audio(batch["audio"]))
@@ -43,20 +51,45 @@ def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str 
                             f"{config.task.name!r} (left out: {dict(dataset.excluded + skipped)})")
     count = sum(len(v) for v in videos)
     similarity = _similarity(head, torch.cat(videos), torch.cat(audios))
-    ranks = (similarity > similarity.diagonal()[:, None]).sum(1)  # audios scored above the own one
+    recall = retrieval_recall(similarity, (1, 5))
     return {
         **{f"heldout_{name}": sum(values) / count for name, values in metrics.items()},
-        "retrieval_v2a_r1": 100 * (ranks < 1).float().mean().item(),
-        "retrieval_v2a_r5": 100 * (ranks < 5).float().mean().item(),
+        "retrieval_v2a_r1": recall[1],
+        "retrieval_v2a_r5": recall[5],
         "retrieval_candidates": len(similarity),
         "task": config.task.name,
+        "av_task": task.name,
         "manifest": str(manifest),
         "split": split,
         "left_out": dict(dataset.excluded + skipped),  # no audio track, too short, failed to decode
     }
 
 
-def _similarity(head: torch.nn.Module, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+def av_task(model: TaskModel) -> tuple[PretextTask, nn.Module]:
+    """The audio-visual task of a pretraining model and its head: the model's own, or a multi-task
+    run's first task in AV_TASKS (its head is head[name]). ConfigError for a model without one."""
+    task, head = model.task, model.head
+    if isinstance(task, MultiTask):
+        name = next((name for name in task.tasks if name in AV_TASKS), None)
+        if name is not None:
+            return task.tasks[name], head[name]
+    elif task.name in AV_TASKS:
+        return task, head
+    tasks = f" ({', '.join(task.tasks)})" if isinstance(task, MultiTask) else ""
+    raise ConfigError(f"task {task.name!r}{tasks} has no audio-visual correspondence to evaluate: eval_av supports "
+                      f"{', '.join(AV_TASKS)}, alone or among a multitask run's tasks")
+
+
+def retrieval_recall(similarity: torch.Tensor, ks: tuple[int, ...]) -> dict[int, float]:
+    """R@k in percent for each k of `ks`: the share of rows whose own item (the diagonal entry) is
+    among the k best-scored items of its row. A tie with another item counts against the own one
+    (as does a NaN score), so constant scores retrieve nothing."""
+    own = similarity.diagonal()[:, None]
+    ranks = (similarity.shape[1] - 1) - (similarity < own).sum(1)  # other items not scored below the own one
+    return {k: 100 * (ranks < k).float().mean().item() for k in ks}
+
+
+def _similarity(head: nn.Module, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
     """[videos, audios] scores: cosine of the shared head's embeddings, or (a fusion classifier)
     the logit margin of "corresponds"."""
     if head.shared is not None:
