@@ -140,6 +140,31 @@ def test_random_access_equals_sequential_decode(media: dict[str, Path], name: st
         assert torch.equal(reader.get_frames(range(len(reference))), reference)
 
 
+@pytest.mark.parametrize("name", ["h264_aac.mp4", "h264_444_odd.mkv", "h264_aac.ts", "h264_aac.flv", "mpeg4_pcm.avi"])
+def test_a_seek_lands_on_the_keyframe_of_the_frame(media: dict[str, Path], name: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # One seek, and decoding starts at the frame's own keyframe: mp4 and Matroska are sought by the
+    # keyframe's presentation time (by its decode time they land a keyframe early: x264's B-frames),
+    # MPEG-TS, FLV and AVI by its decode time (by its presentation time TS and FLV land past it).
+    first_packets: list[int] = []
+    demux = av.container.InputContainer.demux
+
+    def recording(self: av.container.InputContainer, *args: object, **kwargs: object) -> Iterator[av.Packet]:
+        for i, packet in enumerate(demux(self, *args, **kwargs)):
+            if i == 0:
+                first_packets.append(packet.pts if packet.pts is not None else packet.dts)
+            yield packet
+
+    with VideoReader(media[name]) as reader:
+        frame = 21
+        keys = reader.index.keyframe_pts
+        key = keys[np.searchsorted(keys, reader.index.pts[frame], side="right") - 1]
+        assert key > keys[0]
+        monkeypatch.setattr(av.container.InputContainer, "demux", recording)
+        reader.get_frames([frame])
+    assert first_packets == [key]
+
+
 @pytest.mark.parametrize("name", ["h264_aac.mp4", "vfr.mp4", "edit_list.mp4", "mpeg4_pcm.avi"])
 def test_strided_read_leaves_unwanted_b_frames_undecoded(media: dict[str, Path], name: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

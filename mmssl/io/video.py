@@ -32,6 +32,11 @@ Size = tuple[int, int]  # (height, width)
 # of a file. Not MPEG-4 part 2, whose AVI files may pack two frames into one packet (DivX's packed
 # B-frames), nor HEVC, whose sub-layer non-reference pictures may be references for higher sub-layers.
 SKIP_NONREF_CODECS = frozenset({"h264"})
+# Demuxers whose seek index holds presentation times (mp4/mov; Matroska/WebM's cues): a keyframe is
+# sought there by its presentation time; by its decode time they land a keyframe early (B-frames).
+# Every other demuxer is sought by decode time: MPEG-PS, MPEG-TS and FLV land on a later keyframe
+# when given a presentation time, and AVI's packed B-frames carry none.
+SEEK_BY_PTS_FORMATS = frozenset({"mov", "matroska"})
 
 
 def cover_size(native: Size, size: Size) -> Size:
@@ -62,6 +67,9 @@ class _PyAVBackend:
         self.size, self.keep_aspect = size, keep_aspect
         self.height, self.width = size or (ctx.height, ctx.width)  # as stored, when no size is asked for
         self.reformatter = VideoReformatter()
+        by_pts = self.container.format.name.split(",")[0] in SEEK_BY_PTS_FORMATS
+        self.seek_points = self.index.keyframe_pts if by_pts else self.index.keyframe_dts
+        self.landed_past = False  # set by _decode: the last seek came out past its keyframe
 
     def read(self, frames: np.ndarray) -> list[np.ndarray]:
         """Decode the frames with the given (sorted, unique) numbers."""
@@ -79,9 +87,9 @@ class _PyAVBackend:
                     position = self._take(decoded, int(target), wanted, out)
                 # where the demuxer lands past the keyframe, from the one before it, then from the first
                 for start in dict.fromkeys((key, max(key - 1, 0), 0)):
-                    if out[wanted[int(target)]] is not None:
+                    if out[wanted[int(target)]] is not None or (start != key and not self.landed_past):
                         break
-                    seek_back(self.container, self.stream, int(self.index.keyframe_dts[start]))
+                    seek_back(self.container, self.stream, int(self.seek_points[start]))
                     decoded = self._decode(wanted, int(keys[start]))
                     position = self._take(decoded, int(target), wanted, out)
                 if out[wanted[int(target)]] is None:
@@ -110,11 +118,12 @@ class _PyAVBackend:
         it (a later keyframe comes first). A packet whose pts is not `wanted` is decoded only when it
         holds a reference frame (SKIP_NONREF_CODECS), which the frames after it may need."""
         ctx = self.stream.codec_context
-        reached = False
+        reached = self.landed_past = False
         for packet in self.container.demux(self.stream):
             stamp = packet_stamp(packet)
             if not reached:
                 if packet.is_keyframe and stamp is not None and stamp > key:
+                    self.landed_past = True
                     return
                 reached = stamp == key
             if self.skip_nonref:
