@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from mmssl.config import ConfigError, TransferConfig, load_config, to_dict
-from mmssl.data.dataset import PretextDataset, collate
-from mmssl.data.manifest import read_manifest
+from mmssl.data.dataset import PretextDataset, collate, decode_window
+from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.data.synthetic import SHAPES
 from mmssl.engine.checkpoint import save_checkpoint
 from mmssl.engine.trainer import TaskModel, build_encoder, pretrain
 from mmssl.eval.av import evaluate_av, retrieval_recall
 from mmssl.eval.transfer import Transfer, load_audio_encoder
+from mmssl.io import probe, write_media
 from mmssl.models import build_video_encoder
 from mmssl.models.audio import build_audio_encoder
 from mmssl.tasks import build_task
@@ -63,6 +64,26 @@ def test_positive_audio_is_aligned_with_its_frames(tiny_synthav: Path) -> None:
                 checked += 1
                 break
     assert checked >= 2
+
+
+@pytest.mark.parametrize("name", ["av_contrastive", "avc"])
+def test_positive_audio_stays_with_its_frames_at_a_variable_frame_rate(tmp_path: Path, name: str) -> None:
+    # 20 frames 0.2 s apart, then 20 frames 0.02 s apart: frame number / average fps is up to ~1.3 s
+    # off the frames' own times. A click at the middle frame of a late clip is heard mid-window.
+    times = np.concatenate([np.arange(20) * 0.2, 4.0 + np.arange(20) * 0.02])
+    audio = np.zeros(5 * SR, dtype=np.float32)
+    clip_frames = np.arange(28, 36)
+    audio[round(times[clip_frames].mean() * SR):][:16] = np.where(np.arange(16) % 2, -0.9, 0.9)
+    path = write_media(tmp_path / "vfr.mp4", np.zeros((40, 32, 32, 3), np.uint8), 10, audio, frame_times=times)
+    row = ManifestRow.from_info(path, probe(path))
+    task = build_task(load_config(ROOT / f"configs/pretrain/{name}.yaml"))
+    window = dataclasses.replace(task.window(row, np.random.default_rng(0)), frames=clip_frames)
+    window.audio_start_s = float(np.clip(clip_frames.mean() / row.fps - 0.5, 0, row.num_frames / row.fps - 1))
+    if name == "avc":
+        window.targets = {"positive_offset": 0, "hard_offset": NO_HARD}
+        window.audio_duration_s = 1.0
+    sample = task.make_sample(decode_window(row, window, 32), np.random.default_rng(0))
+    assert abs(click_time(sample["audio"]) - 0.5) < 0.02
 
 
 def _other_impact_near(row, start: float) -> bool:

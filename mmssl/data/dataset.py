@@ -104,17 +104,27 @@ def decode_window(row: ManifestRow, window: Window, frame_size: int | None = Non
                   sample_rate: int = 16000) -> DecodedClip:
     """Exactly the frames (scaled in the decoder with the aspect ratio kept, short side to
     frame_size, and centre-cropped to frame_size x frame_size) and the audio span of `window`
-    (raises MediaError for bad files). A window without frames decodes no video."""
+    (raises MediaError for bad files). A window without frames decodes no video. Tasks place audio
+    at frame number / row.fps; with frames, the span moves by their `clock_drift`, so that it stays
+    with them on a variable frame rate."""
     size = (frame_size, frame_size) if frame_size else None
     video = torch.empty(0, *(size or (0, 0)), 3, dtype=torch.uint8)
-    audio = None
+    audio, drift = None, 0.0
     with open_container(row.path) as container:  # one open for both streams
         if len(window.frames):
             with VideoReader(row.path, size=size, backend=backend, keep_aspect=True, container=container) as reader:
                 video = reader.get_frames(window.frames)
+                drift = clock_drift(reader.timestamps(window.frames).numpy(), window.frames, row.fps, sample_rate)
         if window.audio_start_s is not None:
-            audio = load_audio(row.path, window.audio_start_s, window.audio_duration_s, sample_rate, container)
+            audio = load_audio(row.path, window.audio_start_s + drift, window.audio_duration_s, sample_rate, container)
     return DecodedClip(video, audio, window, row)
+
+
+def clock_drift(times: np.ndarray, frames: np.ndarray, fps: float, sample_rate: int) -> float:
+    """How far (s, to the audio sample) the frames' own times lie from frame number / `fps`, on
+    average: a task places a clip's audio on that nominal clock, which a variable frame rate leaves;
+    0 at a constant rate."""
+    return round(float(np.mean(times - np.asarray(frames) / fps)) * sample_rate) / sample_rate
 
 
 def collate(items: list[dict[str, object] | Skipped]) -> dict[str, object]:
