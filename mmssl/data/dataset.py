@@ -114,7 +114,8 @@ def decode_window(row: ManifestRow, window: Window, frame_size: int | None = Non
         if len(window.frames):
             with VideoReader(row.path, size=size, backend=backend, keep_aspect=True, container=container) as reader:
                 video = reader.get_frames(window.frames)
-                drift = clock_drift(reader.timestamps(window.frames).numpy(), window.frames, row.fps, sample_rate)
+                if window.audio_start_s is not None:
+                    drift = clock_drift(reader.timestamps(window.frames).numpy(), window.frames, row.fps, sample_rate)
         if window.audio_start_s is not None:
             audio = load_audio(row.path, window.audio_start_s + drift, window.audio_duration_s, sample_rate, container)
     return DecodedClip(video, audio, window, row)

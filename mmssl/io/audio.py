@@ -59,8 +59,9 @@ def _read_window(container: InputContainer, path: str | Path, start_s: float, du
             return torch.from_numpy(out)
         start = round((float(first.pts * first.time_base) - window_start) * sample_rate)  # window position
         written, origin = 0, None  # samples so far; the first chunk's time (s)
+        on_video_clock = bool(container.streams.video)
         for chunk in _resampled(chain([first], frames), sample_rate):
-            if chunk.pts is not None and container.streams.video:
+            if chunk.pts is not None and on_video_clock:
                 origin = float(chunk.pts * chunk.time_base) if origin is None else origin
                 jump = round((float(chunk.pts * chunk.time_base) - origin) * sample_rate) - written
                 written += jump if abs(jump) > JUMP_S * sample_rate else 0

@@ -83,6 +83,11 @@ def packet_stamp(packet: av.Packet) -> int | None:
     return packet.pts if packet.pts is not None else packet.dts
 
 
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns (0-3) that the frame's display matrix asks for to show it upright."""
+    return round(frame.rotation / 90) % 4
+
+
 def check_decodable(path: str | Path, stream: av.stream.Stream) -> None:
     """Raise `UnsupportedCodecError` when FFmpeg has no decoder for `stream`."""
     ctx = stream.codec_context

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import av
 
-from mmssl.io.container import build_index, check_decodable, media_errors, open_container, seek_back, video_stream
+from mmssl.io.container import (
+    build_index,
+    check_decodable,
+    media_errors,
+    open_container,
+    quarter_turns,
+    seek_back,
+    video_stream,
+)
 from mmssl.io.errors import CorruptMediaError, MediaError
 
 
@@ -33,7 +41,7 @@ def probe(path: str | Path) -> MediaInfo:
     with open_container(path) as container:
         stream = video_stream(path, container)
         index = build_index(path, container, stream)
-        turned = round(_decode_first_frame(path, container, stream).rotation / 90) % 2
+        turned = quarter_turns(_decode_first_frame(path, container, stream)) % 2
         width, height = stream.codec_context.width, stream.codec_context.height
         audio = container.streams.audio[0] if container.streams.audio else None
         audio_error = _audio_error(path, container, audio) if audio is not None else ""

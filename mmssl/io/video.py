@@ -23,7 +23,15 @@ import torch
 from av.container import InputContainer
 from av.video.reformatter import VideoReformatter
 
-from mmssl.io.container import build_index, media_errors, open_container, packet_stamp, seek_back, video_stream
+from mmssl.io.container import (
+    build_index,
+    media_errors,
+    open_container,
+    packet_stamp,
+    quarter_turns,
+    seek_back,
+    video_stream,
+)
 from mmssl.io.errors import CorruptMediaError, TooShortError
 
 Size = tuple[int, int]  # (height, width)
@@ -270,7 +278,7 @@ def frame_to_array(frame: av.VideoFrame, size: Size | None, reformatter: VideoRe
     `keep_aspect` to `cover_size` of it. Reusing one reformatter per reader keeps swscale's context
     (8-17x faster than `frame.to_ndarray`, which builds a new one per call, as measured by
     tools/bench_loader.py's profile); one thread, since readers run inside DataLoader workers."""
-    turns = round(frame.rotation / 90) % 4  # counter-clockwise
+    turns = quarter_turns(frame)
     stored = (frame.height, frame.width)
     if size is not None and keep_aspect:
         size = cover_size(stored[::-1] if turns % 2 else stored, size)
