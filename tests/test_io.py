@@ -80,6 +80,10 @@ FORMATS = {
     "h264_aac.ts": dict(video_codec="libx264", audio_codec="aac", gop=8),
     "mpeg2_mp2.mpg": dict(video_codec="mpeg2video", audio_codec="mp2", gop=8),
     "h264_aac.flv": dict(video_codec="libx264", audio_codec="aac", gop=8, sample_rate=44100),
+    # AVI stores no presentation times: FFmpeg stamps H.264's B-frames in decode order
+    "h264_mp3.avi": dict(video_codec="libx264", audio_codec="libmp3lame", gop=8, sample_rate=44100),
+    "h264_open_gop.avi": dict(video_codec="libx264", gop=8, audio=False,
+                              options={"x264-params": "mbtree=0:open-gop=1:scenecut=0"}),
 }
 NUM_FRAMES = 40
 FPS = 16
@@ -140,7 +144,8 @@ def test_random_access_equals_sequential_decode(media: dict[str, Path], name: st
         assert torch.equal(reader.get_frames(range(len(reference))), reference)
 
 
-@pytest.mark.parametrize("name", ["h264_aac.mp4", "h264_444_odd.mkv", "h264_aac.ts", "h264_aac.flv", "mpeg4_pcm.avi"])
+@pytest.mark.parametrize("name", ["h264_aac.mp4", "h264_444_odd.mkv", "h264_aac.ts", "h264_aac.flv", "mpeg4_pcm.avi",
+                                  "h264_mp3.avi"])
 def test_a_seek_lands_on_the_keyframe_of_the_frame(media: dict[str, Path], name: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # One seek, and decoding starts at the frame's own keyframe: mp4 and Matroska are sought by the
@@ -165,7 +170,7 @@ def test_a_seek_lands_on_the_keyframe_of_the_frame(media: dict[str, Path], name:
     assert first_packets == [key]
 
 
-@pytest.mark.parametrize("name", ["h264_aac.mp4", "vfr.mp4", "edit_list.mp4", "mpeg4_pcm.avi"])
+@pytest.mark.parametrize("name", ["h264_aac.mp4", "vfr.mp4", "edit_list.mp4", "mpeg4_pcm.avi", "h264_mp3.avi"])
 def test_strided_read_leaves_unwanted_b_frames_undecoded(media: dict[str, Path], name: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Every third frame, from a reader that skips non-reference frames nobody asked for and from one
@@ -194,6 +199,26 @@ def test_strided_read_leaves_unwanted_b_frames_undecoded(media: dict[str, Path],
         assert skipping == every
     else:
         assert skipping < every, counts
+
+
+def test_avi_h264_frames_are_counted_from_closed_gops(media: dict[str, Path]) -> None:
+    # Stamped in decode order, B-frames would come out as the wrong frames (26 of 40) or none at all
+    # (19): the reader numbers them by their place in the decoder's output instead, counted from a
+    # keyframe that is shown first (an IDR picture). An open GOP's I-frame is not one: its leading
+    # B-frames, shown before it, are dropped after a seek to it, so reads start at the IDR.
+    for name, closed_gops in (("h264_mp3.avi", True), ("h264_open_gop.avi", False)):
+        with av.open(str(media[name])) as container:
+            stream = container.streams.video[0]
+            stamps = [packet.pts for packet in container.demux(stream) if packet.size]
+        assert stamps == sorted(stamps)  # FFmpeg's stamps are in decode order...
+        with av.open(str(media[name])) as container:
+            shown = [frame.pts for frame in container.decode(video=0)]
+        assert shown != sorted(shown)  # ...and the B-frames are shown out of it
+        with VideoReader(media[name]) as reader:
+            assert reader.index.decode_order
+            assert (len(reader.index.keyframe_pts) > 1) == closed_gops
+            indices = [21, 5, 13, 39, 8, 30]
+            assert [frame_number(f) for f in reader.get_frames(indices)] == indices
 
 
 @pytest.mark.parametrize("name", [*FORMATS, "vfr.mp4"])

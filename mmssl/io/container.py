@@ -6,6 +6,9 @@ Frame i of a video is the i-th displayed frame in presentation order. The index 
 start): without that, clips cut with `-c copy` are off by the pre-roll (see DECODERS.md). It keeps
 each keyframe's decode timestamp too: the MPEG-PS, MPEG-TS and FLV demuxers seek by it, and a seek
 to a keyframe's presentation time lands on a later keyframe there (video.SEEK_BY_PTS_FORMATS).
+AVI stores no presentation times: FFmpeg stamps its H.264 packets in decode order, so with B-frames
+the stamps number the frames in the wrong order (`FrameIndex.decode_order`; the reader then numbers
+frames by their place in the decoder's output).
 """
 from __future__ import annotations
 
@@ -33,6 +36,10 @@ from mmssl.io.errors import (
 )
 
 logging.getLogger("libav").setLevel(logging.ERROR)
+# Containers that store no presentation times: FFmpeg makes them up, in decode order unless a parser
+# can work them out (it can for MPEG-4 part 2 in AVI, not for H.264 or HEVC).
+NO_PTS_FORMATS = frozenset({"avi"})
+H264_IDR = 5  # nal_unit_type of an IDR picture: no frame after it refers to one before it
 
 
 def open_container(path: str | Path) -> av.container.InputContainer:
@@ -88,6 +95,23 @@ def quarter_turns(frame: av.VideoFrame) -> int:
     return round(frame.rotation / 90) % 4
 
 
+def opens_closed_gop(packet: av.Packet, codec: str) -> bool:
+    """Whether a keyframe packet holds an H.264 IDR picture (Annex B byte stream, as AVI stores it),
+    after which the decoder shows no frame that comes before it. False for any other codec and for
+    an open GOP's I-frame (x264's open-gop), whose leading B-frames are shown before it but decoded
+    after it (and dropped by the decoder after a seek)."""
+    if codec != "h264":
+        return False
+    data = bytes(packet)
+    start = data.find(b"\x00\x00\x01")
+    while 0 <= start < len(data) - 3:
+        nal_type = data[start + 3] & 0x1F
+        if 1 <= nal_type <= 5:  # the first slice of the picture
+            return nal_type == H264_IDR
+        start = data.find(b"\x00\x00\x01", start + 3)
+    return False
+
+
 def check_decodable(path: str | Path, stream: av.stream.Stream) -> None:
     """Raise `UnsupportedCodecError` when FFmpeg has no decoder for `stream`."""
     ctx = stream.codec_context
@@ -122,6 +146,10 @@ class FrameIndex:
     time_base: Fraction
     origin: float  # seconds, see clock_origin
     frame_duration: int  # in time_base units: duration of the last frame
+    # pts are the frames' decode order, not their presentation order: a container without presentation
+    # times (NO_PTS_FORMATS) holding a codec that reorders frames. Frame i is then the decoder's i-th
+    # output and pts[i] only its clock.
+    decode_order: bool = False
 
     @property
     def num_frames(self) -> int:
@@ -146,8 +174,9 @@ def _has_sample_table(container: av.container.InputContainer) -> bool:
 def build_index(path: str | Path, container: av.container.InputContainer,
                 stream: av.video.stream.VideoStream) -> FrameIndex:
     """Demux (without decoding) every packet of `stream` and index its displayed frames."""
-    pts, keys, durations = [], {}, []
+    pts, keys, durations, closed = [], {}, [], set()
     demuxed, first_dts = 0, None
+    made_up = container.format.name.split(",")[0] in NO_PTS_FORMATS and bool(stream.codec_context.has_b_frames)
     with media_errors(path):
         for packet in container.demux(stream):
             if packet.dts is None and packet.size == 0:
@@ -162,6 +191,8 @@ def build_index(path: str | Path, container: av.container.InputContainer,
             first_dts = dts if first_dts is None else min(first_dts, dts)
             if packet.is_keyframe:
                 keys[stamp] = dts
+                if made_up and opens_closed_gop(packet, stream.codec_context.name):
+                    closed.add(stamp)
             if not packet.is_discard:
                 pts.append(stamp)
                 durations.append(packet.duration or 0)
@@ -176,6 +207,9 @@ def build_index(path: str | Path, container: av.container.InputContainer,
     last = int(np.asarray(durations)[order][-1])
     if last <= 0:
         last = int(np.median(np.diff(sorted_pts))) if len(sorted_pts) > 1 else 1
+    decode_order = made_up and bool(np.all(np.diff(pts) > 0))
+    if decode_order:  # frames are counted from a keyframe only where it is shown first: closed GOPs
+        keys = {stamp: dts for stamp, dts in keys.items() if stamp in closed}
     keys = keys or {int(sorted_pts[0]): first_dts}  # no keyframe flags: decode from the first packet
     keyframe_pts = np.asarray(sorted(keys), dtype=np.int64)
     return FrameIndex(
@@ -185,4 +219,5 @@ def build_index(path: str | Path, container: av.container.InputContainer,
         time_base=stream.time_base,
         origin=clock_origin(container),
         frame_duration=last,
+        decode_order=decode_order,
     )
