@@ -507,6 +507,24 @@ def test_kinetics_rows_sharing_one_file_are_reported(media: dict[str, Path], tmp
     assert "split 'train'" in result.skipped[0].detail and "label 'knot'" in result.skipped[0].detail
 
 
+def test_kinetics_clip_in_two_files_is_listed_once_and_the_other_reported(media: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    """One clip downloaded twice (two formats, two folders): the first file in path order is the
+    row, the others are duplicates naming it; a file no row names is not reported."""
+    root = tmp_path / "kinetics"
+    put(media, "av", root / "a" / "bbb_000010_000020.mp4")
+    put(media, "silent", root / "a" / "bbb_000010_000020.webm")
+    put(media, "av", root / "b" / "bbb_000010_000020.mp4")
+    put(media, "av", root / "b" / "unnamed.mp4")
+    annotations = tmp_path / "train.csv"
+    annotations.write_text("label,youtube_id,time_start,time_end,split\nknot,bbb,10,20,train\n")
+    result = build_kinetics(root, annotations, workers=1)
+    assert rel_rows(result, root) == [("a/bbb_000010_000020.mp4", "knot", "train", True)]
+    assert rel_skipped(result, root) == {("a/bbb_000010_000020.webm", "duplicate"),
+                                         ("b/bbb_000010_000020.mp4", "duplicate")}
+    assert all(str(root / "a" / "bbb_000010_000020.mp4") in s.detail for s in result.skipped)
+
+
 @pytest.mark.parametrize("start, end", [("", "10"), ("3", "ten"), ("nan", "10")])
 def test_kinetics_bad_times_name_the_file_and_line(tmp_path: Path, start: str, end: str) -> None:
     (tmp_path / "videos").mkdir()

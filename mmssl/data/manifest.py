@@ -397,15 +397,26 @@ def list_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Pat
     """Kinetics-style CSVs (`label,youtube_id,time_start,time_end,split`; label and split may be
     absent, as in the test set). Each row's video is found anywhere under `root` as
     `<youtube_id>_<time_start:06d>_<time_end:06d>.<ext>` or `<youtube_id>.<ext>`; rows with no
-    file are reported missing. youtube_id, time_start and time_end become extra columns."""
+    file are reported missing. youtube_id, time_start and time_end become extra columns. Where a
+    row's name matches several files (one clip in two formats or two folders), the first in path
+    order is listed and the others are left out as DUPLICATE."""
     root = Path(root).absolute()
     if isinstance(annotations, (str, Path)):
         annotations = [annotations]
-    by_stem: dict[str, Path] = {}
+    by_stem: dict[str, list[Path]] = {}
     scan = _scan_folder(root)
     for path in scan.videos:
-        by_stem.setdefault(path.stem, path)
+        by_stem.setdefault(path.stem, []).append(path)
     listing = Listing(skipped=list(scan.unlisted))
+
+    def file_of(stem: str) -> Path | None:
+        """The first file named `stem`; the others, on first use, go to `listing.skipped`."""
+        first, *others = by_stem.pop(stem, None) or [None]
+        listing.skipped.extend(Skipped(str(other), DUPLICATE, f"another file of clip {stem}; {first} is used")
+                               for other in others)
+        if first is not None:
+            by_stem[stem] = [first]
+        return first
     for csv_path in map(Path, annotations):
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
@@ -420,7 +431,7 @@ def list_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Pat
                     raise ValueError(f"{csv_path}:{reader.line_num}: time_start and time_end must be numbers of "
                                      f"seconds, got {d['time_start']!r} and {d['time_end']!r}") from e
                 name = f"{yid}_{start:06d}_{end:06d}"
-                path = by_stem.get(name) or by_stem.get(yid) or root / name
+                path = file_of(name) or file_of(yid) or root / name
                 listing.add(path, d.get("label") or "", d.get("split") or default_split,
                             csv_path.name, youtube_id=yid, time_start=str(start), time_end=str(end))
     return listing
