@@ -60,6 +60,37 @@ TEXTURES: dict[str, tuple[int, tuple[float, float], float]] = {
 }
 TEXTURE_AMPLITUDE = 0.1  # per-channel colour swing of the texture, in [0, 1] colour units
 _VIDEO_STREAM, _PLAN_STREAM = 0, 1  # seed sequences: [seed, stream, ...]
+Range = tuple[float, float]  # drawn uniformly; a range of one value draws nothing from the generator
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the main shape is and how large, per kind of motion (frame units), and how the plan
+    orders the videos: the static cues a layout leaves are measured in datasets/synthav.md."""
+
+    place: Range  # x and y of the shape (a travelling shape's other coordinate; a falling one's x)
+    radius: Range  # every class but grow/shrink
+    path_start: Range  # move_*: the coordinate along the path, first frame (mirrored for right/down)
+    path_end: Range  # ... and last frame of a full-length video
+    grow_small: Range  # grow/shrink: radius at the small end
+    grow_big: Range  # ... and at the big end
+    edge: Range  # the floor fall_bounce lands on and the wall slide_stop hits (1: the frame's edge)
+    slide_start: Range  # slide_stop: x of the first frame (mirrored when sliding left)
+    short_window: bool  # a short video is a random window of the full motion, not its first part
+    shuffled: bool  # classes in random file order; no-audio and short videos spread over the classes
+
+
+LAYOUTS = {
+    # version 1: moving shapes cross [0.15, 0.85], the others sit in [0.35, 0.65], only grow/shrink
+    # leave radii [0.08, 0.13], fall_bounce rests on the bottom edge: one frame tells much of the class
+    "by_class": Layout(place=(0.35, 0.65), radius=(0.08, 0.13), path_start=(0.72, 0.85), path_end=(0.15, 0.28),
+                       grow_small=(0.05, 0.07), grow_big=(0.17, 0.21), edge=(1.0, 1.0), slide_start=(0.15, 0.28),
+                       short_window=False, shuffled=False),
+    # one distribution of place and size for every class, as far as its motion allows
+    "shared": Layout(place=(0.25, 0.75), radius=(0.06, 0.15), path_start=(0.6, 0.9), path_end=(0.1, 0.4),
+                     grow_small=(0.05, 0.08), grow_big=(0.12, 0.2), edge=(0.6, 1.0), slide_start=(0.15, 0.3),
+                     short_window=True, shuffled=True),
+}
 
 
 @dataclass(frozen=True)
@@ -78,8 +109,12 @@ class SynthAVConfig:
     no_audio_share: float = field(default=0.1, metadata={"help": "share of each split without audio"})
     short_share: float = field(default=0.05, metadata={"help": "share of each split lasting short_duration"})
     distractor_prob: float = field(default=0.5, metadata={"help": "chance of a distractor shape"})
+    layout: str = field(default="by_class", metadata={"help": f"place and size of the shapes, file order: "
+                                                              f"one of {sorted(LAYOUTS)} (datasets/synthav.md)"})
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; expected one of {sorted(LAYOUTS)}")
         if self.size < 8 or self.fps <= 0 or self.sample_rate <= 0:
             raise ValueError(f"bad size/fps/sample_rate in {self}")
         if not 0 < self.short_duration <= self.duration or self.num_frames(short=True) < 2:
@@ -130,15 +165,20 @@ class Track:
 
 
 def plan(config: SynthAVConfig) -> list[VideoSpec]:
-    """All videos of the dataset: classes cycle within each split (balanced); the videos without
-    audio and the short ones are exact shares of each split, picked at random."""
+    """All videos of the dataset, the classes balanced within each split: cycling in file order, or
+    shuffled (`Layout.shuffled`). The videos without audio and the short ones are exact shares of
+    each split, picked at random (when shuffled, spread over the classes as evenly as they can be)."""
     rng = np.random.default_rng([config.seed, _PLAN_STREAM])
+    shuffled = LAYOUTS[config.layout].shuffled
     specs: list[VideoSpec] = []
     for split, count in config.split_sizes().items():
-        no_audio = _pick_share(rng, count, config.no_audio_share)
-        short = _pick_share(rng, count, config.short_share)
+        classes = np.resize(np.arange(len(CLASSES)), count)
+        classes = rng.permutation(classes) if shuffled else classes
+        strata = classes if shuffled else None
+        no_audio = _pick_share(rng, count, config.no_audio_share, strata)
+        short = _pick_share(rng, count, config.short_share, strata)
         for i in range(count):
-            specs.append(VideoSpec(len(specs), split, f"{split}_{i:05d}", CLASSES[i % len(CLASSES)],
+            specs.append(VideoSpec(len(specs), split, f"{split}_{i:05d}", CLASSES[classes[i]],
                                    bool(short[i]), not no_audio[i]))
     return specs
 
@@ -154,19 +194,23 @@ def render_video(config: SynthAVConfig, action: str, rng: np.random.Generator,
     """Render one video of class `action`: frames (uint8 [T, H, W, 3] RGB), audio (float32
     [T / fps * sample_rate] in [-1, 1]) and an info dict (action, shape, impacts = frame indices,
     color and mark_color = uint8 RGB of the main shape and its orientation mark, track = per-frame
-    x, y, radius, angle of the main shape). `shape` forces the main shape (default: random)."""
+    x, y, radius, angle of the main shape). `shape` forces the main shape (default: random).
+    `num_frames` below a full video's shows the motion's first part, or with the layout's
+    `short_window` a random window of the full-length video."""
     if action not in CLASSES:
         raise ValueError(f"unknown action {action!r}; expected one of {CLASSES}")
     drawn_shape = SHAPES[rng.integers(len(SHAPES))]
     shape = shape or drawn_shape
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
-    num_frames = num_frames or config.num_frames()
+    layout = LAYOUTS[config.layout]
+    shown = num_frames or config.num_frames()
+    num_frames = config.num_frames() if layout.short_window else shown
     times = np.arange(num_frames) / config.fps
     progress = np.arange(num_frames) / max(config.num_frames() - 1, 1)  # 0 -> 1 over a full video
 
     background, base_colour = _background(rng, config.size, times)
-    track = _main_track(action, shape, rng, times, progress, 1 / config.fps)
+    track = _main_track(action, shape, rng, times, progress, 1 / config.fps, layout)
     colour = _distinct_colour(rng, [base_colour], 0.5)
     mark_colour = np.full(3, 0.1 if colour.mean() > 0.5 else 0.95)
     layers: list[tuple[str, Track, np.ndarray]] = []
@@ -187,12 +231,26 @@ def render_video(config: SynthAVConfig, action: str, rng: np.random.Generator,
     frames = np.ascontiguousarray(_to_uint8(planes).transpose(1, 2, 3, 0))
 
     audio = _soundtrack(shape, track, config, num_frames, rng)
+    if shown < num_frames:
+        frames, audio, track = _window(frames, audio, track, int(rng.integers(num_frames - shown + 1)), shown,
+                                       config)
     info = {
         "action": action, "shape": shape, "impacts": list(track.impacts),
         "color": _to_uint8(colour), "mark_color": _to_uint8(mark_colour),
         "track": {"x": track.x, "y": track.y, "radius": track.radius, "angle": track.angle},
     }
     return frames, audio, info
+
+
+def _window(frames: np.ndarray, audio: np.ndarray, track: Track, start: int, count: int,
+            config: SynthAVConfig) -> tuple[np.ndarray, np.ndarray, Track]:
+    """Frames start..start + count of a rendered video, the audio of their time and their track."""
+    shown = slice(start, start + count)
+    samples = round(start / config.fps * config.sample_rate)
+    hits = [(k - start, v) for k, v in zip(track.impacts, track.impact_speeds) if shown.start <= k < shown.stop]
+    impacts, speeds = (tuple(column) for column in zip(*hits)) if hits else ((), ())
+    cut = Track(track.x[shown], track.y[shown], track.radius[shown], track.angle[shown], impacts, speeds)
+    return frames[shown], audio[samples:samples + round(count / config.fps * config.sample_rate)], cut
 
 
 def make_video(config: SynthAVConfig, spec: VideoSpec, out_dir: Path) -> ManifestRow:
@@ -257,11 +315,27 @@ def _read_stamp(path: Path) -> dict | None:
         return None
 
 
-def _pick_share(rng: np.random.Generator, count: int, share: float) -> np.ndarray:
-    """Boolean mask over `count` items with exactly round(share * count) random True entries."""
+def _pick_share(rng: np.random.Generator, count: int, share: float, strata: np.ndarray | None = None,
+                ) -> np.ndarray:
+    """Boolean mask over `count` items with exactly round(share * count) random True entries; given
+    each item's stratum, every stratum gets its second pick only once each has had one, and so on."""
+    order = rng.permutation(count)
+    if strata is not None:
+        rank = np.empty(count, dtype=np.int64)  # an item's place among its stratum's, in random order
+        for stratum in np.unique(strata):
+            members = order[strata[order] == stratum]
+            rank[members] = np.arange(len(members))
+        order = order[np.argsort(rank[order], kind="stable")]
     mask = np.zeros(count, dtype=bool)
-    mask[rng.permutation(count)[:round(share * count)]] = True
+    mask[order[:round(share * count)]] = True
     return mask
+
+
+def _draw(rng: np.random.Generator, bounds: Range) -> float:
+    """A uniform draw from `bounds`; a range of one value is that value, drawn without the generator
+    (the "by_class" layout's fixed edge leaves version 1's random streams as they were)."""
+    low, high = bounds
+    return low if low == high else float(rng.uniform(low, high))
 
 
 def _to_uint8(colour: np.ndarray) -> np.ndarray:
@@ -306,19 +380,19 @@ def _background(rng: np.random.Generator, size: int, times: np.ndarray,
 
 
 def _main_track(action: str, shape: str, rng: np.random.Generator, times: np.ndarray,
-                progress: np.ndarray, frame_step: float) -> Track:
-    """The main shape's motion for `action` at `times` (seconds, `frame_step` apart); `progress`
-    runs from 0 to 1 over a full-length video. Reversible pairs draw from mirrored ranges, so that
-    each one's time reversal is a sample of its partner class."""
+                progress: np.ndarray, frame_step: float, layout: Layout) -> Track:
+    """The main shape's motion for `action` at `times` (seconds, `frame_step` apart), placed and
+    sized as `layout` says; `progress` runs from 0 to 1 over a full-length video. Reversible pairs
+    draw from mirrored ranges, so that each one's time reversal is a sample of its partner class."""
     count = len(times)
-    x = np.full(count, rng.uniform(0.35, 0.65))
-    y = np.full(count, rng.uniform(0.35, 0.65))
-    radius = np.full(count, rng.uniform(0.08, 0.13))
+    x = np.full(count, _draw(rng, layout.place))
+    y = np.full(count, _draw(rng, layout.place))
+    radius = np.full(count, _draw(rng, layout.radius))
     angle = np.full(count, rng.uniform(0, 2 * np.pi))
     impacts: tuple[int, ...] = ()
     speeds: tuple[float, ...] = ()
     if action.startswith("move_"):
-        start, end = rng.uniform(0.72, 0.85), rng.uniform(0.15, 0.28)
+        start, end = _draw(rng, layout.path_start), _draw(rng, layout.path_end)
         path = start + (end - start) * progress  # high -> low coordinate
         path = 1 - path if action in ("move_right", "move_down") else path
         if action in ("move_left", "move_right"):
@@ -326,14 +400,14 @@ def _main_track(action: str, shape: str, rng: np.random.Generator, times: np.nda
         else:
             y = path
     elif action in ("grow", "shrink"):
-        small, big = rng.uniform(0.05, 0.07), rng.uniform(0.17, 0.21)
+        small, big = _draw(rng, layout.grow_small), _draw(rng, layout.grow_big)
         radius = small + (big - small) * (progress if action == "grow" else 1 - progress)
     elif action in ("rotate_cw", "rotate_ccw"):
         speed = rng.uniform(1.0, 2.0) * (1 if action == "rotate_cw" else -1)  # rad / s
         angle = angle + speed * times
     elif action == "fall_bounce":
         gravity, restitution = rng.uniform(2.0, 3.0), rng.uniform(0.55, 0.75)
-        floor = 1 - radius[0] * _reach(shape, angle[0], np.pi / 2)  # where its lowest point lands
+        floor = _draw(rng, layout.edge) - radius[0] * _reach(shape, angle[0], np.pi / 2)  # its lowest point lands
         x = x + rng.uniform(-0.05, 0.05) * times
         y, impacts, speeds = _bounce_1d(rng.uniform(radius[0] + 0.02, 0.3), 0.0, floor,
                                         restitution, frame_step, count, gravity=gravity,
@@ -341,8 +415,8 @@ def _main_track(action: str, shape: str, rng: np.random.Generator, times: np.nda
     elif action == "slide_stop":
         friction, hit_speed = rng.uniform(0.4, 0.8), rng.uniform(0.45, 0.75)
         rightward = rng.random() < 0.5  # slide toward the right or the left wall
-        wall = 1 - radius[0] * _reach(shape, angle[0], 0.0 if rightward else np.pi)
-        start = rng.uniform(0.15, 0.28)  # x of a rightward slide; mirrored (1 - x) when leftward
+        wall = _draw(rng, layout.edge) - radius[0] * _reach(shape, angle[0], 0.0 if rightward else np.pi)
+        start = _draw(rng, layout.slide_start)  # x of a rightward slide; mirrored (1 - x) when leftward
         speed = np.sqrt(hit_speed ** 2 + 2 * friction * (wall - start))  # reaches the wall at hit_speed
         x, impacts, speeds = _bounce_1d(start, speed, wall, rng.uniform(0.4, 0.6), frame_step,
                                         count, friction=friction)
