@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -141,6 +142,13 @@ def test_generate_skips_a_matching_folder_and_redoes_a_changed_one(tmp_path: Pat
     stamp = manifest.stat().st_mtime_ns
     assert generate(tmp_path / "d", config) == manifest and manifest.stat().st_mtime_ns == stamp
     assert ensure_synthav(tmp_path / "d") == manifest and manifest.stat().st_mtime_ns == stamp
+    # a folder stamped before `layout` existed was made "by_class": kept for it, redone for "shared"
+    config_file = tmp_path / "d" / "synthav.json"
+    config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items() if k != "layout"}))
+    by_class, shared = replace(config, layout="by_class"), replace(config, layout="shared")
+    assert generate(tmp_path / "d", by_class) == manifest and manifest.stat().st_mtime_ns == stamp
+    generate(tmp_path / "d", shared, workers=1)
+    assert manifest.stat().st_mtime_ns != stamp and json.loads(config_file.read_text())["layout"] == "shared"
 
     generate(tmp_path / "d", replace(config, num_pretrain=1), workers=1)
     assert len(read_manifest(manifest)) == 1

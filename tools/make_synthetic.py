@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="output folder (new, empty or SynthAV)")
     for option in fields(SynthAVConfig):
         parser.add_argument(f"--{option.name.replace('_', '-')}", type=type(option.default),
-                            default=option.default,
+                            default=option.default, choices=option.metadata.get("choices"),
                             help=f"{option.metadata['help']} (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
                         help="encoding processes (default: all cores)")

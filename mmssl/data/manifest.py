@@ -26,7 +26,8 @@ COLUMNS = ("path", "label", "split", "duration", "fps", "num_frames", "has_audio
 # its bytes, so the manifest names the file the folder has.
 PATH_ERRORS = "surrogateescape"
 AUDIO_ERROR = "audio_error"  # extra column: why a file's audio track does not decode (it has no audio then)
-DUPLICATE = "duplicate"  # Skipped kind: a file or folder listed already (once in a manifest, never in two splits)
+DUPLICATE = "duplicate"  # Skipped kind: a file or folder listed already, or another file of a clip listed
+# already (once in a manifest, never in two splits)
 
 
 @dataclass
@@ -399,7 +400,7 @@ def list_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Pat
     `<youtube_id>_<time_start:06d>_<time_end:06d>.<ext>` or `<youtube_id>.<ext>`; rows with no
     file are reported missing. youtube_id, time_start and time_end become extra columns. Where a
     row's name matches several files (one clip in two formats or two folders), the first in path
-    order is listed and the others are left out as DUPLICATE."""
+    order is listed (and probed: left out if unreadable) and the others are left out as DUPLICATE."""
     root = Path(root).absolute()
     if isinstance(annotations, (str, Path)):
         annotations = [annotations]

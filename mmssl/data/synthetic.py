@@ -34,6 +34,7 @@ SPLITS = ("pretrain", "train", "test")
 MANIFEST_NAME = "manifest.csv"
 CONFIG_NAME = "synthav.json"
 GENERATOR_VERSION = 1  # bump whenever the rendered content changes, to invalidate old folders
+STAMP_DEFAULTS = {"layout": "by_class"}  # what a folder stamped before a config field existed was made with
 
 # Audio model: pitch = PITCH_LOW_HZ * 2 ** (PITCH_OCTAVES * height), height = 1 - y.
 PITCH_LOW_HZ = 220.0
@@ -109,8 +110,8 @@ class SynthAVConfig:
     no_audio_share: float = field(default=0.1, metadata={"help": "share of each split without audio"})
     short_share: float = field(default=0.05, metadata={"help": "share of each split lasting short_duration"})
     distractor_prob: float = field(default=0.5, metadata={"help": "chance of a distractor shape"})
-    layout: str = field(default="by_class", metadata={"help": f"place and size of the shapes, file order: "
-                                                              f"one of {sorted(LAYOUTS)} (datasets/synthav.md)"})
+    layout: str = field(default="by_class", metadata={"help": "place and size of the shapes, file order "
+                                                              "(datasets/synthav.md)", "choices": sorted(LAYOUTS)})
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -205,7 +206,7 @@ def render_video(config: SynthAVConfig, action: str, rng: np.random.Generator,
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     layout = LAYOUTS[config.layout]
     shown = num_frames or config.num_frames()
-    num_frames = config.num_frames() if layout.short_window else shown
+    num_frames = max(shown, config.num_frames()) if layout.short_window else shown
     times = np.arange(num_frames) / config.fps
     progress = np.arange(num_frames) / max(config.num_frames() - 1, 1)  # 0 -> 1 over a full video
 
@@ -309,10 +310,12 @@ def ensure_synthav(out_dir: str | Path, config: SynthAVConfig | None = None,
 
 
 def _read_stamp(path: Path) -> dict | None:
+    """The config a folder was made with (STAMP_DEFAULTS for fields its stamp predates), or None."""
     try:
-        return json.loads(path.read_text())
+        stamp = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return {**STAMP_DEFAULTS, **stamp} if isinstance(stamp, dict) else None
 
 
 def _pick_share(rng: np.random.Generator, count: int, share: float, strata: np.ndarray | None = None,

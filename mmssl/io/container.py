@@ -8,7 +8,8 @@ each keyframe's decode timestamp too: the MPEG-PS, MPEG-TS and FLV demuxers seek
 to a keyframe's presentation time lands on a later keyframe there (video.SEEK_BY_PTS_FORMATS).
 AVI stores no presentation times: FFmpeg stamps its H.264 packets in decode order, so with B-frames
 the stamps number the frames in the wrong order (`FrameIndex.decode_order`; the reader then numbers
-frames by their place in the decoder's output).
+frames by their place in the decoder's output), and one frame late (frame n of an AVI is shown at
+n / fps: `build_index` puts the clock's origin there).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from mmssl.io.errors import (
 
 logging.getLogger("libav").setLevel(logging.ERROR)
 # Containers that store no presentation times: FFmpeg makes them up, in decode order unless a parser
-# can work them out (it can for MPEG-4 part 2 in AVI, not for H.264 or HEVC).
+# can work them out (it can for MPEG-4 part 2 in AVI, unless DivX packed its B-frames; not for H.264).
 NO_PTS_FORMATS = frozenset({"avi"})
 H264_IDR = 5  # nal_unit_type of an IDR picture: no frame after it refers to one before it
 
@@ -95,18 +96,28 @@ def quarter_turns(frame: av.VideoFrame) -> int:
     return round(frame.rotation / 90) % 4
 
 
-def opens_closed_gop(packet: av.Packet, codec: str) -> bool:
-    """Whether a keyframe packet holds an H.264 IDR picture (Annex B byte stream, as AVI stores it),
-    after which the decoder shows no frame that comes before it. False for any other codec and for
+def opens_closed_gop(packet: av.Packet, ctx: av.CodecContext) -> bool:
+    """Whether a keyframe packet holds an H.264 IDR picture, after which the decoder shows no frame
+    that comes before it: NAL units after start codes (Annex B, as AVI stores H.264), or after
+    lengths of the size the avcC extradata gives (codec tag AVC1). False for any other codec and for
     an open GOP's I-frame (x264's open-gop), whose leading B-frames are shown before it but decoded
     after it (and dropped by the decoder after a seek)."""
-    if codec != "h264":
+    if ctx.name != "h264":
         return False
-    data = bytes(packet)
+    data, extradata = memoryview(packet), ctx.extradata or b""
+    if extradata[:1] == b"\x01" and len(extradata) > 4:  # avcC: each NAL unit after a big-endian length
+        size, at = (extradata[4] & 3) + 1, 0
+        while at + size < len(data):
+            nal_type = data[at + size] & 0x1F
+            if 1 <= nal_type <= 5:  # the first slice of the picture
+                return nal_type == H264_IDR
+            at += size + int.from_bytes(data[at:at + size], "big")
+        return False
+    data = bytes(data)
     start = data.find(b"\x00\x00\x01")
     while 0 <= start < len(data) - 3:
         nal_type = data[start + 3] & 0x1F
-        if 1 <= nal_type <= 5:  # the first slice of the picture
+        if 1 <= nal_type <= 5:
             return nal_type == H264_IDR
         start = data.find(b"\x00\x00\x01", start + 3)
     return False
@@ -175,8 +186,9 @@ def build_index(path: str | Path, container: av.container.InputContainer,
                 stream: av.video.stream.VideoStream) -> FrameIndex:
     """Demux (without decoding) every packet of `stream` and index its displayed frames."""
     pts, keys, durations, closed = [], {}, [], set()
-    demuxed, first_dts = 0, None
-    made_up = container.format.name.split(",")[0] in NO_PTS_FORMATS and bool(stream.codec_context.has_b_frames)
+    demuxed, first_dts, lead = 0, None, None
+    no_pts = container.format.name.split(",")[0] in NO_PTS_FORMATS
+    made_up = no_pts and bool(stream.codec_context.has_b_frames)
     with media_errors(path):
         for packet in container.demux(stream):
             if packet.dts is None and packet.size == 0:
@@ -189,9 +201,10 @@ def build_index(path: str | Path, container: av.container.InputContainer,
                 raise UnsupportedCodecError(path, "video packets carry no timestamps")
             dts = stamp if packet.dts is None else packet.dts
             first_dts = dts if first_dts is None else min(first_dts, dts)
+            lead = stamp - dts if lead is None else lead  # the first frame's made-up delay, where no_pts
             if packet.is_keyframe:
                 keys[stamp] = dts
-                if made_up and opens_closed_gop(packet, stream.codec_context.name):
+                if made_up and opens_closed_gop(packet, stream.codec_context):
                     closed.add(stamp)
             if not packet.is_discard:
                 pts.append(stamp)
@@ -208,8 +221,9 @@ def build_index(path: str | Path, container: av.container.InputContainer,
     if last <= 0:
         last = int(np.median(np.diff(sorted_pts))) if len(sorted_pts) > 1 else 1
     decode_order = made_up and bool(np.all(np.diff(pts) > 0))
-    if decode_order:  # frames are counted from a keyframe only where it is shown first: closed GOPs
+    if decode_order:  # frames are counted from a keyframe only where it is shown first (closed GOPs), or
         keys = {stamp: dts for stamp, dts in keys.items() if stamp in closed}
+        keys.setdefault(int(sorted_pts[0]), first_dts)  # from the first packet
     keys = keys or {int(sorted_pts[0]): first_dts}  # no keyframe flags: decode from the first packet
     keyframe_pts = np.asarray(sorted(keys), dtype=np.int64)
     return FrameIndex(
@@ -217,7 +231,7 @@ def build_index(path: str | Path, container: av.container.InputContainer,
         keyframe_pts=keyframe_pts,
         keyframe_dts=np.asarray([keys[k] for k in keyframe_pts], dtype=np.int64),
         time_base=stream.time_base,
-        origin=clock_origin(container),
+        origin=clock_origin(container) + (float(lead * stream.time_base) if no_pts else 0.0),
         frame_duration=last,
         decode_order=decode_order,
     )
