@@ -16,10 +16,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-demo: setup  ## main job: SynthAV -> pretrain (Shuffle and Learn) -> linear probe vs random init
+demo: setup  ## main job: SynthAV -> pretrain (Shuffle and Learn) -> linear probe and kNN vs random init
 	$(PY) tools/make_synthetic.py --out $(DATA) --seed 0
 	$(PY) tools/pretrain.py --out $(RUNS)/demo --resume auto data.synthav_dir=$(DATA)
 	$(PY) tools/transfer.py --checkpoint $(RUNS)/demo --protocol linear --compare-random synthav_dir=$(DATA)
+	$(PY) tools/transfer.py --checkpoint $(RUNS)/demo --protocol knn --compare-random synthav_dir=$(DATA)
 
 test: setup  ## the test suite
 	$(PY) -m pytest -n 2 -q

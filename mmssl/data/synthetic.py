@@ -110,7 +110,7 @@ class SynthAVConfig:
     no_audio_share: float = field(default=0.1, metadata={"help": "share of each split without audio"})
     short_share: float = field(default=0.05, metadata={"help": "share of each split lasting short_duration"})
     distractor_prob: float = field(default=0.5, metadata={"help": "chance of a distractor shape"})
-    layout: str = field(default="by_class", metadata={"help": "place and size of the shapes, file order "
+    layout: str = field(default="shared", metadata={"help": "place and size of the shapes, file order "
                                                               "(datasets/synthav.md)", "choices": sorted(LAYOUTS)})
 
     def __post_init__(self) -> None:
