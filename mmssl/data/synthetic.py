@@ -89,7 +89,7 @@ LAYOUTS = {
                        short_window=False, shuffled=False),
     # one distribution of place and size for every class, as far as its motion allows
     "shared": Layout(place=(0.25, 0.75), radius=(0.06, 0.15), path_start=(0.6, 0.9), path_end=(0.1, 0.4),
-                     grow_small=(0.05, 0.08), grow_big=(0.12, 0.2), edge=(0.6, 1.0), slide_start=(0.15, 0.3),
+                     grow_small=(0.04, 0.08), grow_big=(0.12, 0.2), edge=(0.6, 1.0), slide_start=(0.15, 0.3),
                      short_window=True, shuffled=True),
 }
 
