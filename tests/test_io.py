@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -223,8 +224,8 @@ def test_avi_h264_frames_are_counted_from_closed_gops(media: dict[str, Path]) ->
 
 
 def remux(sources: list[Path], out: Path, codec_tag: str | None = None) -> Path:
-    """The video packets of `sources` one after the other in `out`, restamped 0, 1, ... (as an AVI cut
-    and joined without re-encoding), from each source's second-last keyframe on except the last's."""
+    """The video packets of `sources` one after the other in `out`, restamped 0, 1, ... in frames (as an
+    AVI cut and joined without re-encoding), from each source's second-last keyframe on except the last's."""
     with av.open(str(out), "w") as output:
         packets = []
         for i, source in enumerate(sources):
@@ -232,13 +233,14 @@ def remux(sources: list[Path], out: Path, codec_tag: str | None = None) -> Path:
                 video = container.streams.video[0]
                 if not packets:
                     stream = output.add_stream_from_template(video)
+                    stream.time_base = Fraction(1, FPS)
                     if codec_tag:
                         stream.codec_context.codec_tag = codec_tag
                 found = [packet for packet in container.demux(video) if packet.size]
                 keys = [k for k, packet in enumerate(found) if packet.is_keyframe]
                 packets += found if i == len(sources) - 1 else found[keys[-2]:]
         for stamp, packet in enumerate(packets):
-            packet.pts = packet.dts = stamp * round(1 / (packet.time_base * FPS))  # a frame in its time base
+            packet.pts = packet.dts = round(stamp / (packet.time_base * FPS))  # frame `stamp`, in its time base
             packet.stream = stream
             output.mux(packet)
     return out
@@ -249,7 +251,8 @@ def test_avi_h264_cut_inside_an_open_gop_and_avc1_packets(media: dict[str, Path]
     # file's start. H.264 stored with lengths (codec tag AVC1, avcC extradata), not start codes: its
     # IDRs are found and each read starts at the frame's own one.
     for path, idr_keys in ((remux([media["h264_open_gop.avi"], media["h264_pcm.avi"]], tmp_path / "cut.avi"), True),
-                           (remux([media["h264_aac.mp4"]], tmp_path / "avc1.avi", "AVC1"), True)):
+                           (remux([media["h264_aac.mp4"]], tmp_path / "avc1.avi", "AVC1"), True),
+                           (remux([media["h264_open_gop.avi"]], tmp_path / "open.avi"), False)):
         reference = read_all_frames(path)
         with VideoReader(path) as reader:
             assert reader.index.decode_order and (len(reader.index.keyframe_pts) > 2) == idr_keys

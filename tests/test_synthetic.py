@@ -13,6 +13,7 @@ import pytest
 from mmssl.data.manifest import read_manifest
 from mmssl.data.synthetic import (
     CLASSES,
+    GENERATOR_VERSION,
     LAYOUTS,
     PITCH_LOW_HZ,
     PITCH_OCTAVES,
@@ -142,13 +143,11 @@ def test_generate_skips_a_matching_folder_and_redoes_a_changed_one(tmp_path: Pat
     stamp = manifest.stat().st_mtime_ns
     assert generate(tmp_path / "d", config) == manifest and manifest.stat().st_mtime_ns == stamp
     assert ensure_synthav(tmp_path / "d") == manifest and manifest.stat().st_mtime_ns == stamp
-    # a folder stamped before `layout` existed was made "by_class": kept for it, redone for "shared"
+    # a folder an older generator made is made again
     config_file = tmp_path / "d" / "synthav.json"
-    config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items() if k != "layout"}))
-    by_class, shared = replace(config, layout="by_class"), replace(config, layout="shared")
-    assert generate(tmp_path / "d", by_class) == manifest and manifest.stat().st_mtime_ns == stamp
-    generate(tmp_path / "d", shared, workers=1)
-    assert manifest.stat().st_mtime_ns != stamp and json.loads(config_file.read_text())["layout"] == "shared"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "generator_version": 1}))
+    generate(tmp_path / "d", config, workers=1)
+    assert json.loads(config_file.read_text())["generator_version"] == GENERATOR_VERSION
 
     generate(tmp_path / "d", replace(config, num_pretrain=1), workers=1)
     assert len(read_manifest(manifest)) == 1
@@ -376,6 +375,8 @@ def test_a_short_video_is_a_window_of_the_full_one() -> None:
         assert info["impacts"] == [k - start for k in full_info["impacts"] if start <= k < start + short_frames]
         starts.add(start)
     assert len(starts) > 3
+    longer = config.num_frames() + 8  # more than a full video: all of it, rendered that long
+    assert len(render_video(config, "grow", np.random.default_rng(0), num_frames=longer)[0]) == longer
 
 
 def test_shared_plan_shuffles_classes_and_spreads_the_shares_over_them() -> None:

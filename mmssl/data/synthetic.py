@@ -33,8 +33,7 @@ SHAPES = ("circle", "square", "triangle", "star")
 SPLITS = ("pretrain", "train", "test")
 MANIFEST_NAME = "manifest.csv"
 CONFIG_NAME = "synthav.json"
-GENERATOR_VERSION = 1  # bump whenever the rendered content changes, to invalidate old folders
-STAMP_DEFAULTS = {"layout": "by_class"}  # what a folder stamped before a config field existed was made with
+GENERATOR_VERSION = 2  # bump whenever the rendered content changes, to invalidate old folders (2: layouts)
 
 # Audio model: pitch = PITCH_LOW_HZ * 2 ** (PITCH_OCTAVES * height), height = 1 - y.
 PITCH_LOW_HZ = 220.0
@@ -310,12 +309,10 @@ def ensure_synthav(out_dir: str | Path, config: SynthAVConfig | None = None,
 
 
 def _read_stamp(path: Path) -> dict | None:
-    """The config a folder was made with (STAMP_DEFAULTS for fields its stamp predates), or None."""
     try:
-        stamp = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return {**STAMP_DEFAULTS, **stamp} if isinstance(stamp, dict) else None
 
 
 def _pick_share(rng: np.random.Generator, count: int, share: float, strata: np.ndarray | None = None,

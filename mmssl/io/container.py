@@ -155,7 +155,7 @@ class FrameIndex:
     keyframe_pts: np.ndarray  # int64, sorted, including pre-roll keyframes a seek may need
     keyframe_dts: np.ndarray  # int64, the decode timestamp to seek to for each of keyframe_pts
     time_base: Fraction
-    origin: float  # seconds, see clock_origin
+    origin: float  # seconds: clock_origin, plus in AVI the first frame's made-up delay (frame n at n / fps)
     frame_duration: int  # in time_base units: duration of the last frame
     # pts are the frames' decode order, not their presentation order: a container without presentation
     # times (NO_PTS_FORMATS) holding a codec that reorders frames. Frame i is then the decoder's i-th
