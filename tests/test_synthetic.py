@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,11 +143,13 @@ def test_generate_skips_a_matching_folder_and_redoes_a_changed_one(tmp_path: Pat
     stamp = manifest.stat().st_mtime_ns
     assert generate(tmp_path / "d", config) == manifest and manifest.stat().st_mtime_ns == stamp
     assert ensure_synthav(tmp_path / "d") == manifest and manifest.stat().st_mtime_ns == stamp
-    # a folder an older generator made is made again
+    # a folder an older generator made is made again, by ensure_synthav with the settings it had
     config_file = tmp_path / "d" / "synthav.json"
-    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "generator_version": 1}))
-    generate(tmp_path / "d", config, workers=1)
-    assert json.loads(config_file.read_text())["generator_version"] == GENERATOR_VERSION
+    for make in (lambda: generate(tmp_path / "d", config, workers=1), lambda: ensure_synthav(tmp_path / "d")):
+        old = {k: v for k, v in json.loads(config_file.read_text()).items() if k != "layout"}  # before layouts
+        config_file.write_text(json.dumps({**old, "generator_version": 1}))
+        assert make() == manifest
+        assert json.loads(config_file.read_text()) == {"generator_version": GENERATOR_VERSION, **asdict(config)}
 
     generate(tmp_path / "d", replace(config, num_pretrain=1), workers=1)
     assert len(read_manifest(manifest)) == 1

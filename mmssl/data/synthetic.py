@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from itertools import repeat
 from pathlib import Path
 
@@ -300,11 +300,15 @@ def generate(out_dir: str | Path, config: SynthAVConfig | None = None,
 def ensure_synthav(out_dir: str | Path, config: SynthAVConfig | None = None,
                    workers: int | None = None) -> Path:
     """The manifest of the SynthAV dataset in `out_dir`, generated on first use. Without `config`
-    any complete dataset already there is accepted (else the default one is made); with a
-    config, the folder is (re)generated unless it matches it."""
+    a complete dataset of this generator already there is accepted, whatever its settings; one an
+    older generator made (or left incomplete) is made again with its settings, and an empty folder
+    gets the default dataset. With a config, the folder is (re)generated unless it matches it."""
     manifest = Path(out_dir) / MANIFEST_NAME
-    if config is None and manifest.exists() and _read_stamp(Path(out_dir) / CONFIG_NAME):
-        return manifest
+    stamp = _read_stamp(Path(out_dir) / CONFIG_NAME)
+    if config is None and stamp:
+        if manifest.exists() and stamp.get("generator_version") == GENERATOR_VERSION:
+            return manifest
+        config = SynthAVConfig(**{f.name: stamp[f.name] for f in fields(SynthAVConfig) if f.name in stamp})
     return generate(out_dir, config, workers)
 
 
