@@ -410,13 +410,15 @@ def list_kinetics(root: str | Path, annotations: str | Path | Sequence[str | Pat
         by_stem.setdefault(path.stem, []).append(path)
     listing = Listing(skipped=list(scan.unlisted))
 
+    used: set[str] = set()
+
     def file_of(stem: str) -> Path | None:
-        """The first file named `stem`; the others, on first use, go to `listing.skipped`."""
-        first, *others = by_stem.pop(stem, None) or [None]
-        listing.skipped.extend(Skipped(str(other), DUPLICATE, f"another file of clip {stem}; {first} is used")
-                               for other in others)
-        if first is not None:
-            by_stem[stem] = [first]
+        """The first file named `stem`; the others go to `listing.skipped` the first time it is used."""
+        first, *others = by_stem.get(stem) or [None]
+        if others and stem not in used:
+            listing.skipped.extend(Skipped(str(other), DUPLICATE, f"another file of clip {stem}; {first} is used")
+                                   for other in others)
+        used.add(stem)
         return first
     for csv_path in map(Path, annotations):
         with open(csv_path, newline="") as f:

@@ -98,29 +98,30 @@ def quarter_turns(frame: av.VideoFrame) -> int:
 
 def opens_closed_gop(packet: av.Packet, ctx: av.CodecContext) -> bool:
     """Whether a keyframe packet holds an H.264 IDR picture, after which the decoder shows no frame
-    that comes before it: NAL units after start codes (Annex B, as AVI stores H.264), or after
-    lengths of the size the avcC extradata gives (codec tag AVC1). False for any other codec and for
-    an open GOP's I-frame (x264's open-gop), whose leading B-frames are shown before it but decoded
-    after it (and dropped by the decoder after a seek)."""
+    that comes before it: its first slice NAL unit is of the IDR type. False for any other codec and
+    for an open GOP's I-frame (x264's open-gop), whose leading B-frames are shown before it but
+    decoded after it (and dropped by the decoder after a seek)."""
     if ctx.name != "h264":
         return False
-    data, extradata = memoryview(packet), ctx.extradata or b""
-    if extradata[:1] == b"\x01" and len(extradata) > 4:  # avcC: each NAL unit after a big-endian length
+    for header in _nal_headers(bytes(packet), ctx.extradata or b""):
+        if 1 <= header & 0x1F <= 5:  # the first slice of the picture
+            return header & 0x1F == H264_IDR
+    return False
+
+
+def _nal_headers(data: bytes, extradata: bytes) -> Iterator[int]:
+    """The header byte of each H.264 NAL unit in `data`: after a big-endian length of the size the
+    avcC extradata gives (codec tag AVC1), else after a start code (Annex B, as AVI stores H.264)."""
+    if extradata[:1] == b"\x01" and len(extradata) > 4:
         size, at = (extradata[4] & 3) + 1, 0
         while at + size < len(data):
-            nal_type = data[at + size] & 0x1F
-            if 1 <= nal_type <= 5:  # the first slice of the picture
-                return nal_type == H264_IDR
+            yield data[at + size]
             at += size + int.from_bytes(data[at:at + size], "big")
-        return False
-    data = bytes(data)
+        return
     start = data.find(b"\x00\x00\x01")
     while 0 <= start < len(data) - 3:
-        nal_type = data[start + 3] & 0x1F
-        if 1 <= nal_type <= 5:
-            return nal_type == H264_IDR
+        yield data[start + 3]
         start = data.find(b"\x00\x00\x01", start + 3)
-    return False
 
 
 def check_decodable(path: str | Path, stream: av.stream.Stream) -> None:
