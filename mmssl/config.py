@@ -1,18 +1,23 @@
 """One dataclass tree for a run: defaults here <- a YAML file in configs/ <- dotted CLI overrides.
 
-Unknown keys are errors that name the key; values are checked against the field's type.
+Unknown keys are errors that name the key; values are checked against the field's type. The `task`
+section is assembled from the registered tasks (`mmssl.registry.TASKS`): `task.name` picks the task,
+and each task's own settings dataclass (its `config_class`, defined in its file) is `task.<name>`.
+This module imports no task: import `mmssl.tasks` (and your own task modules) before building a config.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from mmssl.registry import TASKS
 
 
 class ConfigError(ValueError):
@@ -20,6 +25,7 @@ class ConfigError(ValueError):
 
 
 ABSENT = "<absent>"  # config_changes: the key is not in that tree
+RENAMED_KEYS: dict[str, str] = {}  # renamed keys outside the task sections, old dotted key -> new
 LOSS_TEMPERATURES = {"nt_xent": 0.1, "moco": 0.07}  # ClipContrastiveConfig's default T: SimCLR's, MoCo's
 
 
@@ -44,114 +50,12 @@ class ModelConfig:
     audio_encoder: str = "tiny_audio"  # audio-visual tasks: logmel_cnn (L3's tower) or tiny_audio
 
 
-@dataclass
-class MotionConfig:
-    """High-motion tuple choice (S&L, OPN): keep one of `candidates` uniformly drawn tuples with
-    probability proportional to its motion ** `power` (mean absolute frame difference, per video
-    from one decode at `size` px). candidates 1: uniform sampling, no motion decode."""
-
-    candidates: int = 16
-    power: float = 2.0
-    size: int = 32
 
 
-@dataclass
-class OrderConfig:
-    """Shuffle and Learn frame-order verification (SPEC.md): gaps in seconds, so fps-independent."""
-
-    tau_max_s: float = 2.0  # max |d - b| (60 frames at 30 fps)
-    tau_min_s: float = 0.5  # min gap of a and e (a negative's middle frame) from [b, d] (15 frames at 30 fps)
-    positive_share: float = 0.25
-    hidden_dim: int = 256
-    motion: MotionConfig = field(default_factory=MotionConfig)
 
 
-@dataclass
-class OPNConfig:
-    """OPN sequence sorting (SPEC.md): a tuple of `num_frames` frames, num_frames!/2 classes."""
-
-    num_frames: int = 4  # 4 in the paper: 12 classes
-    gap_s: float = 0.25  # time between consecutive frames of a tuple [unverified]
-    jitter: float = 0.05  # max per-frame shift after the shared crop, share of the frame side [unverified]
-    channel_split: bool = True
-    hidden_dim: int = 512  # shared pair layer (OPN's fc7) [unverified]
-    dropout: float = 0.5  # before the classifier [unverified]
-    motion: MotionConfig = field(default_factory=MotionConfig)  # OPN's high-motion windows
 
 
-@dataclass
-class VCOPConfig:
-    """VCOP clip order prediction (SPEC.md): `num_clips` clips, num_clips! classes."""
-
-    num_clips: int = 3
-    clip_len: int = 16
-    stride: int = 1  # frame step inside a clip (1 in the paper)
-    interval: int = 8  # frames between the end of a clip and the start of the next
-    hidden_dim: int = 512
-    dropout: float = 0.5
-
-
-@dataclass
-class AVCConfig:
-    """Audio-visual correspondence (L3) with AVTS hard negatives (SPEC.md)."""
-
-    clip_len: int = 8  # 1: L3's single frame
-    stride: int = 2
-    audio_s: float = 1.0
-    positive_share: float = 0.5
-    hard_negatives: bool = True
-    min_offset_s: float = 1.0  # a hard negative's shift: >= audio_s (checked), so it never overlaps the positive
-    hard_share: float = 0.25  # of the negatives, once the curriculum allows hard ones
-    curriculum_share: float = 0.3  # share of training with easy negatives only
-    loss: str = "ce"  # ce (L3's fusion head) or margin (AVTS)
-    margin: float = 1.0  # eta of the margin loss
-    embed_dim: int = 128
-    fusion_dim: int = 128
-
-
-@dataclass
-class AVContrastiveConfig:
-    """Cross-modal InfoNCE between clips and their audio (AVID / CLIP-style, SPEC.md)."""
-
-    clip_len: int = 8
-    stride: int = 2
-    audio_s: float = 1.0
-    temperature: float = 0.07
-    learn_temperature: bool = False  # true: the shared head's learnable temperature (CLIP)
-    embed_dim: int = 128
-
-
-@dataclass
-class MaskedVideoConfig:
-    """VideoMAE tube masking and pixel reconstruction (SPEC.md); the tubelet is the ViT encoder's."""
-
-    clip_len: int = 16
-    stride: int = 4  # frame step inside the clip (4 on Kinetics, 2 on SSv2 in the paper)
-    mask_ratio: float = 0.9  # share of each frame's patches masked, the same patches in every slot
-    decoder_depth: int = 4  # the decoder is half the encoder's width
-    norm_target: bool = True  # per-tubelet, per-channel normalised pixels as the target
-
-
-@dataclass
-class Wav2Vec2Config:
-    """wav2vec 2.0 masked contrastive prediction of quantised audio features (SPEC.md)."""
-
-    audio_s: float = 1.0  # the window; the paper crops utterances to at most 250k samples (15.6 s)
-    mask_prob: float = 0.65  # p * M: each step starts a span with probability p = 0.065 (fairseq's mask_prob)
-    mask_length: int = 10  # M
-    min_masks: int = 2  # spans per window at least
-    num_negatives: int = 100  # K distractors per masked step, drawn with replacement
-    codebooks: int = 2  # G
-    codebook_entries: int = 320  # V
-    final_dim: int = 256  # the space where context and quantised targets meet (also the codewords' total dim)
-    temperature_start: float = 2.0  # Gumbel softmax: max(start * decay ** step, floor)
-    temperature_decay: float = 0.999995
-    temperature_floor: float = 0.5
-    logit_temperature: float = 0.1  # kappa: cosine similarity / kappa
-    diversity_weight: float = 0.1  # alpha
-    feature_penalty: float = 10.0  # weight of the mean squared feature-encoder output (fairseq)
-    feature_grad_scale: float = 0.1  # gradient into the feature encoder scaled by this (fairseq)
-    feature_dropout: float = 0.1  # on the quantiser's input (fairseq's dropout_features)
 
 
 @dataclass
@@ -183,27 +87,6 @@ class ClipContrastiveConfig:
         return self.temperature if self.temperature is not None else LOSS_TEMPERATURES.get(self.loss)
 
 
-@dataclass
-class MultiTaskConfig:
-    """Several tasks from one decoded window per sample; each task's own section configures it."""
-
-    tasks: list[str] = field(default_factory=lambda: ["order", "avc", "masked_video"])
-    weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # of each task's loss
-
-
-@dataclass
-class TaskConfig:
-    name: str = "order"
-    order: OrderConfig = field(default_factory=OrderConfig)
-    opn: OPNConfig = field(default_factory=OPNConfig)
-    vcop: VCOPConfig = field(default_factory=VCOPConfig)
-    avc: AVCConfig = field(default_factory=AVCConfig)
-    av_contrastive: AVContrastiveConfig = field(default_factory=AVContrastiveConfig)
-    clip_contrastive: ClipContrastiveConfig = field(default_factory=ClipContrastiveConfig)
-    masked_video: MaskedVideoConfig = field(default_factory=MaskedVideoConfig)
-    wav2vec2: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
-    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
-
 
 @dataclass
 class OptimConfig:
@@ -231,11 +114,33 @@ class TrainConfig:
     keep_last: int = 2
 
 
+def task_config_class() -> type:
+    """The `task` section's dataclass: `name`, then one section per registered task with settings."""
+    return _task_config_class(tuple((name, cls.config_class) for name, cls in TASKS.items()
+                                    if getattr(cls, "config_class", None) is not None))
+
+
+@functools.cache
+def _task_config_class(sections: tuple[tuple[str, type], ...]) -> type:
+    fields = [(name, config_class, field(default_factory=config_class)) for name, config_class in sections]
+    return dataclasses.make_dataclass("TaskConfig", [("name", str, field(default="order")), *fields])
+
+
+def renamed_keys() -> dict[str, str]:
+    """Dotted keys renamed since a release, old -> new: the core's and each registered task's own
+    (its `renamed_keys`, relative to `task.<name>`). A config naming an old key fails naming the new
+    one; a checkpoint's saved config has its values moved to the new keys."""
+    renames = dict(RENAMED_KEYS)
+    for name, cls in TASKS.items():
+        renames |= {f"task.{name}.{old}": f"task.{name}.{new}" for old, new in getattr(cls, "renamed_keys", {}).items()}
+    return renames
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: Any = field(default_factory=lambda: task_config_class()())  # assembled from the registry
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -299,6 +204,8 @@ def merge(node: Any, data: dict[str, Any], prefix: str = "", unknown: list[str] 
         name = f"{prefix}{key}"
         if key not in fields:
             if unknown is None:
+                if (new := renamed_keys().get(name)) is not None:
+                    raise ConfigError(f"config key {name!r} is now {new!r}: rename it in your config or override")
                 raise ConfigError(f"unknown config key {name!r}; known here: {', '.join(sorted(fields))}")
             unknown.append(name)
             continue
@@ -334,15 +241,39 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """A saved run's config (a checkpoint's). It holds every task's section, so keys this version
-    no longer has (a setting renamed or removed since) are skipped with a warning, and their
-    defaults apply: old checkpoints keep loading."""
+    """A saved run's config (a checkpoint's), to exactly the values it was trained with: renamed keys
+    take their new names (`upgrade`), sections of tasks the run did not use are ignored, and any other
+    key this version does not know (a setting removed since, or the section of a task whose module is
+    not imported) is a ConfigError that says what to do. Settings added since take their defaults,
+    which keep the behaviour of the version that wrote the checkpoint."""
+    data = upgrade(data)
     config = Config()
-    dropped: list[str] = []
-    merge(config, data, unknown=dropped)
-    if dropped:
-        warnings.warn(f"saved config keys unknown to this version, ignored: {', '.join(dropped)}", stacklevel=2)
+    unknown: list[str] = []
+    merge(config, data, unknown=unknown)
+    task = data.get("task", {})
+    used = {task.get("name"), *task.get(task.get("name"), {}).get("tasks", [])}  # multitask: its tasks
+    missing = [key for key in unknown if not (key.startswith("task.") and key.split(".")[1] not in used)]
+    if missing:
+        raise ConfigError(
+            f"the saved config has settings this version of mmssl does not know: {', '.join(missing)}. "
+            "If they belong to a task of your own, import its module first (--import MODULE); otherwise "
+            "load the checkpoint with the mmssl version that wrote it (its config.json lists every setting)")
     return config
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config tree with its renamed keys (`renamed_keys`) under their new names."""
+    flat = _flatten(data)
+    renames = renamed_keys()
+    flat = {renames.get(key, key): value for key, value in flat.items()}
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
 
 
 def _nest(keys: list[str], value: Any) -> dict[str, Any]:

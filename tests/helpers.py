@@ -15,7 +15,7 @@ from mmssl.config import load_config
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.engine.trainer import TaskModel, build_encoder, load_rows
 from mmssl.models import VideoEncoder
-from mmssl.tasks import build_task
+from mmssl.tasks import build_task, task_class
 
 PRETRAINING_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs/pretrain").glob("*.yaml"))
 
@@ -30,9 +30,9 @@ def shipped_config_batches(path: Path, synthav: Path, count: int = 1,
                            ) -> tuple[TaskModel, list[dict[str, Tensor]]]:
     """A shipped pretraining config on tiny SynthAV (32 px): its seeded TaskModel and `count` batches
     of 4 decoded samples (batch k: epoch k's samples 4k .. 4k + 3)."""
-    config = load_config(path, [f"data.synthav_dir={synthav}", "data.frame_size=32"])
-    if config.task.name == "vcop":
-        config.task.vcop.interval = 0  # 3 clips of 7 frames in tiny SynthAV's 24 frames
+    overrides = [f"data.synthav_dir={synthav}", "data.frame_size=32"]
+    config = load_config(path, overrides)
+    config = load_config(path, [*overrides, *task_class(config.task.name).smoke_overrides])
     task = build_task(config)
     dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend)
     torch.manual_seed(0)

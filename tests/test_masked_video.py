@@ -11,7 +11,7 @@ import pytest
 import torch
 from einops import rearrange, repeat
 
-from mmssl.config import MaskedVideoConfig, load_config
+from mmssl.config import load_config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.engine.trainer import pretrain
 from mmssl.eval.transfer import load_encoder
@@ -20,6 +20,7 @@ from mmssl.models.vit import gather_tokens, sincos_3d, split_tokens
 from mmssl.tasks import build_task
 from mmssl.tasks.masked_video import (
     MaskedVideo,
+    MaskedVideoConfig,
     masked_mse,
     reconstruct,
     tube_mask,

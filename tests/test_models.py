@@ -6,14 +6,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import video as tv_video
 
-from mmssl.models import (
-    VIDEO_ENCODERS,
-    Registry,
-    UnknownNameError,
-    VideoEncoder,
-    build_video_encoder,
-    repeat_frames,
-)
+from mmssl.models import VIDEO_ENCODERS, VideoEncoder, build_video_encoder, repeat_frames
+from mmssl.registry import Registry, UnknownNameError
 
 TORCHVISION_DIMS = {"r3d_18": 512, "mc3_18": 512, "r2plus1d_18": 512, "s3d": 1024}
 FEATURE_DIMS = {**TORCHVISION_DIMS, "tiny3d": 256, "vit_tiny": 192}

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmssl.config import MotionConfig, OrderConfig
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import MotionWeighting, cumulative_motion, frame_motion, pick_by_motion, tuple_motion
+from mmssl.data.sampling import MotionConfig, MotionWeighting, cumulative_motion, frame_motion, pick_by_motion, tuple_motion
 from mmssl.io import TooShortError, write_media
-from mmssl.tasks.order import OrderVerification
+from mmssl.tasks.order import OrderConfig, OrderVerification
 
 FPS, NUM_FRAMES = 16.0, 48
 TAU_MAX, TAU_MIN = 32, 8  # 2 s and 0.5 s at 16 fps

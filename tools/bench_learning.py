@@ -37,21 +37,7 @@ from mmssl.eval.transfer import Transfer, load_audio_encoder, load_encoder, rand
 from mmssl.tasks import build_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"order": ROOT / "configs/pretrain/order.yaml",
-           "opn": ROOT / "configs/pretrain/opn.yaml",
-           "vcop": ROOT / "configs/pretrain/vcop.yaml",
-           "avc": ROOT / "configs/pretrain/avc.yaml",
-           "avts": ROOT / "configs/pretrain/avts.yaml",
-           "av_contrastive": ROOT / "configs/pretrain/av_contrastive.yaml",
-           "simclr": ROOT / "configs/pretrain/simclr.yaml",
-           "moco": ROOT / "configs/pretrain/moco.yaml",
-           "byol": ROOT / "configs/pretrain/byol.yaml",
-           "simsiam": ROOT / "configs/pretrain/simsiam.yaml",
-           "barlow_twins": ROOT / "configs/pretrain/barlow_twins.yaml",
-           "vicreg": ROOT / "configs/pretrain/vicreg.yaml",
-           "masked_video": ROOT / "configs/pretrain/masked_video.yaml",
-           "wav2vec2": ROOT / "configs/pretrain/wav2vec2.yaml",
-           "multitask": ROOT / "configs/pretrain/multitask.yaml"}
+METHODS = {path.stem: path for path in sorted((ROOT / "configs/pretrain").glob("*.yaml"))}  # one per shipped config
 PROBE_NAMES = {"linear": "linear probe", "knn": "kNN"}
 
 

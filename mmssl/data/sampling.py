@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -118,6 +119,17 @@ def pick_by_motion(candidates: list[np.ndarray], cum: np.ndarray, rng: np.random
     if not np.isfinite(total) or total <= 0:
         return int(rng.integers(len(candidates)))
     return int(rng.choice(len(candidates), p=scores / total))
+
+
+@dataclass
+class MotionConfig:
+    """High-motion tuple choice (S&L, OPN): keep one of `candidates` uniformly drawn tuples with
+    probability proportional to its motion ** `power` (mean absolute frame difference, per video
+    from one decode at `size` px). candidates 1: uniform sampling, no motion decode."""
+
+    candidates: int = 16
+    power: float = 2.0
+    size: int = 32
 
 
 class MotionWeighting:

@@ -1,5 +1,4 @@
 """Encoders and heads; build encoders by name through the registries."""
-from mmssl.models.registry import Registry, UnknownNameError
 from mmssl.models.video import (
     TORCHVISION_SPECS,
     VIDEO_ENCODERS,
@@ -13,6 +12,5 @@ from mmssl.models.video import (
 from mmssl.models.vit import VIT_PRESETS, VideoViT  # registers vit_tiny, vit_small, vit_base
 
 __all__ = [
-    "TORCHVISION_SPECS", "VIDEO_ENCODERS", "VIT_PRESETS", "Registry", "Tiny3D", "TorchvisionVideoEncoder",
-    "UnknownNameError", "VideoEncoder", "VideoViT", "build_video_encoder", "register_video_encoder", "repeat_frames",
+    "TORCHVISION_SPECS", "VIDEO_ENCODERS", "VIT_PRESETS", "Tiny3D", "TorchvisionVideoEncoder", "VideoEncoder", "VideoViT", "build_video_encoder", "register_video_encoder", "repeat_frames",
 ]

@@ -13,7 +13,7 @@ import torchaudio
 from torch import Tensor, nn
 from torchaudio.models.wav2vec2 import components
 
-from mmssl.models.registry import Registry
+from mmssl.registry import AUDIO_ENCODERS, register_audio_encoder
 from mmssl.transforms.audio import LogMel, SpecAugment
 
 
@@ -21,10 +21,6 @@ class AudioEncoder(nn.Module):
     """Interface: `forward(waveform: float [B, samples]) -> [B, feature_dim]`."""
 
     feature_dim: int
-
-
-AUDIO_ENCODERS: Registry[AudioEncoder] = Registry("audio encoder")
-register_audio_encoder = AUDIO_ENCODERS.register
 
 
 def build_audio_encoder(name: str, **kwargs: object) -> AudioEncoder:

@@ -13,7 +13,7 @@ from functools import partial
 from torch import Tensor, nn
 from torchvision.models import video as tv_video
 
-from mmssl.models.registry import Registry
+from mmssl.registry import VIDEO_ENCODERS, register_video_encoder
 
 
 def repeat_frames(x: Tensor, min_frames: int) -> Tensor:
@@ -52,10 +52,6 @@ class VideoEncoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Pooled features ``[B, feature_dim]`` of a clip with at least ``min_frames`` frames."""
         raise NotImplementedError
-
-
-VIDEO_ENCODERS: Registry[VideoEncoder] = Registry("video encoder")
-register_video_encoder = VIDEO_ENCODERS.register  # decorator: @register_video_encoder("name")
 
 
 def build_video_encoder(name: str, **kwargs: object) -> VideoEncoder:

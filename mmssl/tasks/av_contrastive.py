@@ -6,11 +6,13 @@ The temperature is a config value (AVID's 0.07) or the shared head's learnable o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
-from mmssl.config import AVContrastiveConfig, Config
+from mmssl.config import Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import clip_with_audio, frames_for
@@ -18,12 +20,26 @@ from mmssl.losses import InfoNCELoss
 from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
 from mmssl.models.two_stream import AudioStream
+from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 
-class AudioVisualContrastive(PretextTask):
-    name = "av_contrastive"
+@dataclass
+class AVContrastiveConfig:
+    """Cross-modal InfoNCE between clips and their audio (AVID / CLIP-style; docs/methods.md#av_contrastive)."""
+
+    clip_len: int = 8
+    stride: int = 2
+    audio_s: float = 1.0
+    temperature: float = 0.07
+    learn_temperature: bool = False  # true: the shared head's learnable temperature (CLIP)
+    embed_dim: int = 128
+
+
+@register_task("av_contrastive")
+class AVContrastive(PretextTask):
+    config_class = AVContrastiveConfig
     needs_audio = True
 
     def __init__(self, config: AVContrastiveConfig, audio_encoder: str, augment: VideoAugment | None = None,
@@ -35,7 +51,7 @@ class AudioVisualContrastive(PretextTask):
         self.info_nce = InfoNCELoss(config.temperature, gather_distributed=True)
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "AudioVisualContrastive":
+    def from_config(cls, config: Config, augment: VideoAugment) -> "AVContrastive":
         return cls(config.task.av_contrastive, config.model.audio_encoder, augment)
 
     def min_frames(self, fps: float) -> int:

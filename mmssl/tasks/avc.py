@@ -14,12 +14,14 @@ y * d^2 + (1 - y) * max(margin - d, 0)^2 with d = ||v - a||.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmssl.config import AVCConfig, Config
+from mmssl.config import Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import clip_with_audio, frames_for
@@ -28,14 +30,34 @@ from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
 from mmssl.models.heads import mlp
 from mmssl.models.two_stream import AudioStream
+from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 NO_HARD = -1
 
 
-class AudioVisualCorrespondence(PretextTask):
-    name = "avc"
+@dataclass
+class AVCConfig:
+    """Audio-visual correspondence (L3) with AVTS hard negatives (docs/methods.md#avc)."""
+
+    clip_len: int = 8  # 1: L3's single frame
+    stride: int = 2
+    audio_s: float = 1.0
+    positive_share: float = 0.5
+    hard_negatives: bool = True
+    min_offset_s: float = 1.0  # a hard negative's shift: >= audio_s (checked), so it never overlaps the positive
+    hard_share: float = 0.25  # of the negatives, once the curriculum allows hard ones
+    curriculum_share: float = 0.3  # share of training with easy negatives only
+    loss: str = "ce"  # ce (L3's fusion head) or margin (AVTS)
+    margin: float = 1.0  # eta of the margin loss
+    embed_dim: int = 128
+    fusion_dim: int = 128
+
+
+@register_task("avc")
+class AVC(PretextTask):
+    config_class = AVCConfig
     needs_audio = True
 
     def __init__(self, config: AVCConfig, audio_encoder: str, augment: VideoAugment | None = None,
@@ -52,7 +74,7 @@ class AudioVisualCorrespondence(PretextTask):
         self.margin_loss = MarginContrastiveLoss(config.margin, scale=1.0)  # AVTS's form
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "AudioVisualCorrespondence":
+    def from_config(cls, config: Config, augment: VideoAugment) -> "AVC":
         return cls(config.task.avc, config.model.audio_encoder, augment)
 
     def set_step(self, step: int, total_steps: int) -> None:

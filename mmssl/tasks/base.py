@@ -24,13 +24,17 @@ if TYPE_CHECKING:
 
 
 class PretextTask(ABC):
-    name: str
+    name: str  # its registry key, set by @register_task
     needs_audio: bool = False
     encoder_kind: str = "video"  # the encoder the run trains and transfers: model.video_encoder or model.audio_encoder
     feature_mode: str = "clip"  # how transfer feeds the encoder: "clip", "frames" (T=1 each) or "audio"
     # on several GPUs, BatchNorm over the global batch (SyncBatchNorm), as the reference code of the
     # batch-contrastive and redundancy-reduction methods has it (SimCLR, BYOL, SimSiam, Barlow Twins, VICReg)
     global_batchnorm: bool = False
+    config_class: type | None = None  # its settings dataclass: the run config's section task.<name>
+    renamed_keys: dict[str, str] = {}  # keys of that section renamed since a release, old -> new
+    # overrides that fit the task's window into short videos (3 s at 8 fps): the shipped-config smoke tests
+    smoke_overrides: tuple[str, ...] = ()
 
     @classmethod
     @abstractmethod

@@ -54,6 +54,7 @@ from mmssl.losses import build_loss, cosine_momentum, momentum_update
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import projection_mlp
 from mmssl.models.two_stream import ContrastiveHead
+from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment, colour_distortion, to_model_input
 
@@ -115,8 +116,9 @@ class ClipContrastiveHead(nn.Module):
         self.target_step.fill_(step)
 
 
+@register_task("clip_contrastive")
 class ClipContrastive(PretextTask):
-    name = "clip_contrastive"
+    config_class = ClipContrastiveConfig
     feature_mode = "clip"
 
     def __init__(self, config: ClipContrastiveConfig, augment: VideoAugment | None = None) -> None:

@@ -18,6 +18,7 @@ channel normalised, (x - mean) / (std + 1e-6) with the unbiased std over the t*p
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,14 +26,27 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from mmssl.config import Config, MaskedVideoConfig
+from mmssl.config import Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import random_clip
 from mmssl.models import VIT_PRESETS, VideoEncoder, VideoViT
 from mmssl.models.vit import Grid, VideoMAEDecoder, build_videomae_decoder, gather_tokens, split_tokens
+from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import MEAN, STD, VideoAugment, to_model_input
+
+
+@dataclass
+class MaskedVideoConfig:
+    """VideoMAE tube masking and pixel reconstruction (docs/methods.md#masked_video); the tubelet is
+    the ViT encoder's."""
+
+    clip_len: int = 16
+    stride: int = 4  # frame step inside the clip (4 on Kinetics, 2 on SSv2 in the paper)
+    mask_ratio: float = 0.9  # share of each frame's patches masked, the same patches in every slot
+    decoder_depth: int = 4  # the decoder is half the encoder's width
+    norm_target: bool = True  # per-tubelet, per-channel normalised pixels as the target
 
 
 def masked_per_slot(height: int, width: int, ratio: float) -> int:
@@ -89,8 +103,9 @@ def unnormalize(x: torch.Tensor) -> torch.Tensor:
     return x * x.new_tensor(STD).view(1, -1, 1, 1, 1) + x.new_tensor(MEAN).view(1, -1, 1, 1, 1)
 
 
+@register_task("masked_video")
 class MaskedVideo(PretextTask):
-    name = "masked_video"
+    config_class = MaskedVideoConfig
     feature_mode = "clip"
 
     def __init__(self, config: MaskedVideoConfig, tubelet: tuple[int, int, int],

@@ -8,16 +8,27 @@ weighted sum, and every task's loss and metrics are logged under its name.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 from torch import nn
 
-from mmssl.config import Config, MultiTaskConfig
+from mmssl.config import Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.models import VideoEncoder
+from mmssl.registry import TASKS, register_task
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment
+
+
+@dataclass
+class MultiTaskConfig:
+    """Several tasks from one decoded window per sample; each task's own section configures it."""
+
+    tasks: list[str] = field(default_factory=lambda: ["order", "avc", "masked_video"])
+    weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # of each task's loss
 
 
 def task_entries(sample: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
@@ -25,8 +36,9 @@ def task_entries(sample: dict[str, torch.Tensor], name: str) -> dict[str, torch.
     return {key.removeprefix(f"{name}/"): value for key, value in sample.items() if key.startswith(f"{name}/")}
 
 
+@register_task("multitask")
 class MultiTask(PretextTask):
-    name = "multitask"
+    config_class = MultiTaskConfig
 
     def __init__(self, tasks: dict[str, PretextTask], weights: dict[str, float], sample_rate: int = 16000) -> None:
         if not tasks or set(tasks) != set(weights):
@@ -45,12 +57,10 @@ class MultiTask(PretextTask):
 
     @classmethod
     def from_config(cls, config: Config, augment: VideoAugment) -> "MultiTask":
-        from mmssl.tasks import task_class  # the registry imports this module
-
         c: MultiTaskConfig = config.task.multitask
         if len(c.tasks) != len(c.weights) or len(set(c.tasks)) != len(c.tasks) or cls.name in c.tasks:
             raise ValueError(f"task.multitask: give distinct tasks (not multitask) and one weight each, got {c}")
-        tasks = {name: task_class(name).from_config(config, augment) for name in c.tasks}
+        tasks = {name: TASKS.get(name).from_config(config, augment) for name in c.tasks}
         return cls(tasks, dict(zip(c.tasks, c.weights)))
 
     def min_frames(self, fps: float) -> int:

@@ -16,25 +16,42 @@ classified two-way with cross-entropy.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import Config, OrderConfig
+from mmssl.config import Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import MotionWeighting
+from mmssl.data.sampling import MotionConfig, MotionWeighting
 from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import ConcatHead
+from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 
+@dataclass
+class OrderConfig:
+    """Shuffle and Learn frame-order verification (docs/methods.md#order): gaps in seconds, so fps-independent."""
+
+    tau_max_s: float = 2.0  # max |d - b| (60 frames at 30 fps)
+    tau_min_s: float = 0.5  # min gap of a and e (a negative's middle frame) from [b, d] (15 frames at 30 fps)
+    positive_share: float = 0.25
+    hidden_dim: int = 256
+    motion: MotionConfig = field(default_factory=MotionConfig)
+
+
+@register_task("order")
 class OrderVerification(PretextTask):
-    name = "order"
+    config_class = OrderConfig
+    renamed_keys = {"motion_candidates": "motion.candidates", "motion_power": "motion.power",
+                    "motion_size": "motion.size"}  # the motion settings became a section
     feature_mode = "frames"
 
     def __init__(self, config: OrderConfig, augment: VideoAugment | None = None) -> None:

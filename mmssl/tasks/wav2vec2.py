@@ -1,6 +1,6 @@
 """wav2vec 2.0 (Baevski, Zhou, Mohamed, Auli, "wav2vec 2.0: A Framework for Self-Supervised Learning
 of Speech Representations", NeurIPS 2020) on the audio track of the videos; semantics of fairseq's
-reference code where the paper leaves them open (SPEC.md).
+reference code where the paper leaves them open (docs/methods.md#wav2vec2).
 
 A sample is `audio_s` seconds of audio at a random start (no frames are decoded) and a span mask
 over the feature encoder's T frames, drawn in the worker (`span_mask`). On the device: conv
@@ -17,12 +17,14 @@ each rank's L weighted by its masked count over the ranks' mean count (`count_we
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.config import Config, Wav2Vec2Config
+from mmssl.config import Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import frames_for
@@ -30,8 +32,31 @@ from mmssl.engine.distributed import count_weight
 from mmssl.io import TooShortError
 from mmssl.models.audio import WAV2VEC2_SPECS, Wav2Vec2Encoder, feature_frames
 from mmssl.models.quantizer import GumbelQuantizer, diversity_loss, gumbel_temperature, perplexity
+from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment
+
+
+@dataclass
+class Wav2Vec2Config:
+    """wav2vec 2.0 masked contrastive prediction of quantised audio features (docs/methods.md#wav2vec2)."""
+
+    audio_s: float = 1.0  # the window; the paper crops utterances to at most 250k samples (15.6 s)
+    mask_prob: float = 0.65  # p * M: each step starts a span with probability p = 0.065 (fairseq's mask_prob)
+    mask_length: int = 10  # M
+    min_masks: int = 2  # spans per window at least
+    num_negatives: int = 100  # K distractors per masked step, drawn with replacement
+    codebooks: int = 2  # G
+    codebook_entries: int = 320  # V
+    final_dim: int = 256  # the space where context and quantised targets meet (also the codewords' total dim)
+    temperature_start: float = 2.0  # Gumbel softmax: max(start * decay ** step, floor)
+    temperature_decay: float = 0.999995
+    temperature_floor: float = 0.5
+    logit_temperature: float = 0.1  # kappa: cosine similarity / kappa
+    diversity_weight: float = 0.1  # alpha
+    feature_penalty: float = 10.0  # weight of the mean squared feature-encoder output (fairseq)
+    feature_grad_scale: float = 0.1  # gradient into the feature encoder scaled by this (fairseq)
+    feature_dropout: float = 0.1  # on the quantiser's input (fairseq's dropout_features)
 
 
 def span_mask(num_frames: int, mask_prob: float, mask_length: int, min_masks: int,
@@ -84,8 +109,9 @@ def scale_gradient(x: Tensor, scale: float) -> Tensor:
     return frozen + scale * (x - frozen)
 
 
+@register_task("wav2vec2")
 class Wav2Vec2(PretextTask):
-    name = "wav2vec2"
+    config_class = Wav2Vec2Config
     needs_audio = True
     encoder_kind = "audio"
     feature_mode = "audio"

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmssl.config import VCOPConfig, load_config
+from mmssl.config import load_config
 from mmssl.data.manifest import ManifestRow
 from mmssl.engine.trainer import pretrain
 from mmssl.io import TooShortError
 from mmssl.tasks import build_task
-from mmssl.tasks.clip_order import ClipOrderPrediction
+from mmssl.tasks.vcop import VCOP, VCOPConfig
 from mmssl.transforms.video import VideoAugment
 
 from helpers import SpyEncoder  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_window_span_and_too_short(clip_len: int, stride: int, interval: int, num_clips: int,
                                    span: int) -> None:
     config = VCOPConfig(num_clips=num_clips, clip_len=clip_len, stride=stride, interval=interval)
-    task = ClipOrderPrediction(config)
+    task = VCOP(config)
     assert task.window_span == span
     rng = np.random.default_rng(0)
     frames = task.window(ManifestRow("fits.mp4", fps=8.0, num_frames=span), rng).frames
@@ -39,7 +39,7 @@ def test_window_span_and_too_short(clip_len: int, stride: int, interval: int, nu
 
 def test_label_is_the_lexicographic_index_of_the_clip_permutation() -> None:
     config = VCOPConfig(num_clips=3, clip_len=4, stride=2, interval=3)
-    task = ClipOrderPrediction(config)
+    task = VCOP(config)
     permutations = list(itertools.permutations(range(3)))
     assert task.permutations == permutations
     rng = np.random.default_rng(0)
@@ -59,7 +59,7 @@ def test_label_is_the_lexicographic_index_of_the_clip_permutation() -> None:
 
 def test_augmentation_is_shared_within_a_clip_and_independent_between_clips() -> None:
     torch.manual_seed(0)
-    task = ClipOrderPrediction(VCOPConfig(num_clips=3, clip_len=4), VideoAugment())
+    task = VCOP(VCOPConfig(num_clips=3, clip_len=4), VideoAugment())
     encoder = SpyEncoder()
     image = torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8)  # one still image per sample
     batch = {"frames": image.expand(2, 12, 32, 32, 3).contiguous(), "label": torch.tensor([0, 5])}
@@ -75,13 +75,13 @@ def test_augmentation_is_shared_within_a_clip_and_independent_between_clips() ->
 
 
 def test_head_matches_vcop() -> None:
-    task = ClipOrderPrediction(VCOPConfig(num_clips=3))
+    task = VCOP(VCOPConfig(num_clips=3))
     head = task.build_head(SpyEncoder())
     assert (head.pair[0].in_features, head.pair[0].out_features) == (16, 512)
     assert head.classifier[0].p == 0.5
     assert (head.classifier[1].in_features, head.classifier[1].out_features) == (512 * 3, 6)
     assert head(torch.randn(5 * 3, 8)).shape == (5, 6)
-    four = ClipOrderPrediction(VCOPConfig(num_clips=4, hidden_dim=32)).build_head(SpyEncoder())
+    four = VCOP(VCOPConfig(num_clips=4, hidden_dim=32)).build_head(SpyEncoder())
     assert four(torch.randn(2 * 4, 8)).shape == (2, 24) and four.classifier[1].in_features == 32 * 6
 
 
@@ -90,7 +90,7 @@ def test_one_training_step(tiny_synthav: Path, tmp_path: Path) -> None:
         "task.vcop.interval=1", "data.frame_size=32", "data.batch_size=4", "data.num_workers=0", "train.max_steps=1",
         "train.log_every=1", f"data.synthav_dir={tiny_synthav}"])
     task = build_task(config)
-    assert isinstance(task, ClipOrderPrediction) and task.window_span <= 24
+    assert isinstance(task, VCOP) and task.window_span <= 24
     checkpoint = pretrain(config, tmp_path)
     assert checkpoint.exists()
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])

@@ -25,6 +25,8 @@ outputs are concatenated and classified 12-way with cross-entropy (`PairwiseHead
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import itertools
 
 import numpy as np
@@ -32,15 +34,29 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import Config, OPNConfig
+from mmssl.config import Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import MotionWeighting, random_clip
+from mmssl.data.sampling import MotionConfig, MotionWeighting, random_clip
 from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import PairwiseHead
+from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask, classification_loss
 from mmssl.transforms.video import VideoAugment, channel_split, frame_shift, to_model_input
+
+
+@dataclass
+class OPNConfig:
+    """OPN sequence sorting (docs/methods.md#opn): a tuple of `num_frames` frames, num_frames!/2 classes."""
+
+    num_frames: int = 4  # 4 in the paper: 12 classes
+    gap_s: float = 0.25  # time between consecutive frames of a tuple [unverified]
+    jitter: float = 0.05  # max per-frame shift after the shared crop, share of the frame side [unverified]
+    channel_split: bool = True
+    hidden_dim: int = 512  # shared pair layer (OPN's fc7) [unverified]
+    dropout: float = 0.5  # before the classifier [unverified]
+    motion: MotionConfig = field(default_factory=MotionConfig)  # OPN's high-motion windows
 
 
 def sequence_classes(num_frames: int) -> list[tuple[int, ...]]:
@@ -49,8 +65,9 @@ def sequence_classes(num_frames: int) -> list[tuple[int, ...]]:
     return [p for p in itertools.permutations(range(num_frames)) if p[0] < p[-1]]
 
 
-class SequenceSorting(PretextTask):
-    name = "opn"
+@register_task("opn")
+class OPN(PretextTask):
+    config_class = OPNConfig
     feature_mode = "frames"
 
     def __init__(self, config: OPNConfig, augment: VideoAugment | None = None) -> None:
@@ -62,7 +79,7 @@ class SequenceSorting(PretextTask):
         self.motion = MotionWeighting(config.motion.candidates, config.motion.power, config.motion.size)
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "SequenceSorting":
+    def from_config(cls, config: Config, augment: VideoAugment) -> "OPN":
         return cls(config.task.opn, augment)
 
     def min_frames(self, fps: float) -> int:

@@ -15,6 +15,8 @@ dropout 0.5; Linear(512 * pairs, n!) with cross-entropy (`PairwiseHead`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import itertools
 
 import numpy as np
@@ -22,19 +24,34 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import Config, VCOPConfig
+from mmssl.config import Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import clip_span, random_clip
 from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import PairwiseHead
+from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask, classification_loss
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 
-class ClipOrderPrediction(PretextTask):
-    name = "vcop"
+@dataclass
+class VCOPConfig:
+    """VCOP clip order prediction (docs/methods.md#vcop): `num_clips` clips, num_clips! classes."""
+
+    num_clips: int = 3
+    clip_len: int = 16
+    stride: int = 1  # frame step inside a clip (1 in the paper)
+    interval: int = 8  # frames between the end of a clip and the start of the next
+    hidden_dim: int = 512
+    dropout: float = 0.5
+
+
+@register_task("vcop")
+class VCOP(PretextTask):
+    config_class = VCOPConfig
+    smoke_overrides = ("task.vcop.interval=0",)  # 3 clips of 7 frames and no gaps fit 24 frames
     feature_mode = "clip"
 
     def __init__(self, config: VCOPConfig, augment: VideoAugment | None = None) -> None:
@@ -46,7 +63,7 @@ class ClipOrderPrediction(PretextTask):
         self.permutations = list(itertools.permutations(range(config.num_clips)))
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "ClipOrderPrediction":
+    def from_config(cls, config: Config, augment: VideoAugment) -> "VCOP":
         return cls(config.task.vcop, augment)
 
     @property

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from mmssl.config import MotionConfig, OPNConfig, load_config
+from mmssl.config import load_config
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import cumulative_motion, tuple_motion
+from mmssl.data.sampling import MotionConfig, cumulative_motion, tuple_motion
 from mmssl.engine.trainer import pretrain
 from mmssl.io import TooShortError
 from mmssl.models.heads import PairwiseHead
 from mmssl.tasks import build_task
-from mmssl.tasks.sorting import SequenceSorting, sequence_classes
+from mmssl.tasks.opn import OPN, OPNConfig, sequence_classes
 from mmssl.transforms.video import VideoAugment, channel_split, frame_shift, to_model_input
 
 from helpers import SpyEncoder  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -43,11 +43,11 @@ def test_twelve_classes_no_class_reverses_another_and_with_reverses_cover_all_24
     reverses = {p[::-1] for p in classes}
     assert not reverses & set(classes)
     assert reverses | set(classes) == set(itertools.permutations(range(4)))
-    assert len(SequenceSorting(OPNConfig()).classes) == 12
+    assert len(OPN(OPNConfig()).classes) == 12
 
 
 def test_window_shows_the_class_permutation_or_its_reverse_with_uniform_labels() -> None:
-    task = SequenceSorting(OPNConfig(gap_s=0.25, motion=UNIFORM))
+    task = OPN(OPNConfig(gap_s=0.25, motion=UNIFORM))
     rng = np.random.default_rng(0)
     draws = 2400
     counts = np.zeros(12, int)
@@ -68,7 +68,7 @@ def test_window_shows_the_class_permutation_or_its_reverse_with_uniform_labels()
 
 
 def test_short_videos_shrink_the_gap_and_too_short_ones_raise() -> None:
-    task = SequenceSorting(OPNConfig(gap_s=1.0, motion=UNIFORM))  # 8 frames at 8 fps: needs 25 frames
+    task = OPN(OPNConfig(gap_s=1.0, motion=UNIFORM))  # 8 frames at 8 fps: needs 25 frames
     rng = np.random.default_rng(1)
     frames = np.sort(task.window(ManifestRow("short.mp4", fps=8.0, num_frames=10), rng).frames)
     assert np.all(np.diff(frames) == 3)
@@ -84,7 +84,7 @@ def test_tuples_come_from_high_motion_windows() -> None:
     motion = np.where(np.arange(23) < 12, 0.0, 1.0) + 1e-3
 
     def static_share(candidates: int) -> float:
-        task = SequenceSorting(OPNConfig(gap_s=0.25, motion=MotionConfig(candidates=candidates)))
+        task = OPN(OPNConfig(gap_s=0.25, motion=MotionConfig(candidates=candidates)))
         task.motion._profiles[ROW.path] = cumulative_motion(motion)
         rng = np.random.default_rng(0)
         windows = [task.window(ROW, rng).frames for _ in range(1000)]
@@ -118,7 +118,7 @@ def test_frame_shift_moves_each_frame_by_its_own_offset() -> None:
 
 
 def test_loss_shares_the_crop_then_jitters_and_splits_channels_per_frame() -> None:
-    task = SequenceSorting(OPNConfig(jitter=0.1), VideoAugment())
+    task = OPN(OPNConfig(jitter=0.1), VideoAugment())
     encoder = SpyEncoder()
     head = task.build_head(encoder)
     colour = torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -148,7 +148,7 @@ def test_head_classifies_pairs_into_twelve_classes() -> None:
     logits = head(torch.randn(3 * 4, 8))
     assert logits.shape == (3, 12)
     logits.sum().backward()
-    task = SequenceSorting(OPNConfig(hidden_dim=32))
+    task = OPN(OPNConfig(hidden_dim=32))
     assert task.build_head(SpyEncoder())(torch.randn(5 * 4, 8)).shape == (5, 12)
 
 
@@ -156,7 +156,7 @@ def test_one_training_step(tiny_synthav: Path, tmp_path: Path) -> None:
     config = load_config(ROOT / "configs/pretrain/opn.yaml", [
         "data.frame_size=32", "data.batch_size=4", "data.num_workers=0", "train.max_steps=1",
         "train.log_every=1", f"data.synthav_dir={tiny_synthav}"])
-    assert isinstance(build_task(config), SequenceSorting)
+    assert isinstance(build_task(config), OPN)
     checkpoint = pretrain(config, tmp_path)
     assert checkpoint.exists()
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])

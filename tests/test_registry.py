@@ -1,0 +1,97 @@
+"""The house contract: one registry style, tasks with their settings and shipped configs, names that
+agree, renamed keys, and a task of the user's own registered from outside the package."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_config, to_dict
+from mmssl.engine.trainer import pretrain
+from mmssl.eval.transfer import Transfer, load_encoder
+from mmssl.registry import LOSSES, TASKS, Registry, UnknownNameError, register_task
+from mmssl.tasks import build_task
+
+from helpers import PRETRAINING_CONFIGS  # tests/ is on sys.path under pytest
+
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+BUILT_IN = {name: cls for name, cls in TASKS.items() if cls.__module__.startswith("mmssl.")}
+
+
+def test_every_registered_task_has_a_shipped_config_and_every_config_a_registered_task() -> None:
+    named = {yaml.safe_load(path.read_text())["task"]["name"] for path in PRETRAINING_CONFIGS}
+    assert set(BUILT_IN) <= named, f"registered tasks without a config in configs/pretrain/: {set(BUILT_IN) - named}"
+    assert named <= set(TASKS), f"configs naming no registered task: {named - set(TASKS)}"
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_task_key_file_and_class_agree(name: str) -> None:
+    cls = BUILT_IN[name]
+    assert cls.__module__ == f"mmssl.tasks.{name}" and cls.name == name
+    assert cls.__name__.lower().startswith(name.replace("_", "")), f"{cls.__name__} does not start with {name!r}"
+    assert cls.config_class is None or cls.config_class.__module__ in (cls.__module__, "mmssl.config")  # PENDING
+
+
+def test_task_sections_are_assembled_from_the_registry() -> None:
+    config = Config()
+    assert {f for f in vars(config.task) if f != "name"} == {n for n, c in TASKS.items() if c.config_class}
+    assert all(isinstance(getattr(config.task, n), c.config_class) for n, c in TASKS.items() if c.config_class)
+
+
+def test_registry_lists_rejects_twice_and_names_the_known() -> None:
+    registry: Registry[torch.nn.Module] = Registry("thing")
+    registry.register("linear")(torch.nn.Linear)
+    assert list(registry) == ["linear"] and registry.items() == [("linear", torch.nn.Linear)]
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("linear")(torch.nn.Linear)
+    with pytest.raises(UnknownNameError, match="unknown thing 'conv'; known: linear"):
+        registry.get("conv")
+    with pytest.raises(UnknownNameError, match="unknown task 'nope'"):
+        build_task(load_config(None, ["task.name=nope"]))
+    assert "nt_xent" in LOSSES or len(LOSSES) == 0  # losses register as their modules load
+
+
+def test_a_renamed_key_fails_naming_the_new_one() -> None:
+    with pytest.raises(ConfigError, match="'task.order.motion_candidates' is now 'task.order.motion.candidates'"):
+        load_config(None, ["task.order.motion_candidates=4"])
+
+
+def test_saved_configs_load_to_exactly_their_values_or_fail_saying_what_to_do() -> None:
+    saved = to_dict(Config())
+    saved["task"]["order"].pop("motion")
+    saved["task"]["order"]["motion_candidates"] = 7  # an old checkpoint's key, renamed since
+    saved["optim"]["lr"] = 0.5
+    config = from_dict(saved)
+    assert config.optim.lr == 0.5 and config.task.order.motion.candidates == 7
+    saved["task"]["opn"]["gone"] = 1  # a setting of a task this run did not use: irrelevant
+    assert from_dict(saved).task.order.motion.candidates == 7
+    saved["task"]["order"]["gone"] = 1  # a setting of the run's own task that no longer exists
+    with pytest.raises(ConfigError, match="task.order.gone.*mmssl version that wrote it"):
+        from_dict(saved)
+    saved["task"]["order"].pop("gone")
+    saved["task"]["name"], saved["task"]["rotation"] = "rotation", {"k": 4}  # a task whose module is not imported
+    with pytest.raises(ConfigError, match=r"task.rotation\b.*--import MODULE"):
+        from_dict(saved)
+
+
+def test_a_task_of_ones_own_pretrains_and_transfers(tiny_synthav: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """One task file and one YAML outside the package: registered by importing the module."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    module = importlib.import_module("arrow_of_time")
+    assert TASKS.get("arrow_of_time") is module.ArrowOfTime
+    with pytest.raises(ValueError, match="already registered"):
+        register_task("arrow_of_time")(module.ArrowOfTime)
+    config = load_config(PLUGINS / "arrow_of_time.yaml", [f"data.synthav_dir={tiny_synthav}"])
+    checkpoint = pretrain(config, tmp_path / "run")
+    encoder, name, mode = load_encoder(checkpoint)
+    assert (name, mode) == ("tiny3d", "clip")
+    transfer = TransferConfig(protocol="knn", synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4,
+                              num_clips=1, num_workers=0)
+    result = Transfer(transfer).evaluate(encoder, mode)
+    assert 0.0 <= result["video_top1"] <= 100.0 and result["num_test_videos"] == 20
+    assert inspect.getsourcefile(module.ArrowOfTime).startswith(str(PLUGINS))
