@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmssl.data.manifest import (  # noqa: E402
+from mmssl.data.builders import (  # noqa: E402
     FOLDER_LAYOUTS,
     OFFICIAL_SPLITS,
     PROBE_TIMEOUT_S,
@@ -23,8 +23,8 @@ from mmssl.data.manifest import (  # noqa: E402
     list_kinetics,
     list_ucf101,
     probe_candidates,
-    write_manifest,
 )
+from mmssl.data.manifest import write_manifest  # noqa: E402
 
 EXAMPLES = """\
 examples:

@@ -1,4 +1,5 @@
-"""What flows from sampling to decoding to a task: a Window (what to decode) and a DecodedClip."""
+"""What flows from sampling to decoding to a task: a Window (what to decode), then a DecodedClip, or a
+Skipped marker for a file that does not decode."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,3 +27,15 @@ class DecodedClip:
     audio: torch.Tensor | None  # float32 [samples] at the loader's sample rate
     window: Window
     row: ManifestRow
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out (of a manifest, or of a batch when it fails to decode): `kind` is a
+    MediaError kind ("crashed": its probe or decode killed a process), "timeout" for a probe
+    stopped, "missing" for a listed file not on disk, "duplicate" for a file or folder listed
+    already, "error" for anything else."""
+
+    path: str
+    kind: str
+    detail: str

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from mmssl.data.clip import DecodedClip, Window
-from mmssl.data.manifest import ManifestRow, Skipped
+from mmssl.data.clip import DecodedClip, Skipped, Window
+from mmssl.data.manifest import ManifestRow
 from mmssl.io import CrashedDecodeError, MediaError, VideoReader, load_audio, open_container
 
 log = logging.getLogger(__name__)
