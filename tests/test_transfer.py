@@ -15,7 +15,7 @@ import torch
 from mmssl.config import ConfigError, TransferConfig, load_config
 from mmssl.data.manifest import ManifestError, Skipped, read_manifest, write_manifest
 from mmssl.io import write_media
-from mmssl.engine.trainer import set_lr
+from mmssl.engine.optim import set_lr
 from mmssl.eval.transfer import (
     PROTOCOLS,
     Transfer,
