@@ -13,9 +13,10 @@ from torch import Tensor, nn
 
 from mmssl.config import load_config
 from mmssl.data.dataset import PretextDataset, collate
-from mmssl.engine.trainer import TaskModel, build_encoder, load_rows
+from mmssl.engine.data import load_rows
 from mmssl.models import VideoEncoder
 from mmssl.tasks import build_task, task_class
+from mmssl.tasks.model import TaskModel, build_run_encoder
 
 PRETRAINING_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs/pretrain").glob("*.yaml"))
 
@@ -36,7 +37,7 @@ def shipped_config_batches(path: Path, synthav: Path, count: int = 1,
     task = build_task(config)
     dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend)
     torch.manual_seed(0)
-    model = TaskModel(task, build_encoder(config))
+    model = TaskModel(task, build_run_encoder(config))
     batches = []
     for k in range(count):
         batch = collate([dataset[(k, i % len(dataset))] for i in range(4 * k, 4 * k + 4)])

@@ -15,7 +15,7 @@ from mmssl.data.dataset import PretextDataset, collate, decode_window
 from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.data.synthetic import SHAPES
 from mmssl.engine.checkpoint import save_checkpoint
-from mmssl.engine.trainer import TaskModel, build_encoder, pretrain
+from mmssl.engine.trainer import pretrain
 from mmssl.eval.av import evaluate_av, retrieval_recall
 from mmssl.eval.transfer import Transfer, load_audio_encoder
 from mmssl.io import probe, write_media
@@ -23,6 +23,7 @@ from mmssl.models import build_video_encoder
 from mmssl.models.audio import build_audio_encoder
 from mmssl.tasks import build_task
 from mmssl.tasks.avc import NO_HARD
+from mmssl.tasks.model import TaskModel, build_run_encoder
 from mmssl.transforms.audio import LogMel, SpecAugment
 from mmssl.transforms.video import to_model_input
 
@@ -269,7 +270,7 @@ def random_init_checkpoint(synthav: Path, path: Path, *overrides: str) -> Path:
     """A pretraining checkpoint of a test-sized config at random init (no step trained)."""
     config = load_config(None, [f"data.synthav_dir={synthav}", "data.frame_size=32", *overrides])
     torch.manual_seed(0)
-    return save_checkpoint(path, model=TaskModel(build_task(config), build_encoder(config)), config=to_dict(config))
+    return save_checkpoint(path, model=TaskModel(build_task(config), build_run_encoder(config)), config=to_dict(config))
 
 
 def test_eval_av_evaluates_the_av_task_of_a_multitask_run_and_refuses_a_run_without_one(

@@ -19,7 +19,8 @@ from helpers import PRETRAINING_CONFIGS, shipped_config_batches  # tests/ is on 
 from torch._dynamo.utils import counters
 
 from mmssl.config import load_config
-from mmssl.engine.trainer import TaskModel, pretrain
+from mmssl.engine.trainer import pretrain
+from mmssl.tasks.model import TaskModel
 
 ROOT = Path(__file__).resolve().parents[1]
 # wav2vec 2.0's masked steps differ in number from batch to batch: boolean indexing by the mask breaks

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mmssl.engine import distributed as mdist
+from mmssl import distributed as mdist
+from mmssl.engine.distributed import DistInfo, cleanup, has_layer_drop, init_distributed, wrap_ddp
 from mmssl.engine.trainer import NonFiniteLossError, check_finite_loss, window_means
 from mmssl.models.audio import Wav2Vec2Encoder
 
@@ -70,7 +71,7 @@ def _grads(model: nn.Module) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in model.parameters()]
 
 
-def _run(info: mdist.DistInfo) -> dict[str, object]:
+def _run(info: DistInfo) -> dict[str, object]:
     """What each rank reports. Kept apart from `_worker` so DDP is freed before the group is."""
     rank = info.rank
     ddp = DistributedDataParallel(_model())
@@ -127,27 +128,27 @@ def _train_with_layer_drop(rank: int) -> dict[str, object]:
     ranks drawing their drops apart."""
     torch.manual_seed(0)
     encoder = Wav2Vec2Encoder("wav2vec2_tiny")
-    plain = mdist.has_layer_drop(encoder)
+    plain = has_layer_drop(encoder)
     encoder.model.encoder.transformer.layer_drop = 0.5
-    ddp = mdist.wrap_ddp(_MaskedContext(encoder), torch.device("cpu"))
+    ddp = wrap_ddp(_MaskedContext(encoder), torch.device("cpu"))
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
     torch.manual_seed(100 + rank)
     for _ in range(LAYER_DROP_STEPS):
         optimizer.zero_grad()
         ddp(torch.randn(2, 3200)).pow(2).mean().backward()
         optimizer.step()
-    return {"has_layer_drop": (plain, mdist.has_layer_drop(encoder)),
+    return {"has_layer_drop": (plain, has_layer_drop(encoder)),
             "params": [p.detach().clone() for p in encoder.parameters()]}
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    info = mdist.init_distributed(backend="gloo")
+    info = init_distributed(backend="gloo")
     try:
         torch.save(_run(info), Path(out_dir) / f"rank{rank}.pt")
     finally:
-        mdist.cleanup()
+        cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +249,7 @@ def test_ddp_trains_through_layer_drop(results: list[dict]) -> None:
 def test_single_process_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    info = mdist.init_distributed()
+    info = init_distributed()
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     assert (info.rank, info.world_size, info.is_main, str(info.device)) == (0, 1, True, device)
     assert not mdist.is_distributed()
@@ -259,4 +260,4 @@ def test_single_process_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not mdist.gather_no_grad(x).requires_grad
     torch.testing.assert_close(mdist.reduce_mean(torch.tensor(3)), torch.tensor(3.0))
     mdist.barrier()
-    mdist.cleanup()
+    cleanup()

@@ -20,19 +20,14 @@ from mmssl.config import ABSENT, Config, ConfigError, TransferConfig, config_cha
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate, kinds
 from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
 from mmssl.engine.checkpoint import latest_checkpoint
-from mmssl.engine.trainer import (
-    NonFiniteLossError,
-    build_encoder,
-    build_optimizer,
-    cosine_schedule,
-    load_rows,
-    pretrain,
-    pretraining_data,
-    to_channels_last_3d,
-)
+from mmssl.engine.data import load_rows, pretraining_data
+from mmssl.engine.optim import build_optimizer, cosine_schedule
+from mmssl.engine.precision import to_channels_last_3d
+from mmssl.engine.trainer import NonFiniteLossError, pretrain
 from mmssl.eval.transfer import Transfer, load_encoder
 from mmssl.models.vit import VideoViT, build_videomae_decoder
 from mmssl.tasks import build_task
+from mmssl.tasks.model import build_run_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["model.video_encoder=tiny3d", "data.frame_size=32", "data.batch_size=8", "data.num_workers=0",
@@ -109,7 +104,7 @@ def test_clip_contrastive_temperature_defaults_by_loss(loss: str, overrides: lis
     """SimCLR's T = 0.1 for nt_xent, MoCo's 0.07 for moco (SPEC.md), unless set (moco.yaml: MoCo v2's 0.2)."""
     config = load_config(None, ["task.name=clip_contrastive", f"task.clip_contrastive.loss={loss}",
                                 "task.clip_contrastive.queue_size=8", *overrides])
-    assert build_task(config).build_head(build_encoder(config)).criterion.temperature == temperature
+    assert build_task(config).build_head(build_run_encoder(config)).criterion.temperature == temperature
 
 
 def test_cosine_schedule_warms_up_then_decays() -> None:
@@ -121,7 +116,7 @@ def test_cosine_schedule_warms_up_then_decays() -> None:
 
 def test_optimizer_takes_betas_and_spares_biases_and_norms_from_decay() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    optimizer = build_optimizer(load_config(None, ["optim.betas=[0.9, 0.95]", "optim.weight_decay=0.1"]), model)
+    optimizer = build_optimizer(model, load_config(None, ["optim.betas=[0.9, 0.95]", "optim.weight_decay=0.1"]).optim)
     decayed, spared = optimizer.param_groups
     assert all(group["betas"] == (0.9, 0.95) for group in optimizer.param_groups)
     assert [p.ndim for p in decayed["params"]] == [2] and decayed["weight_decay"] == 0.1
@@ -129,7 +124,7 @@ def test_optimizer_takes_betas_and_spares_biases_and_norms_from_decay() -> None:
     # MAE/VideoMAE's no_weight_decay(): the decoder's mask token and a learned position table
     encoder = VideoViT(dim=32, depth=1, heads=2, tubelet=(2, 8, 8), pos_embed="learned", num_frames=4, image_size=16)
     model = torch.nn.ModuleDict({"encoder": encoder, "decoder": build_videomae_decoder(encoder, depth=1)})
-    decayed, spared = build_optimizer(load_config(None, []), model).param_groups
+    decayed, spared = build_optimizer(model, load_config(None, []).optim).param_groups
     spared_ids = {id(p) for p in spared["params"]}
     assert {id(model["decoder"].mask_token), id(encoder.pos_embed.table)} <= spared_ids
     assert id(encoder.patch_embed.weight) in {id(p) for p in decayed["params"]}

@@ -15,12 +15,21 @@ from torch.utils.data import DataLoader
 from torch.utils.data._utils import signal_handling
 from test_engine import fast_config  # tests/ is on sys.path under pytest
 
+from mmssl.config import Config
 from mmssl.data import dataset as dataset_module
+from mmssl.data.dataset import EpochSampler, PretextDataset
 from mmssl.data.loader import MAX_UNEXPLAINED_RESTARTS, RecoveringLoader, WorkerDeathError
-from mmssl.engine.trainer import pretrain, pretraining_data
+from mmssl.engine.data import pretraining_data
+from mmssl.engine.trainer import pretrain
 from mmssl.tasks import build_task
 
 CPU = torch.device("cpu")
+
+
+def recovering_loader(dataset: PretextDataset, sampler: EpochSampler, config: Config) -> RecoveringLoader:
+    """The loader of `config`'s run (its batch size, workers and seed), on the CPU."""
+    return RecoveringLoader(dataset, sampler, batch_size=config.data.batch_size, num_workers=config.data.num_workers,
+                            seed=config.train.seed, device=CPU)
 
 
 def crash_when(monkeypatch: pytest.MonkeyPatch, dies) -> None:
@@ -43,7 +52,7 @@ def test_a_file_that_kills_a_worker_costs_only_that_file(tiny_synthav: Path, mon
     dataset, sampler = pretraining_data(config, task)
     doomed = dataset.rows[5].path
     crash_when(monkeypatch, lambda row: row.path == doomed)
-    loader = RecoveringLoader(dataset, sampler, config, CPU)
+    loader = recovering_loader(dataset, sampler, config)
     batches = [*loader.epoch(0), *loader.epoch(1)]
     assert list(dataset.crashed) == [doomed] and "killed by SIGSEGV" in dataset.crashed[doomed]
     assert loader.unexplained_restarts == 0
@@ -51,7 +60,7 @@ def test_a_file_that_kills_a_worker_costs_only_that_file(tiny_synthav: Path, mon
     # the same two epochs, with the file known to crash from the start, in this process
     reference_data, reference_sampler = pretraining_data(fast_config(tiny_synthav), task)
     reference_data.crashed.update(dataset.crashed)
-    reference = RecoveringLoader(reference_data, reference_sampler, fast_config(tiny_synthav), CPU)
+    reference = recovering_loader(reference_data, reference_sampler, fast_config(tiny_synthav))
     expected = [*reference.epoch(0), *reference.epoch(1)]
     assert len(batches) == len(expected) == 2 * len(sampler) // config.data.batch_size
     for got, want in zip(batches, expected):
@@ -68,7 +77,7 @@ def test_deaths_no_file_explains_restart_the_workers_a_few_times(tiny_synthav: P
     config = fast_config(tiny_synthav, "data.num_workers=2")
     dataset, sampler = pretraining_data(config, build_task(config))
     crash_when(monkeypatch, lambda row: torch.utils.data.get_worker_info() is not None)
-    loader = RecoveringLoader(dataset, sampler, config, CPU)
+    loader = recovering_loader(dataset, sampler, config)
     with pytest.raises(WorkerDeathError, match="no file to blame"):
         next(loader.epoch(0))
     assert loader.unexplained_restarts == MAX_UNEXPLAINED_RESTARTS + 1 and not dataset.crashed

@@ -18,9 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 from mmssl.engine import distributed as mdist
 from mmssl.losses import (
     LOSSES, BarlowTwinsLoss, BYOLLoss, InfoNCELoss, MarginContrastiveLoss, MoCoLoss, NTXentLoss, SimSiamLoss,
-    TripletLoss, VICRegLoss, build_loss, cosine_momentum, momentum_update, squared_distances,
+    TripletLoss, VICRegLoss, build_loss, squared_distances,
 )
 from mmssl.losses.reference import CASES, moco
+from mmssl.models.ema import cosine_momentum, momentum_update
 from helpers import run_ranks  # tests/ is on sys.path under pytest
 
 BATCH, DIM = 12, 6

@@ -13,9 +13,10 @@ from mmssl.config import load_config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import PretextDataset, collate, decode_window
 from mmssl.data.manifest import read_manifest
-from mmssl.engine.trainer import TaskModel, pretrain
+from mmssl.engine.trainer import pretrain
 from mmssl.models import build_video_encoder
 from mmssl.tasks import build_task
+from mmssl.tasks.model import TaskModel
 from mmssl.tasks.multitask import MultiTask
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from mmssl.config import ConfigError, TransferConfig, load_config
 from mmssl.data.clip import Skipped
 from mmssl.data.manifest import ManifestError, read_manifest, write_manifest
 from mmssl.io import write_media
-from mmssl.engine.trainer import set_lr
+from mmssl.engine.optim import set_lr
 from mmssl.eval.transfer import (
     PROTOCOLS,
     Transfer,

@@ -15,11 +15,12 @@ from torchaudio.models.wav2vec2 import components
 from mmssl.config import TransferConfig, load_config
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import read_manifest
-from mmssl.engine.trainer import TaskModel, pretrain
+from mmssl.engine.trainer import pretrain
 from mmssl.eval.transfer import Transfer, load_encoder, random_encoder
 from mmssl.models.audio import PAPER_CONV_LAYERS, WAV2VEC2_SPECS, Wav2Vec2Encoder, build_audio_encoder, feature_frames
 from mmssl.models.quantizer import GumbelQuantizer, diversity_loss, gumbel_temperature, perplexity
 from mmssl.tasks import build_task
+from mmssl.tasks.model import TaskModel
 from mmssl.tasks.wav2vec2 import contrastive_logits, sample_distractors, scale_gradient, span_mask
 
 ROOT = Path(__file__).resolve().parents[1]

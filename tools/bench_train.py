@@ -45,15 +45,12 @@ from mmssl.config import Config, load_config  # noqa: E402
 from mmssl.data.dataset import collate  # noqa: E402
 from mmssl.data.loader import build_loader  # noqa: E402
 from mmssl.data.synthetic import SynthAVConfig, ensure_synthav  # noqa: E402
-from mmssl.engine.trainer import (  # noqa: E402
-    TaskModel,
-    build_encoder,
-    build_optimizer,
-    pretraining_data,
-    to_channels_last_3d,
-)
+from mmssl.engine.data import pretraining_data  # noqa: E402
+from mmssl.engine.optim import build_optimizer  # noqa: E402
+from mmssl.engine.precision import to_channels_last_3d  # noqa: E402
 from mmssl.models import build_video_encoder  # noqa: E402
 from mmssl.tasks import build_task  # noqa: E402
+from mmssl.tasks.model import TaskModel, build_run_encoder  # noqa: E402
 from mmssl.transforms.video import to_model_input  # noqa: E402
 
 VARIANTS = {  # name: (bf16 autocast, channels_last_3d, torch.compile)
@@ -172,8 +169,8 @@ def end_to_end_part(args: argparse.Namespace, device: torch.device, variant: str
     step on one batch resident on the device."""
     config = pretrain_config(args)
     torch.manual_seed(0)
-    model = TaskModel(build_task(config), build_encoder(config)).to(device)
-    task, step = model.task, make_step(model, build_optimizer(config, model), *VARIANTS[variant])
+    model = TaskModel(build_task(config), build_run_encoder(config)).to(device)
+    task, step = model.task, make_step(model, build_optimizer(model, config.optim), *VARIANTS[variant])
     dataset, sampler = pretraining_data(config, task)
 
     def to_device(batch: dict) -> dict[str, torch.Tensor]:
@@ -188,8 +185,8 @@ def end_to_end_part(args: argparse.Namespace, device: torch.device, variant: str
                "compute_only_step_s": compute_s, "decode_samples_per_s": 1 / decode_s,
                "workers_to_feed_compute": math.ceil(args.batch / compute_s * decode_s), "workers": {}}
     for workers in args.workers:
-        config.data.num_workers = workers
-        loader = build_loader(dataset, sampler, config, device)
+        loader = build_loader(dataset, sampler, batch_size=config.data.batch_size, num_workers=workers,
+                              seed=config.train.seed, device=device)
         wait = total = 0.0
         done = epoch = 0
         while done < args.warmup + args.steps:

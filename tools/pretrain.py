@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmssl import distributed  # noqa: E402
 from mmssl.config import ConfigError, load_config  # noqa: E402
 from mmssl.data.manifest import ManifestError  # noqa: E402
-from mmssl.engine import distributed  # noqa: E402
+from mmssl.engine.distributed import cleanup  # noqa: E402
 from mmssl.engine.trainer import pretrain  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/pretrain/order.yaml"
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     if distributed.is_main_process():
         print(f"final checkpoint: {final}")
-    distributed.cleanup()
+    cleanup()
 
 
 if __name__ == "__main__":

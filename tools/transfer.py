@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmssl.config import ConfigError, TransferConfig, load_config, to_dict  # noqa: E402
 from mmssl.data.manifest import ManifestError  # noqa: E402
 from mmssl.engine.checkpoint import latest_checkpoint  # noqa: E402
-from mmssl.engine.trainer import checkpoint_config  # noqa: E402
 from mmssl.eval.transfer import PROTOCOLS, Transfer, load_encoder, random_encoder, save_confusion_png  # noqa: E402
 from mmssl.models.audio import AUDIO_ENCODERS  # noqa: E402
+from mmssl.tasks.model import checkpoint_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -38,11 +38,12 @@ from mmssl.config import ConfigError, load_config  # noqa: E402
 from mmssl.data.clip import DecodedClip  # noqa: E402
 from mmssl.data.dataset import PretextDataset  # noqa: E402
 from mmssl.engine.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
-from mmssl.engine.trainer import TaskModel, load_rows  # noqa: E402
+from mmssl.engine.data import load_rows  # noqa: E402
 from mmssl.io import MediaError  # noqa: E402
 from mmssl.models import build_video_encoder  # noqa: E402
 from mmssl.tasks import TASKS, PretextTask, build_task  # noqa: E402
 from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize  # noqa: E402
+from mmssl.tasks.model import TaskModel  # noqa: E402
 from mmssl.tasks.multitask import MultiTask, task_entries  # noqa: E402
 from mmssl.tasks.wav2vec2 import Wav2Vec2  # noqa: E402
 from mmssl.transforms.audio import LogMel  # noqa: E402

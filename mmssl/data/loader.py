@@ -23,7 +23,6 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data._utils import signal_handling
 
-from mmssl.config import Config
 from mmssl.data.dataset import EpochSampler, PretextDataset, collate
 from mmssl.data.isolation import isolated_map
 
@@ -35,15 +34,16 @@ ISOLATED_DECODE_TIMEOUT_S = 120.0
 WORKER_DIED = "DataLoader worker (pid"  # how PyTorch's messages of a dead worker begin
 
 
-def build_loader(dataset: PretextDataset, sampler: EpochSampler, config: Config, device: torch.device) -> DataLoader:
-    """The pretraining DataLoader: `config.data.num_workers` persistent workers (they keep the task's
-    per-video caches), `PREFETCH_BATCHES` batches prefetched per worker, pinned memory when feeding a GPU."""
-    workers = config.data.num_workers
+def build_loader(dataset: PretextDataset, sampler: EpochSampler, *, batch_size: int, num_workers: int, seed: int,
+                 device: torch.device) -> DataLoader:
+    """The pretraining DataLoader: `num_workers` persistent workers (they keep the task's per-video
+    caches), `PREFETCH_BATCHES` batches prefetched per worker, pinned memory when feeding a GPU; `seed`
+    seeds the workers' base seed."""
     return DataLoader(
-        dataset, batch_size=config.data.batch_size, sampler=sampler, collate_fn=collate,
-        num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=PREFETCH_BATCHES if workers else None,
-        persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+        prefetch_factor=PREFETCH_BATCHES if num_workers else None, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
     )
 
 
@@ -69,11 +69,18 @@ def report_worker_deaths_when_waiting() -> None:
 class RecoveringLoader:
     """`build_loader`'s batches, epoch by epoch, surviving the death of a worker (module docstring)."""
 
-    def __init__(self, dataset: PretextDataset, sampler: EpochSampler, config: Config, device: torch.device) -> None:
+    def __init__(self, dataset: PretextDataset, sampler: EpochSampler, *, batch_size: int, num_workers: int,
+                 seed: int, device: torch.device) -> None:
         report_worker_deaths_when_waiting()
-        self.dataset, self.sampler, self.config, self.device = dataset, sampler, config, device
-        self.loader = build_loader(dataset, sampler, config, device)
+        self.dataset, self.sampler = dataset, sampler
+        self.batch_size, self.num_workers, self.seed, self.device = batch_size, num_workers, seed, device
+        self.loader = self.build()
         self.unexplained_restarts = 0
+
+    def build(self) -> DataLoader:
+        """A fresh `build_loader` (new worker processes, holding the dataset as it is now)."""
+        return build_loader(self.dataset, self.sampler, batch_size=self.batch_size, num_workers=self.num_workers,
+                            seed=self.seed, device=self.device)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
         """The batches of `epoch` from sample `start` of this rank's share (`EpochSampler.set_epoch`)."""
@@ -82,7 +89,7 @@ class RecoveringLoader:
             self.sampler.set_epoch(epoch, start=position)
             try:
                 for batch in self.loader:
-                    position += self.config.data.batch_size
+                    position += self.batch_size
                     yield batch
                 return
             except RuntimeError as e:
@@ -93,10 +100,9 @@ class RecoveringLoader:
     def restart(self, epoch: int, position: int, error: RuntimeError) -> None:
         """Find the files among the in-flight samples (from `position` on) whose decode kills its
         process, mark them crashed, and start fresh workers (which hold the updated dataset)."""
-        in_flight = self.config.data.num_workers * PREFETCH_BATCHES * self.config.data.batch_size
+        in_flight = self.num_workers * PREFETCH_BATCHES * self.batch_size
         self.sampler.set_epoch(epoch, start=position)
-        culprits = crashing_files(self.dataset, list(islice(self.sampler, in_flight)),
-                                  self.config.data.num_workers)
+        culprits = crashing_files(self.dataset, list(islice(self.sampler, in_flight)), self.num_workers)
         if not culprits:
             self.unexplained_restarts += 1
             if self.unexplained_restarts > MAX_UNEXPLAINED_RESTARTS:
@@ -105,7 +111,7 @@ class RecoveringLoader:
         log.warning("%s at sample %d of epoch %d; %s; restarting the workers", error, position, epoch,
                     f"not decoded again: {culprits}" if culprits else "no sample in flight kills a process alone")
         self.dataset.crashed.update(culprits)
-        self.loader = build_loader(self.dataset, self.sampler, self.config, self.device)
+        self.loader = self.build()
 
 
 _dataset: PretextDataset | None = None  # in the child processes of `crashing_files`

@@ -13,8 +13,8 @@ from mmssl.config import ConfigError
 from mmssl.data.dataset import PretextDataset, collate, kinds
 from mmssl.data.manifest import ManifestError, read_manifest
 from mmssl.data.synthetic import ensure_synthav
-from mmssl.engine.trainer import TaskModel, load_task_model
 from mmssl.tasks.base import PretextTask
+from mmssl.tasks.model import TaskModel, load_task_model
 from mmssl.tasks.multitask import MultiTask
 from mmssl.transforms.video import to_model_input
 

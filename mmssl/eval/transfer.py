@@ -29,17 +29,10 @@ from mmssl.data.dataset import PretextDataset, collate, kinds
 from mmssl.data.manifest import ManifestError, ManifestRow, class_names, read_manifest
 from mmssl.data.sampling import random_clip, uniform_clips
 from mmssl.data.synthetic import ensure_synthav
-from mmssl.engine.trainer import (
-    build_named_encoder,
-    cosine_schedule,
-    encoder_name,
-    load_task_model,
-    mixed_precision,
-    param_groups,
-    set_lr,
-)
-from mmssl.models import VideoEncoder
-from mmssl.models.audio import AudioEncoder
+from mmssl.engine.optim import cosine_schedule, param_groups, set_lr
+from mmssl.engine.precision import mixed_precision
+from mmssl.models import AudioEncoder, VideoEncoder, build_encoder
+from mmssl.tasks.model import encoder_name, load_task_model
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 FINETUNE_AUGMENT = VideoAugment(crop_scale=(0.6, 1.0), flip=False)  # a flip turns left into right
@@ -122,7 +115,7 @@ def load_audio_encoder(checkpoint: str | Path) -> tuple[AudioEncoder, str]:
 def random_encoder(name: str, seed: int) -> VideoEncoder | AudioEncoder:
     """The video or audio encoder registered under `name`, at a seeded random init."""
     torch.manual_seed(seed)
-    return build_named_encoder(name)
+    return build_encoder(name)
 
 
 def encode(encoder: VideoEncoder, frames: torch.Tensor, mode: str,

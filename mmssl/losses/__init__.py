@@ -13,7 +13,6 @@ from torch import nn
 
 from mmssl.losses.barlow_twins import BarlowTwinsLoss
 from mmssl.losses.byol import BYOLLoss
-from mmssl.losses.ema import cosine_momentum, momentum_update
 from mmssl.losses.margin import MarginContrastiveLoss
 from mmssl.losses.moco import MoCoLoss
 from mmssl.losses.nt_xent import InfoNCELoss, NTXentLoss, contrastive_cross_entropy
@@ -43,6 +42,5 @@ def build_loss(name: str, **kwargs: object) -> nn.Module:
 
 __all__ = [
     "LOSSES", "BYOLLoss", "BarlowTwinsLoss", "InfoNCELoss", "MarginContrastiveLoss", "MoCoLoss", "NTXentLoss",
-    "SimSiamLoss", "TripletLoss", "VICRegLoss", "build_loss", "contrastive_cross_entropy", "cosine_momentum",
-    "momentum_update", "squared_distances",
+    "SimSiamLoss", "TripletLoss", "VICRegLoss", "build_loss", "contrastive_cross_entropy", "squared_distances",
 ]

@@ -9,7 +9,7 @@ import torch
 import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
-from mmssl.engine.distributed import get_world_size
+from mmssl.distributed import get_world_size
 
 
 class BarlowTwinsLoss(nn.Module):

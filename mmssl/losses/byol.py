@@ -15,7 +15,7 @@ class BYOLLoss(nn.Module):
     p = online predictions, z = target projections of the other view, sg = stop-gradient (the
     target branch gets no gradient). The two directions are summed and averaged over the batch, as
     in the BYOL code; the minimum is 0. The target network follows the online one by
-    `momentum_update` with tau from `cosine_momentum` (mmssl.losses.ema; tau_base 0.996).
+    `momentum_update` with tau from `cosine_momentum` (mmssl.models.ema; tau_base 0.996).
     """
 
     def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.engine.distributed import gather_no_grad
+from mmssl.distributed import gather_no_grad
 
 
 class MoCoLoss(nn.Module):
@@ -22,7 +22,7 @@ class MoCoLoss(nn.Module):
     computed, so a key is never a negative of its own query.
 
     The caller updates the key encoder with `momentum_update(encoder_q, encoder_k, 0.999)`
-    (mmssl.losses.ema) before the key forward, as in the MoCo code.
+    (mmssl.models.ema) before the key forward, as in the MoCo code.
 
     gather_distributed: the keys of all ranks are gathered without gradient and enqueued in rank
     order, so every rank keeps the same queue; the initial queue must then be the same on every rank

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.engine.distributed import gather_no_grad, gather_with_grad, get_rank
+from mmssl.distributed import gather_no_grad, gather_with_grad, get_rank
 
 
 def contrastive_cross_entropy(logits: Tensor, positives: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.engine.distributed import gather_no_grad, gather_with_grad, get_rank, get_world_size
+from mmssl.distributed import gather_no_grad, gather_with_grad, get_rank, get_world_size
 
 Mining = Literal["batch_hard", "semi_hard"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.engine.distributed import gather_with_grad
+from mmssl.distributed import gather_with_grad
 
 
 class VICRegLoss(nn.Module):

@@ -49,9 +49,10 @@ from mmssl.config import ClipContrastiveConfig, Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import cvrl_clips, independent_clips
-from mmssl.engine.distributed import shuffled_forward
-from mmssl.losses import build_loss, cosine_momentum, momentum_update
+from mmssl.distributed import shuffled_forward
+from mmssl.losses import build_loss
 from mmssl.models import VideoEncoder
+from mmssl.models.ema import cosine_momentum, momentum_update
 from mmssl.models.heads import projection_mlp
 from mmssl.models.two_stream import ContrastiveHead
 from mmssl.registry import register_task

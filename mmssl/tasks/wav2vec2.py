@@ -28,7 +28,7 @@ from mmssl.config import Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import frames_for
-from mmssl.engine.distributed import count_weight
+from mmssl.distributed import count_weight
 from mmssl.io import TooShortError
 from mmssl.models.audio import WAV2VEC2_SPECS, Wav2Vec2Encoder, feature_frames
 from mmssl.models.quantizer import GumbelQuantizer, diversity_loss, gumbel_temperature, perplexity

@@ -1,0 +1,43 @@
+"""A run's pretraining data: its manifest split (SynthAV when none is named) as the task's samples."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmssl.config import Config
+from mmssl.data.dataset import EpochSampler, PretextDataset
+from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest
+from mmssl.data.synthetic import ensure_synthav
+from mmssl.distributed import barrier, is_main_process
+from mmssl.tasks import PretextTask
+
+
+def load_rows(config: Config) -> list[ManifestRow]:
+    """The config's manifest split; SynthAV (made on first use, by rank 0) when none is named."""
+    manifest = config.data.manifest
+    if not manifest:
+        if is_main_process():
+            ensure_synthav(config.data.synthav_dir)
+        barrier()
+        manifest = str(Path(config.data.synthav_dir) / "manifest.csv")
+    return read_manifest(manifest, split=config.data.split or None)
+
+
+def pretraining_data(config: Config, task: PretextTask, rank: int = 0,
+                     world_size: int = 1) -> tuple[PretextDataset, EpochSampler]:
+    """The config's split as the task's samples (a failed decode replaced by another row's sample,
+    and counted) and the sampler of this rank's share of each epoch, in whole batches."""
+    rows = load_rows(config)
+    dataset = PretextDataset(rows, task, config.data.frame_size, config.data.backend,
+                             seed=config.train.seed, replace_failed=True)
+    if dataset.excluded:
+        fps = float(np.median([r.fps for r in rows]))
+        needs = f"{'an audio track and ' if task.needs_audio else ''}{task.min_frames(fps)} frames at {fps:.4g} fps"
+        message = (f"left out of the {len(rows)} videos of split {config.data.split!r} before the run: "
+                   f"{dict(dataset.excluded)} (task {task.name!r} needs {needs})")
+        if not len(dataset):
+            raise ManifestError(f"no video fits: {message}")
+        if rank == 0:
+            print(message, flush=True)
+    return dataset, EpochSampler(len(dataset), config.train.seed, rank, world_size, batch_size=config.data.batch_size)

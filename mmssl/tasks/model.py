@@ -1,0 +1,50 @@
+"""A pretext task with its encoder as one model, built from a run's config or loaded from a checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmssl.config import Config, from_dict
+from mmssl.models import AudioEncoder, VideoEncoder, build_encoder
+from mmssl.tasks import PretextTask, build_task, task_class
+
+
+class TaskModel(nn.Module):
+    """Encoder + task head, with the task's loss as forward (so DDP syncs their gradients)."""
+
+    def __init__(self, task: PretextTask, encoder: VideoEncoder | AudioEncoder) -> None:
+        super().__init__()
+        self.task = task
+        self.encoder = encoder
+        self.head = task.build_head(encoder)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.task.loss(batch, self.encoder, self.head)
+
+
+def encoder_name(config: Config) -> str:
+    """The registry name of the encoder a run trains (and transfers), by the task's `encoder_kind`:
+    model.video_encoder, or model.audio_encoder for tasks on audio alone (wav2vec 2.0)."""
+    audio = task_class(config.task.name).encoder_kind == "audio"
+    return config.model.audio_encoder if audio else config.model.video_encoder
+
+
+def build_run_encoder(config: Config) -> VideoEncoder | AudioEncoder:
+    """The encoder a run trains, at random init (`encoder_name`)."""
+    return build_encoder(encoder_name(config))
+
+
+def checkpoint_config(checkpoint: str | Path) -> Config:
+    """The pretraining config a checkpoint was saved with (memory-mapped: its tensors are not read)."""
+    return from_dict(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["config"])
+
+
+def load_task_model(checkpoint: str | Path) -> tuple[TaskModel, Config]:
+    """The whole pretraining model of a checkpoint (encoder + task head, in eval mode) and its config."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config = from_dict(state["config"])
+    model = TaskModel(build_task(config), build_run_encoder(config))
+    model.load_state_dict(state["model"])
+    return model.eval(), config
