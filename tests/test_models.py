@@ -1,4 +1,5 @@
-"""Video encoders and the registry: shapes for clips and single frames, export to torchvision, gradients."""
+"""Video encoders and the registry: shapes for clips and single frames, the feature grid, export to torchvision,
+gradients."""
 from __future__ import annotations
 
 import pytest
@@ -36,6 +37,47 @@ def test_clip_and_frame_shapes(named_encoder: tuple[str, VideoEncoder]) -> None:
             assert torch.isfinite(features).all()
 
 
+@pytest.fixture(scope="module", params=sorted(VIDEO_ENCODERS))
+def registered_encoder(request: pytest.FixtureRequest) -> VideoEncoder:
+    torch.manual_seed(0)
+    return build_video_encoder(request.param).eval()
+
+
+def test_feature_map_is_the_grid_forward_pools(registered_encoder: VideoEncoder) -> None:
+    x = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        grid = registered_encoder.feature_map(x)
+        features = registered_encoder(x)
+        assert grid.ndim == 5 and grid.shape[:2] == (1, registered_encoder.map_dim)
+        assert min(grid.shape[2:]) >= 1
+        assert torch.equal(registered_encoder.pool(grid), features)
+
+
+def test_vit_grid_cells_are_its_tokens_before_the_final_norm() -> None:
+    torch.manual_seed(0)
+    encoder = build_video_encoder("vit_tiny").eval()
+    x = torch.randn(2, 3, 4, 32, 48)
+    with torch.no_grad():
+        grid = encoder.feature_map(x)
+        assert grid.shape == (2, 192, *encoder.grid(x.shape)) == (2, 192, 2, 4, 6)
+        tokens = encoder.norm(grid.flatten(2).transpose(1, 2))  # (t, h, w) order, as the tokens are
+        assert torch.allclose(tokens, encoder.forward_features(x), atol=1e-5)
+        assert torch.allclose(encoder.norm(grid.mean(dim=(2, 3, 4))), encoder(x), atol=1e-5)
+
+
+def test_tiny3d_grid_is_spatially_resolved() -> None:
+    torch.manual_seed(0)
+    encoder = build_video_encoder("tiny3d").eval()
+    x = torch.randn(1, 3, 8, 64, 64)
+    corner = x.clone()
+    corner[..., :8, :8] += 1.0  # the top-left 8x8 pixels of every frame
+    with torch.no_grad():
+        change = (encoder.feature_map(corner) - encoder.feature_map(x)).abs().amax(dim=(0, 1, 2))
+    assert change.shape == (4, 4)
+    assert change[0, 0] > 0
+    assert change[-1, -1] == 0 and change[2:, 2:].eq(0).all()  # beyond the receptive field of the corner
+
+
 def test_gradients_reach_first_layer(named_encoder: tuple[str, VideoEncoder]) -> None:
     name, encoder = named_encoder
     encoder.train()
@@ -46,12 +88,16 @@ def test_gradients_reach_first_layer(named_encoder: tuple[str, VideoEncoder]) ->
     assert first.grad is not None and first.grad.abs().sum() > 0
 
 
-def _torchvision_features(model: nn.Module, x: Tensor) -> Tensor:
-    """Pooled backbone features computed from torchvision's own submodules."""
+def _torchvision_map(model: nn.Module, x: Tensor) -> Tensor:
+    """The last stage's output, computed from torchvision's own submodules."""
     if isinstance(model, tv_video.S3D):
-        return model.features(x).mean(dim=(2, 3, 4))
-    trunk = nn.Sequential(model.stem, model.layer1, model.layer2, model.layer3, model.layer4, model.avgpool)
-    return trunk(x).flatten(1)
+        return model.features(x)
+    return nn.Sequential(model.stem, model.layer1, model.layer2, model.layer3, model.layer4)(x)
+
+
+def _torchvision_pool(model: nn.Module, grid: Tensor) -> Tensor:
+    """Pooled backbone features of that output, as torchvision pools them."""
+    return grid.mean(dim=(2, 3, 4)) if isinstance(model, tv_video.S3D) else model.avgpool(grid).flatten(1)
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION_DIMS))
@@ -70,7 +116,10 @@ def test_export_loads_into_torchvision(name: str) -> None:
     encoder.eval()
     model.eval()
     with torch.no_grad():
-        assert torch.equal(encoder(x), _torchvision_features(model, x))
+        features, grid, torchvision_grid = encoder(x), encoder.feature_map(x), _torchvision_map(model, x)
+    assert torch.equal(features, _torchvision_pool(model, torchvision_grid))
+    assert torch.equal(grid, torchvision_grid)
+    assert torch.allclose(grid.mean(dim=(2, 3, 4)), features, atol=1e-6)  # features are the grid's mean
 
 
 def test_s3d_stretches_short_clips_to_five_frames() -> None:
@@ -78,6 +127,7 @@ def test_s3d_stretches_short_clips_to_five_frames() -> None:
     frame = torch.randn(2, 3, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(encoder(frame), encoder(frame.expand(-1, -1, 5, -1, -1)))
+        assert torch.equal(encoder.feature_map(frame), encoder.feature_map(frame.expand(-1, -1, 5, -1, -1)))
 
 
 def test_repeat_frames_keeps_order() -> None:
@@ -88,10 +138,11 @@ def test_repeat_frames_keeps_order() -> None:
 
 def test_rejects_wrong_layout() -> None:
     encoder = build_video_encoder("tiny3d")
-    with pytest.raises(ValueError, match=r"float \[B, 3, T, H, W\]"):
-        encoder(torch.randn(2, 8, 3, 64, 64))  # [B, T, C, H, W]
-    with pytest.raises(ValueError, match="uint8"):
-        encoder(torch.zeros(2, 3, 8, 64, 64, dtype=torch.uint8))
+    for method in (encoder, encoder.feature_map):
+        with pytest.raises(ValueError, match=r"float \[B, 3, T, H, W\]"):
+            method(torch.randn(2, 8, 3, 64, 64))  # [B, T, C, H, W]
+        with pytest.raises(ValueError, match="uint8"):
+            method(torch.zeros(2, 3, 8, 64, 64, dtype=torch.uint8))
 
 
 def test_build_passes_kwargs() -> None:

@@ -14,7 +14,11 @@ tokens enter the blocks, as in VideoMAE's encoder. Tokens are picked by index (g
 by a boolean mask: the shapes stay static and nothing waits on the device, so ``torch.compile``
 takes the encoder and the decoder in one graph each. ``forward(x)`` (the ``VideoEncoder`` interface,
 for linear probes and fine-tuning) is the final LayerNorm of the mean of all tokens, VideoMAE's mean
-pooling + fc_norm.
+pooling + fc_norm. ``feature_map(x)`` (the grid that dense tasks read) is ``[B, D, t, h, w]``: each
+cell is the token of the tubelet at that place in the grid, as the last block leaves it, before the
+final LayerNorm (VideoMAE's fine-tuning encoder with mean pooling has no norm there either), so
+``pool`` (the mean over the cells, then that LayerNorm) gives ``forward``'s features exactly. The
+encoder has no class token; ``forward_features`` gives the tokens after the LayerNorm.
 
 Departure: VideoMAE's fixed table is a 1D sine-cosine over the flattened token index of one fixed
 grid; here the channels are split over the t, h and w coordinates (a 3D sine-cosine, as MAE's 2D
@@ -139,7 +143,8 @@ def init_weights(module: nn.Module) -> None:
 
 
 class VideoViT(VideoEncoder):
-    """Video ViT on `tubelet`-sized tokens (module docstring); `feature_dim` is `dim`.
+    """Video ViT on `tubelet`-sized tokens (module docstring); `feature_dim` and `map_dim` are `dim`,
+    and the feature grid is the token grid, `grid(x.shape)`.
 
     Clips shorter than a tubelet (single frames included) are stretched by ``repeat_frames``;
     frames past the last whole tubelet (in T, H or W) are not seen, as with a strided Conv3d."""
@@ -150,7 +155,7 @@ class VideoViT(VideoEncoder):
         super().__init__()
         if pos_embed not in ("sincos", "learned"):
             raise ValueError(f"pos_embed is sincos or learned, got {pos_embed!r}")
-        self.feature_dim, self.heads, self.in_channels = dim, heads, in_channels
+        self.feature_dim, self.map_dim, self.heads, self.in_channels = dim, dim, heads, in_channels
         self.tubelet = tuple(tubelet)
         self.min_frames = self.tubelet[0]
         self.patch_embed = nn.Conv3d(in_channels, dim, kernel_size=self.tubelet, stride=self.tubelet)
@@ -188,8 +193,14 @@ class VideoViT(VideoEncoder):
             tokens = gather_tokens(tokens, keep)
         return self.norm(self.blocks(tokens))
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.norm(self.blocks(self.embed(x)).mean(1))
+    def encode_map(self, x: Tensor) -> Tensor:
+        """The last block's tokens, before the final LayerNorm, on their grid: [B, D, t, h, w]."""
+        t, h, w = self.grid(x.shape)
+        return rearrange(self.blocks(self.embed(x)), "b (t h w) d -> b d t h w", t=t, h=h, w=w)
+
+    def pool(self, grid: Tensor) -> Tensor:
+        """VideoMAE's mean pooling and fc_norm: the final LayerNorm of the mean token."""
+        return self.norm(rearrange(grid, "b d t h w -> b (t h w) d").mean(1))
 
     def embed(self, x: Tensor) -> Tensor:
         """Tubelet tokens plus position embedding: [B, C, T, H, W] -> [B, t*h*w, D]."""
