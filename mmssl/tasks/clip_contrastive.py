@@ -53,7 +53,7 @@ from mmssl.engine.distributed import shuffled_forward
 from mmssl.losses import build_loss, cosine_momentum, momentum_update
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import projection_mlp
-from mmssl.models.two_stream import ContrastiveHead
+from mmssl.models.heads import ContrastiveHead
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment, colour_distortion, to_model_input
 
