@@ -20,7 +20,6 @@ class ConfigError(ValueError):
 
 
 ABSENT = "<absent>"  # config_changes: the key is not in that tree
-LOSS_TEMPERATURES = {"nt_xent": 0.1, "moco": 0.07}  # ClipContrastiveConfig's default T: SimCLR's, MoCo's
 
 
 @dataclass
@@ -157,30 +156,24 @@ class Wav2Vec2Config:
 @dataclass
 class ClipContrastiveConfig:
     """Two (or num_clips >= 2) clips of one video as positives: SimCLR, MoCo, BYOL, SimSiam, Barlow
-    Twins or VICReg on clips (SPEC.md); the defaults are the papers' values where they have one."""
+    Twins or VICReg on clips (SPEC.md). None: the method's own value (its paper's), where it takes one."""
 
     num_clips: int = 2  # rho
     clip_len: int = 8
     stride: int = 2
     sampler: str = "cvrl"  # cvrl (2 clips, gap density decreasing linearly to 0) | uniform (independent starts)
-    loss: str = "nt_xent"  # nt_xent (SimCLR) | moco | byol | simsiam | barlow_twins | vicreg
-    temperature: float | None = None  # nt_xent and moco; None: the loss's own (SimCLR 0.1, MoCo 0.07; MoCo v2 0.2)
+    loss: str = "nt_xent"  # the method: nt_xent (SimCLR) | moco | byol | simsiam | barlow_twins | vicreg
+    temperature: float | None = None  # nt_xent and moco (SimCLR 0.1, MoCo 0.07; MoCo v2 0.2)
     embed_dim: int = 128  # projector output
     hidden_dim: int = 512  # projector hidden width (and BYOL's predictor)
-    queue_size: int = 65536  # moco: negatives in the queue, at least the global batch
-    moco_momentum: float = 0.999  # moco: constant m of the key encoder's EMA
-    byol_momentum: float = 0.996  # byol: tau_base, raised to 1 on a cosine schedule
+    queue_size: int | None = None  # moco: negatives in the queue, at least the global batch (65536)
+    momentum: float | None = None  # moco, byol: the target's EMA rate (MoCo: m 0.999; BYOL: 0.996, cosine to 1)
     # colour distortion per clip (SimCLR's strength 1): brightness/contrast factors 1 +- these, a hue
     # rotation of up to +- `hue` turns, grayscale with probability `grayscale`
     brightness: float = 0.8
     contrast: float = 0.8
     hue: float = 0.2
     grayscale: float = 0.2
-
-    @property
-    def loss_temperature(self) -> float | None:
-        """`temperature`, or where unset the loss's default (LOSS_TEMPERATURES); None for a loss without one."""
-        return self.temperature if self.temperature is not None else LOSS_TEMPERATURES.get(self.loss)
 
 
 @dataclass
