@@ -26,7 +26,6 @@ class ConfigError(ValueError):
 
 ABSENT = "<absent>"  # config_changes: the key is not in that tree
 RENAMED_KEYS: dict[str, str] = {}  # renamed keys outside the task sections, old dotted key -> new
-LOSS_TEMPERATURES = {"nt_xent": 0.1, "moco": 0.07}  # ClipContrastiveConfig's default T: SimCLR's, MoCo's
 
 
 @dataclass
@@ -55,36 +54,6 @@ class ModelConfig:
 
 
 
-
-
-
-@dataclass
-class ClipContrastiveConfig:
-    """Two (or num_clips >= 2) clips of one video as positives: SimCLR, MoCo, BYOL, SimSiam, Barlow
-    Twins or VICReg on clips (SPEC.md); the defaults are the papers' values where they have one."""
-
-    num_clips: int = 2  # rho
-    clip_len: int = 8
-    stride: int = 2
-    sampler: str = "cvrl"  # cvrl (2 clips, gap density decreasing linearly to 0) | uniform (independent starts)
-    loss: str = "nt_xent"  # nt_xent (SimCLR) | moco | byol | simsiam | barlow_twins | vicreg
-    temperature: float | None = None  # nt_xent and moco; None: the loss's own (SimCLR 0.1, MoCo 0.07; MoCo v2 0.2)
-    embed_dim: int = 128  # projector output
-    hidden_dim: int = 512  # projector hidden width (and BYOL's predictor)
-    queue_size: int = 65536  # moco: negatives in the queue, at least the global batch
-    moco_momentum: float = 0.999  # moco: constant m of the key encoder's EMA
-    byol_momentum: float = 0.996  # byol: tau_base, raised to 1 on a cosine schedule
-    # colour distortion per clip (SimCLR's strength 1): brightness/contrast factors 1 +- these, a hue
-    # rotation of up to +- `hue` turns, grayscale with probability `grayscale`
-    brightness: float = 0.8
-    contrast: float = 0.8
-    hue: float = 0.2
-    grayscale: float = 0.2
-
-    @property
-    def loss_temperature(self) -> float | None:
-        """`temperature`, or where unset the loss's default (LOSS_TEMPERATURES); None for a loss without one."""
-        return self.temperature if self.temperature is not None else LOSS_TEMPERATURES.get(self.loss)
 
 
 
@@ -262,7 +231,12 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved config tree with its renamed keys (`renamed_keys`) under their new names."""
+    """A saved config tree in this version's keys: each registered task's `upgrade_section` on its
+    section, then the renamed keys (`renamed_keys`) under their new names."""
+    data = {**data, "task": dict(data.get("task", {}))}
+    for name, cls in TASKS.items():
+        if isinstance(data["task"].get(name), dict):
+            data["task"][name] = cls.upgrade_section(dict(data["task"][name]))
     flat = _flatten(data)
     renames = renamed_keys()
     flat = {renames.get(key, key): value for key, value in flat.items()}

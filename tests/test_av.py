@@ -21,6 +21,7 @@ from mmssl.eval.transfer import Transfer, load_audio_encoder
 from mmssl.io import probe, write_media
 from mmssl.models import build_video_encoder
 from mmssl.models.audio import build_audio_encoder
+from mmssl.models.heads import AudioVisualHead
 from mmssl.tasks import build_task
 from mmssl.tasks.avc import NO_HARD
 from mmssl.tasks.model import TaskModel, build_run_encoder
@@ -202,6 +203,21 @@ def test_gradient_reaches_both_towers(tiny_synthav: Path, loss: str) -> None:
     assert video_grad is not None and video_grad.abs().sum() > 0
     assert audio_grad is not None and audio_grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.parameters())  # DDP needs no unused parameters
+
+
+def test_av_heads_declare_what_they_hold() -> None:
+    """L3's fusion classifier or the shared contrastive head, passed in, never attached from outside;
+    the state_dict keys checkpoints hold stay audio.*, shared.*, fusion.*."""
+    encoder = build_video_encoder("tiny3d")
+    held = {}
+    for name, loss in [("avc", "ce"), ("avc", "margin"), ("av_contrastive", None)]:
+        overrides = [f"task.name={name}", *([f"task.avc.loss={loss}"] if loss else [])]
+        head = build_task(load_config(None, overrides)).build_head(encoder)
+        assert isinstance(head, AudioVisualHead)
+        held[name, loss] = {key.split(".")[0] for key in head.state_dict()}
+        assert (head.fusion is None) == (head.shared is not None)
+    assert held == {("avc", "ce"): {"audio", "fusion"}, ("avc", "margin"): {"audio", "shared"},
+                    ("av_contrastive", None): {"audio", "shared"}}
 
 
 def test_one_training_step_skips_silent_videos(tiny_synthav: Path, tmp_path: Path) -> None:

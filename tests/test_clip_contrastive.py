@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from helpers import SpyEncoder, run_ranks  # tests/ is on sys.path under pytest
 
-from mmssl.config import ClipContrastiveConfig, load_config
+from mmssl.config import load_config
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.data.sampling import clip_span, cvrl_clips, independent_clips
@@ -23,9 +23,10 @@ from mmssl.engine import distributed as mdist
 from mmssl.engine.optim import build_optimizer
 from mmssl.engine.trainer import pretrain
 from mmssl.eval.transfer import load_encoder
+from mmssl.losses import LOSSES as LOSS_CLASSES
 from mmssl.models import build_video_encoder
 from mmssl.tasks import build_task
-from mmssl.tasks.clip_contrastive import LOSSES, ClipContrastive, pair_mean
+from mmssl.tasks.clip_contrastive import METHODS, ClipContrastive, ClipContrastiveConfig, Momentum, pair_mean
 from mmssl.tasks.model import TaskModel
 from mmssl.transforms.video import MEAN, STD, VideoAugment, colour_distortion, to_model_input
 
@@ -118,11 +119,56 @@ def test_config_is_checked() -> None:
 def test_batchnorm_is_global_on_several_gpus_except_under_moco() -> None:
     """SimCLR, BYOL, SimSiam, Barlow Twins and VICReg normalise over the global batch in their
     reference code; MoCo's shuffling BN needs per-GPU BatchNorm. One process keeps plain BN."""
-    wanted = {loss: ClipContrastive(ClipContrastiveConfig(loss=loss)).global_batchnorm for loss in LOSSES}
-    assert wanted == {loss: loss != "moco" for loss in LOSSES}
+    wanted = {loss: ClipContrastive(ClipContrastiveConfig(loss=loss)).global_batchnorm for loss in METHODS}
+    assert wanted == {loss: loss != "moco" for loss in METHODS}
     assert not build_task(load_config(None)).global_batchnorm  # Shuffle and Learn: per-GPU BN
     model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4))
     assert mdist.global_batchnorm(model, torch.device("cpu")) is model
+
+
+def test_each_method_declares_its_papers_parts() -> None:
+    """A target network only for MoCo (constant m 0.999) and BYOL (0.996 on a cosine schedule); a
+    predictor only for BYOL and SimSiam; every entry's loss is a registered one."""
+    assert {name: method.momentum for name, method in METHODS.items() if method.momentum is not None} == {
+        "moco": Momentum(0.999, "constant"), "byol": Momentum(0.996, "cosine")}
+    assert {name for name, method in METHODS.items() if method.predictor is not None} == {"byol", "simsiam"}
+    assert {name for name, method in METHODS.items() if not method.global_bn} == {"moco"}
+    assert all(method.loss in LOSS_CLASSES for method in METHODS.values())
+
+
+def test_unset_settings_are_the_methods_own() -> None:
+    encoder = SpyEncoder()
+    moco = ClipContrastive(ClipContrastiveConfig(loss="moco"))
+    criterion = moco.build_head(encoder).criterion
+    assert criterion.temperature == 0.07 and criterion.queue.shape == (65536, 128)
+    assert ClipContrastive(ClipContrastiveConfig(loss="nt_xent")).build_head(encoder).criterion.temperature == 0.1
+    moco.set_step(7, 10)
+    assert moco.momentum == 0.999  # constant
+    byol = ClipContrastive(ClipContrastiveConfig(loss="byol"))
+    byol.set_step(1, 10)  # the update at step 1 takes tau_0 = tau_base
+    assert byol.momentum == pytest.approx(0.996)
+    byol.set_step(11, 10)
+    assert byol.momentum == 1.0
+    configured = ClipContrastive(ClipContrastiveConfig(loss="byol", momentum=0.9))
+    configured.set_step(1, 10)
+    assert configured.momentum == pytest.approx(0.9)
+    assert ClipContrastive(ClipContrastiveConfig(loss="simsiam")).momentum is None
+
+
+@pytest.mark.parametrize("loss", list(METHODS))
+def test_every_method_builds_and_steps(loss: str) -> None:
+    """Every entry of the table, with or without a config: its head, one loss, gradients where due."""
+    torch.manual_seed(0)
+    task = ClipContrastive(ClipContrastiveConfig(loss=loss, clip_len=2, queue_size=64), VideoAugment())
+    encoder = SpyEncoder()
+    head = task.build_head(encoder)
+    task.set_step(1, 10)
+    out = task.loss({"frames": torch.randint(0, 256, (4, 4, 32, 32, 3), dtype=torch.uint8)}, encoder, head)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and -1 <= out["positive_cos"] <= 1
+    trainable = [*encoder.parameters(), *(p for p in head.parameters() if p.requires_grad)]
+    assert all(p.grad is not None for p in trainable)
+    assert (head.target_encoder is not None) == (METHODS[loss].momentum is not None)
 
 
 # --- device side ---------------------------------------------------------------------------------------
@@ -207,7 +253,7 @@ def _target_weights(head: torch.nn.Module) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("loss", ["moco", "byol"])
 def test_target_network_follows_by_ema_once_per_step_and_gets_no_gradient(loss: str) -> None:
-    config = ClipContrastiveConfig(loss=loss, clip_len=2, queue_size=64, moco_momentum=0.9, byol_momentum=0.8)
+    config = ClipContrastiveConfig(loss=loss, clip_len=2, queue_size=64, momentum=0.9 if loss == "moco" else 0.8)
     task = ClipContrastive(config)
     encoder, head = _perturbed(task)
     online = [p.detach().clone() for p in [*encoder.parameters(), *head.projector.parameters()]]

@@ -8,6 +8,15 @@ from torch import Tensor, nn
 from torchvision.models import video as tv_video
 
 from mmssl.models import VIDEO_ENCODERS, VideoEncoder, build_video_encoder, repeat_frames
+from mmssl.models.heads import (
+    barlow_twins_projector,
+    byol_predictor,
+    byol_projector,
+    simclr_projector,
+    simsiam_predictor,
+    simsiam_projector,
+    vicreg_expander,
+)
 from mmssl.registry import Registry, UnknownNameError
 
 TORCHVISION_DIMS = {"r3d_18": 512, "mc3_18": 512, "r2plus1d_18": 512, "s3d": 1024}
@@ -170,3 +179,23 @@ def test_registry_register_and_duplicate() -> None:
         registry.register("linear")(make_linear)
     with pytest.raises(UnknownNameError, match="known: linear"):
         registry.build("conv")
+
+
+def test_named_heads_have_their_papers_layers() -> None:
+    """Linear widths and BatchNorm placement of each method's projector and predictor."""
+    def layers(module: nn.Module) -> list[tuple[str, int]]:
+        return [(type(m).__name__, m.out_features if isinstance(m, nn.Linear) else m.num_features)
+                for m in module.modules() if isinstance(m, nn.Linear | nn.BatchNorm1d)]
+
+    two = [("Linear", 32), ("BatchNorm1d", 32), ("Linear", 8)]
+    three = [("Linear", 32), ("BatchNorm1d", 32), ("Linear", 32), ("BatchNorm1d", 32), ("Linear", 8)]
+    assert layers(simclr_projector(16, 32, 8)) == two
+    assert layers(byol_projector(16, 32, 8)) == two
+    assert layers(byol_predictor(8, 32)) == two
+    assert layers(simsiam_projector(16, 32, 8)) == [*three, ("BatchNorm1d", 8)]  # BN on the output too
+    assert not simsiam_projector(16, 32, 8)[-1].affine
+    assert layers(simsiam_predictor(8)) == [("Linear", 2), ("BatchNorm1d", 2), ("Linear", 8)]  # bottleneck
+    assert layers(barlow_twins_projector(16, 32, 8)) == three
+    assert layers(vicreg_expander(16, 32, 8)) == three
+    z = simclr_projector(16, 32, 8).eval()(torch.randn(4, 16))
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(4))  # SimCLR and MoCo compare L2-normalised embeddings

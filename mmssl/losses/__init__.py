@@ -5,7 +5,8 @@ DDP they then see the features of all ranks, gathered with gradient, and DDP's a
 gives the gradient of the same loss on the full batch. `reference.py` holds slow, readable
 reimplementations used by the tests and tools/bench_losses.py.
 
-Pick a loss by name from a config with `build_loss(name, **kwargs)` (names in `LOSSES`).
+Each registers with `@register_loss(name)`; pick one by name with `build_loss(name, **kwargs)`
+(the names in `mmssl.registry.LOSSES`).
 """
 from __future__ import annotations
 
@@ -19,25 +20,12 @@ from mmssl.losses.nt_xent import InfoNCELoss, NTXentLoss, contrastive_cross_entr
 from mmssl.losses.simsiam import SimSiamLoss
 from mmssl.losses.triplet import TripletLoss, squared_distances
 from mmssl.losses.vicreg import VICRegLoss
-
-LOSSES: dict[str, type[nn.Module]] = {
-    "nt_xent": NTXentLoss,
-    "info_nce": InfoNCELoss,
-    "moco": MoCoLoss,
-    "byol": BYOLLoss,
-    "simsiam": SimSiamLoss,
-    "barlow_twins": BarlowTwinsLoss,
-    "vicreg": VICRegLoss,
-    "margin": MarginContrastiveLoss,
-    "triplet": TripletLoss,
-}
+from mmssl.registry import LOSSES
 
 
 def build_loss(name: str, **kwargs: object) -> nn.Module:
-    """The loss registered as `name` in LOSSES, built with `kwargs` (its constructor's arguments)."""
-    if name not in LOSSES:
-        raise KeyError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name](**kwargs)
+    """The loss registered as `name` (`@register_loss`), built with `kwargs` (its constructor's arguments)."""
+    return LOSSES.build(name, **kwargs)
 
 
 __all__ = [

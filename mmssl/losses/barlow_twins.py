@@ -10,8 +10,10 @@ import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
 from mmssl.distributed import get_world_size
+from mmssl.registry import register_loss
 
 
+@register_loss("barlow_twins")
 class BarlowTwinsLoss(nn.Module):
     """loss = sum_i (1 - c_ii)^2 + lambda * sum_{i != j} c_ij^2,  c = BN(z1)^T BN(z2) / N
 

@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmssl.registry import register_loss
 
+
+@register_loss("margin")
 class MarginContrastiveLoss(nn.Module):
     """loss = scale * mean_i [ D_i^2 if positive_i else max(0, m - D_i)^2 ],  D_i = ||x1_i - x2_i||_2
 

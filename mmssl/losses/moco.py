@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.distributed import gather_no_grad
+from mmssl.registry import register_loss
 
 
+@register_loss("moco")
 class MoCoLoss(nn.Module):
     """InfoNCE of queries against their key and a queue of K past keys.
 

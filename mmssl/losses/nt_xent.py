@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.distributed import gather_no_grad, gather_with_grad, get_rank
+from mmssl.registry import register_loss
 
 
 def contrastive_cross_entropy(logits: Tensor, positives: Tensor) -> Tensor:
@@ -50,6 +51,7 @@ class _Contrastive(nn.Module):
         return gather_no_grad(labels) if self.gather_distributed else labels
 
 
+@register_loss("nt_xent")
 class NTXentLoss(_Contrastive):
     """SimCLR's NT-Xent over the 2N views of a batch of N pairs (z1[i], z2[i]).
 
@@ -90,6 +92,7 @@ class NTXentLoss(_Contrastive):
         return contrastive_cross_entropy(logits, positives)
 
 
+@register_loss("info_nce")
 class InfoNCELoss(_Contrastive):
     """Symmetric cross-modal InfoNCE between a[i] and b[i] (video and audio of clip i), CLIP/AVID style.
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmssl.registry import register_loss
 
+
+@register_loss("simsiam")
 class SimSiamLoss(nn.Module):
     """loss = -( mean_i cos(p1_i, sg(z2_i)) + mean_i cos(p2_i, sg(z1_i)) ) / 2
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.distributed import gather_no_grad, gather_with_grad, get_rank, get_world_size
+from mmssl.registry import register_loss
 
 Mining = Literal["batch_hard", "semi_hard"]
 
@@ -23,6 +24,7 @@ def squared_distances(a: Tensor, b: Tensor) -> Tensor:
     return (a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
 
 
+@register_loss("triplet")
 class TripletLoss(nn.Module):
     """loss = mean over mined triplets of max(0, ||a - p||^2 - ||a - n||^2 + alpha),  alpha = 0.2
 

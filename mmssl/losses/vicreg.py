@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.distributed import gather_with_grad
+from mmssl.registry import register_loss
 
 
+@register_loss("vicreg")
 class VICRegLoss(nn.Module):
     """loss = 25 * MSE(z1, z2) + 25 * (v(z1) + v(z2)) / 2 + 1 * (c(z1) + c(z2))
 

@@ -6,6 +6,7 @@ constant m = 0.999; BYOL (Grill et al. 2020, github.com/deepmind/deepmind-resear
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -34,3 +35,10 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: flo
     """
     progress = min(max(step, 0), total_steps) / total_steps
     return final - (final - base) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy whose parameters take no gradient (an EMA target): DDP and the optimizer leave them out."""
+    copied = copy.deepcopy(module)
+    copied.requires_grad_(False)
+    return copied

@@ -1,8 +1,15 @@
-"""Task heads built from small blocks."""
+"""Task heads, each named after the method it comes from and citing its paper (lightly's `heads.py`
+is the model): the projectors and predictors of the contrastive and siamese methods, the shared
+contrastive head and the head of the audio-visual tasks, and the order classifiers."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mmssl.models.audio import AudioEncoder
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
@@ -16,11 +23,8 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.0) -> nn.
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2,
                    out_bn: bool = False) -> nn.Sequential:
-    """(num_layers - 1) x [Linear -> BN -> ReLU], then Linear (-> BN without affine if `out_bn`).
-
-    The projectors and predictors of the siamese methods: BYOL's projector and predictor (2 layers),
-    SimSiam's projector (3 layers, BN on the output) and predictor (2 layers, a bottleneck), Barlow
-    Twins' projector and VICReg's expander (3 layers)."""
+    """(num_layers - 1) x [Linear -> BN -> ReLU], then Linear (-> BN without affine if `out_bn`):
+    the block of every named projector and predictor below."""
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(num_layers - 1):
@@ -30,6 +34,105 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int =
     if out_bn:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+class ContrastiveHead(nn.Module):
+    """One projection per modality into a shared embedding space, L2-normalised, and a learnable
+    temperature (CLIP's parameterisation: logit scale = exp(t), initialised to 1/0.07, capped at 100).
+    The audio-visual tasks share it between video and audio; SimCLR and MoCo use its video side."""
+
+    def __init__(self, video_dim: int, audio_dim: int | None, embed_dim: int = 128, hidden_dim: int = 512,
+                 temperature: float = 0.07, learn_temperature: bool = True) -> None:
+        super().__init__()
+        self.video = projection_mlp(video_dim, hidden_dim, embed_dim)
+        self.audio = projection_mlp(audio_dim, hidden_dim, embed_dim) if audio_dim else None
+        log_scale = torch.tensor(math.log(1 / temperature))
+        if learn_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:  # a buffer: no parameter without gradient for DDP to wait on
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def scale(self) -> Tensor:
+        return self.log_scale.exp().clamp(max=100.0)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """`embed_video`: the head as the projector of a video-only method (SimCLR, MoCo)."""
+        return self.embed_video(features)
+
+    def embed_video(self, features: Tensor) -> Tensor:
+        return F.normalize(self.video(features), dim=-1)
+
+    def embed_audio(self, features: Tensor) -> Tensor:
+        if self.audio is None:
+            raise ValueError("this head has no audio projection")
+        return F.normalize(self.audio(features), dim=-1)
+
+
+# --- projectors and predictors of the clip-contrastive methods: (in, hidden, out) -> module ----------
+
+
+def simclr_projector(in_dim: int, hidden_dim: int, out_dim: int) -> ContrastiveHead:
+    """SimCLR's projection head g (Chen et al., ICML 2020: "a MLP with one hidden layer"; BN as in its
+    code), also MoCo v2's (Chen et al. 2020), L2-normalised: a video-only ContrastiveHead, whose
+    temperature buffer the losses do not read (they hold their own)."""
+    return ContrastiveHead(in_dim, None, out_dim, hidden_dim, learn_temperature=False)
+
+
+def byol_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """BYOL's projector (Grill et al., NeurIPS 2020): "a linear layer ... followed by batch
+    normalization, rectified linear units (ReLU), and a final linear layer"."""
+    return projection_mlp(in_dim, hidden_dim, out_dim)
+
+
+def byol_predictor(dim: int, hidden_dim: int) -> nn.Sequential:
+    """BYOL's predictor q (Grill et al., NeurIPS 2020): it "uses the same architecture" as the projector."""
+    return projection_mlp(dim, hidden_dim, dim)
+
+
+def simsiam_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """SimSiam's projector (Chen and He, CVPR 2021): "BN applied to each fully-connected layer,
+    including its output fc ... This MLP has 3 layers" (the output BN without affine, as in its code)."""
+    return projection_mlp(in_dim, hidden_dim, out_dim, num_layers=3, out_bn=True)
+
+
+def simsiam_predictor(dim: int) -> nn.Sequential:
+    """SimSiam's predictor h (Chen and He, CVPR 2021): 2 layers, BN on the hidden one, "a bottleneck
+    structure" dim -> dim / 4 -> dim."""
+    return projection_mlp(dim, dim // 4, dim)
+
+
+def barlow_twins_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Barlow Twins' projector (Zbontar et al., ICML 2021): "three linear layers ... The first two
+    ... followed by a batch normalization layer and rectified linear units"."""
+    return projection_mlp(in_dim, hidden_dim, out_dim, num_layers=3)
+
+
+def vicreg_expander(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """VICReg's expander (Bardes et al., ICLR 2022): "two fully-connected layers with batch
+    normalization (BN) and ReLU, and a third linear layer"."""
+    return projection_mlp(in_dim, hidden_dim, out_dim, num_layers=3)
+
+
+# --- audio-visual ------------------------------------------------------------------------------------
+
+
+class AudioVisualHead(nn.Module):
+    """What an audio-visual task adds to the run's video encoder: the audio encoder `audio` and the
+    head its loss reads, either `shared` (a ContrastiveHead embedding both modalities: AVID's InfoNCE,
+    AVTS's margin loss) or `fusion` (L3-Net's classifier of the concatenated video and audio
+    features, Arandjelovic and Zisserman, ICCV 2017). The other stays None, so DDP sees no unused
+    parameters."""
+
+    def __init__(self, audio: AudioEncoder, shared: ContrastiveHead | None = None,
+                 fusion: nn.Module | None = None) -> None:
+        super().__init__()
+        self.audio = audio
+        self.shared = shared
+        self.fusion = fusion
+
+
+# --- order classifiers -------------------------------------------------------------------------------
 
 
 class ConcatHead(nn.Module):

@@ -19,7 +19,7 @@ from mmssl.data.sampling import clip_with_audio, frames_for
 from mmssl.losses import InfoNCELoss
 from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
-from mmssl.models.two_stream import AudioStream
+from mmssl.models.heads import AudioVisualHead, ContrastiveHead
 from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment, to_model_input
@@ -66,9 +66,12 @@ class AVContrastive(PretextTask):
     def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return {"frames": clip.video, "audio": clip.audio}
 
-    def build_head(self, encoder: VideoEncoder) -> nn.Module:
-        return AudioStream(encoder.feature_dim, build_audio_encoder(self.audio_encoder), self.config.embed_dim,
-                           self.config.temperature, self.config.learn_temperature)  # learnable: starts there
+    def build_head(self, encoder: VideoEncoder) -> AudioVisualHead:
+        audio = build_audio_encoder(self.audio_encoder)
+        shared = ContrastiveHead(encoder.feature_dim, audio.feature_dim, self.config.embed_dim,
+                                 temperature=self.config.temperature,  # learnable: starts there
+                                 learn_temperature=self.config.learn_temperature)
+        return AudioVisualHead(audio, shared=shared)
 
     def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
         video = head.shared.embed_video(encoder(to_model_input(batch["frames"], self.augment)))

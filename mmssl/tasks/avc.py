@@ -28,8 +28,7 @@ from mmssl.data.sampling import clip_with_audio, frames_for
 from mmssl.losses import MarginContrastiveLoss
 from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
-from mmssl.models.heads import mlp
-from mmssl.models.two_stream import AudioStream
+from mmssl.models.heads import AudioVisualHead, ContrastiveHead, mlp
 from mmssl.registry import register_task
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment, to_model_input
@@ -119,15 +118,16 @@ class AVC(PretextTask):
             "has_hard": torch.tensor(hard != NO_HARD),
         }
 
-    def build_head(self, encoder: VideoEncoder) -> nn.Module:
+    def build_head(self, encoder: VideoEncoder) -> AudioVisualHead:
         """The audio tower, and L3's fusion classifier (loss "ce") or the shared contrastive head
         whose embeddings the margin loss compares (loss "margin")."""
-        margin = self.config.loss == "margin"
-        head = AudioStream(encoder.feature_dim, build_audio_encoder(self.audio_encoder),
-                           self.config.embed_dim if margin else None)
-        if not margin:
-            head.fusion = mlp(encoder.feature_dim + head.audio.feature_dim, self.config.fusion_dim, 2)
-        return head
+        audio = build_audio_encoder(self.audio_encoder)
+        if self.config.loss == "margin":
+            shared = ContrastiveHead(encoder.feature_dim, audio.feature_dim, self.config.embed_dim,
+                                     learn_temperature=False)
+            return AudioVisualHead(audio, shared=shared)
+        fusion = mlp(encoder.feature_dim + audio.feature_dim, self.config.fusion_dim, 2)
+        return AudioVisualHead(audio, fusion=fusion)
 
     def pairs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """On the device: each clip's audio input, its label (1 = its own audio) and whether a

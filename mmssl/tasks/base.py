@@ -37,6 +37,12 @@ class PretextTask(ABC):
     smoke_overrides: tuple[str, ...] = ()
 
     @classmethod
+    def upgrade_section(cls, section: dict) -> dict:
+        """A saved config's `task.<name>` section, written by an older version, in this version's keys
+        (for changes a plain rename in `renamed_keys` cannot express)."""
+        return section
+
+    @classmethod
     @abstractmethod
     def from_config(cls, config: "Config", augment: VideoAugment) -> "PretextTask":
         """The task with its section of the run's config."""
