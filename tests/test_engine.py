@@ -101,7 +101,8 @@ def test_train_amp_is_auto_or_off() -> None:
     ("nt_xent", [], 0.1), ("moco", [], 0.07), ("moco", ["task.clip_contrastive.temperature=0.2"], 0.2)])
 def test_clip_contrastive_temperature_defaults_by_loss(loss: str, overrides: list[str],
                                                        temperature: float) -> None:
-    """SimCLR's T = 0.1 for nt_xent, MoCo's 0.07 for moco (SPEC.md), unless set (moco.yaml: MoCo v2's 0.2)."""
+    """SimCLR's T = 0.1 for nt_xent, MoCo's 0.07 for moco (docs/methods.md#clip_contrastive), unless set
+    (moco.yaml: MoCo v2's 0.2)."""
     config = load_config(None, ["task.name=clip_contrastive", f"task.clip_contrastive.loss={loss}",
                                 "task.clip_contrastive.queue_size=8", *overrides])
     assert build_task(config).build_head(build_run_encoder(config)).criterion.temperature == temperature

@@ -1,4 +1,4 @@
-"""Shuffle and Learn tuples (SPEC.md): a < b < c < d < e, gaps, labels, reversal, positive share,
+"""Shuffle and Learn tuples (docs/methods.md#order): a < b < c < d < e, gaps, labels, reversal, positive share,
 and the high-motion window choice (mean absolute frame difference as the proxy for optical flow)."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """wav2vec 2.0: span masking, distractors, logits, the Gumbel quantiser and its losses, the feature
-encoder's frame count, a training step and the audio linear probe (SPEC.md, "Masked prediction")."""
+encoder's frame count, a training step and the audio linear probe (docs/methods.md#wav2vec2)."""
 from __future__ import annotations
 
 import importlib.util

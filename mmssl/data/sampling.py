@@ -82,7 +82,7 @@ def clip_with_audio(row: ManifestRow, clip_len: int, stride: int, audio_s: float
 
 # ----------------------------------------------------------------------------- motion weighting
 # Shuffle and Learn samples its tuples from high-motion windows, with coarse optical-flow magnitude
-# as the per-frame weight. Our documented proxy (SPEC.md) is the mean absolute difference between
+# as the per-frame weight. Our proxy (docs/methods.md#order) is the mean absolute difference between
 # consecutive frames, computed once per video on a low-resolution decode.
 
 def frame_motion(frames: np.ndarray) -> np.ndarray:

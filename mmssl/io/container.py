@@ -3,7 +3,7 @@ failures to typed `MediaError`s and presentation order to frame numbers.
 
 Frame i of a video is the i-th displayed frame in presentation order. The index comes from demuxing
 (no decoding) and skips packets that FFmpeg marks `is_discard` (pre-roll before an mp4 edit list's
-start): without that, clips cut with `-c copy` are off by the pre-roll (see DECODERS.md). It keeps
+start): without that, clips cut with `-c copy` are off by the pre-roll (docs/decoding.md). It keeps
 each keyframe's decode timestamp too: the MPEG-PS, MPEG-TS and FLV demuxers seek by it, and a seek
 to a keyframe's presentation time lands on a later keyframe there (video.SEEK_BY_PTS_FORMATS).
 AVI stores no presentation times: FFmpeg stamps its H.264 packets in decode order, so with B-frames

@@ -2,17 +2,10 @@
 display matrix says: phones store portrait video as rotated landscape frames), resized in the decoder
 (stretched to a size, or scaled with the aspect ratio kept and centre-cropped to it).
 
-Backends (measured in DECODERS.md and by tools/bench_loader.py):
-- "pyav" (default): frame-exact on every container we test, including mp4 edit lists, because it
-  addresses frames through our own demuxed index (mmssl.io.container.FrameIndex) and seeks to the
-  keyframe before each requested frame only when that is ahead of the decoder's position; on the way
-  it leaves H.264's non-reference frames that were not asked for undecoded (SKIP_NONREF_CODECS).
-  H.264 with B-frames in AVI, stamped in decode order, is read by counting the decoder's output from
-  an IDR keyframe, every frame decoded (from the file's start where x264's open GOPs leave no IDR).
-- "decord": decord 0.6.0's `VideoReader`. No faster than "pyav" on tools/bench_loader.py's files, wrong
-  frames on mp4 edit lists, MPEG program streams and H.264 with B-frames in AVI (32 of 40), fails on
-  files with a rotation in their display matrix (a `CorruptMediaError`), and leaks memory unless it
-  seeks back after each batch (done here).
+Backends: "pyav" (default) addresses frames through our own demuxed index (`FrameIndex`), seeks only
+when a wanted frame's keyframe lies ahead, and leaves unwanted H.264 non-reference frames undecoded;
+"decord" (decord 0.6.0) is selectable but not exact on every file. How the frames are exact, and what
+was measured: docs/decoding.md.
 """
 from __future__ import annotations
 
@@ -197,7 +190,7 @@ class _DecordBackend:
     def read(self, frames: np.ndarray) -> list[np.ndarray]:
         """Decode the frames with the given (sorted, unique) numbers. decord's own failures (a
         packet it cannot decode; its decoder thread may report one on any later call) and frames
-        past the count decord makes of the file (one fewer on some, DECODERS.md) raise
+        past the count decord makes of the file (one fewer on some, docs/decoding.md) raise
         `CorruptMediaError` rather than an untyped error or a repeated frame."""
         try:
             counted = len(self.reader)

@@ -12,7 +12,7 @@ class LogMel(nn.Module):
 
     Defaults: 16 kHz, 25 ms windows (400 samples) every 10 ms (160), 512-point FFT, 64 mel bands:
     1 s of audio gives 101 frames. L3-Net used a 48 kHz log-spectrogram (257 x 199); this is the
-    configurable 16 kHz log-mel counterpart (SPEC.md)."""
+    configurable 16 kHz log-mel counterpart (docs/methods.md#avc)."""
 
     def __init__(self, sample_rate: int = 16000, n_fft: int = 512, win_length: int = 400,
                  hop_length: int = 160, n_mels: int = 64) -> None:
