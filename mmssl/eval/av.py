@@ -13,13 +13,11 @@ from mmssl.config import ConfigError
 from mmssl.data.dataset import PretextDataset, collate, kinds
 from mmssl.data.manifest import ManifestError, read_manifest
 from mmssl.data.synthetic import ensure_synthav
+from mmssl.models.heads import AudioVisualHead
 from mmssl.tasks.base import PretextTask
 from mmssl.tasks.model import TaskModel, load_task_model
 from mmssl.tasks.multitask import MultiTask
 from mmssl.transforms.video import to_model_input
-
-AV_TASKS = ("avc", "av_contrastive")  # the tasks with an audio tower and a video-audio similarity
-
 
 @torch.no_grad()
 def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str = "test",
@@ -66,18 +64,20 @@ def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str 
 
 
 def av_task(model: TaskModel) -> tuple[PretextTask, nn.Module]:
-    """The audio-visual task of a pretraining model and its head: the model's own, or a multi-task
-    run's first task in AV_TASKS (its head is head[name]). ConfigError for a model without one."""
+    """The audio-visual task of a pretraining model and its head: a task whose head is an
+    AudioVisualHead (an audio tower and a video-audio similarity), the model's own or a multi-task
+    run's first (its head is head[name]). ConfigError for a model without one."""
     task, head = model.task, model.head
     if isinstance(task, MultiTask):
-        name = next((name for name in task.tasks if name in AV_TASKS), None)
+        name = next((name for name in task.tasks if isinstance(head[name], AudioVisualHead)), None)
         if name is not None:
             return task.tasks[name], head[name]
-    elif task.name in AV_TASKS:
+    elif isinstance(head, AudioVisualHead):
         return task, head
     tasks = f" ({', '.join(task.tasks)})" if isinstance(task, MultiTask) else ""
     raise ConfigError(f"task {task.name!r}{tasks} has no audio-visual correspondence to evaluate: eval_av supports "
-                      f"{', '.join(AV_TASKS)}, alone or among a multitask run's tasks")
+                      "the tasks with an audio tower and a video-audio similarity (avc, av_contrastive), alone or "
+                      "among a multitask run's tasks")
 
 
 def retrieval_recall(similarity: torch.Tensor, ks: tuple[int, ...]) -> dict[int, float]:
