@@ -3,6 +3,9 @@ config names. Importing this package registers the built-in tasks; a task of you
 same way from your own module (see docs/adding_a_task.md)."""
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterable
+
 from mmssl.config import Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.registry import TASKS, register_task
@@ -21,6 +24,16 @@ from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment
 
 
+def import_modules(names: Iterable[str]) -> None:
+    """Import the user's own modules (the CLIs' `--import MODULE`): their tasks and losses register as
+    they load. A module that cannot be imported is an error that names it."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ImportError(f"--import {name}: {error} (is its folder on PYTHONPATH?)") from error
+
+
 def task_class(name: str) -> type[PretextTask]:
     """The task class registered as `name` (UnknownNameError listing the known ones)."""
     return TASKS.get(name)
@@ -33,4 +46,5 @@ def build_task(config: Config) -> PretextTask:
     return task_class(config.task.name).from_config(config, augment)
 
 
-__all__ = ["TASKS", "DecodedClip", "PretextTask", "Window", "build_task", "register_task", "task_class"]
+__all__ = ["TASKS", "DecodedClip", "PretextTask", "Window", "build_task", "import_modules", "register_task",
+           "task_class"]
