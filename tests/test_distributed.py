@@ -14,14 +14,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from helpers import run_ranks  # tests/ is on sys.path under pytest
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mmssl.engine import distributed as mdist
 from mmssl.engine.trainer import NonFiniteLossError, check_finite_loss, window_means
 from mmssl.models.audio import Wav2Vec2Encoder
-
-from helpers import run_ranks  # tests/ is on sys.path under pytest
 
 WORLD_SIZE = 2
 BATCH = 8  # full batch; each rank holds BATCH // WORLD_SIZE rows

@@ -14,7 +14,6 @@ import torch
 
 from mmssl.config import ConfigError, TransferConfig, load_config
 from mmssl.data.manifest import ManifestError, Skipped, read_manifest, write_manifest
-from mmssl.io import write_media
 from mmssl.engine.trainer import set_lr
 from mmssl.eval.transfer import (
     PROTOCOLS,
@@ -26,6 +25,7 @@ from mmssl.eval.transfer import (
     random_encoder,
     retrieval_recall,
 )
+from mmssl.io import write_media
 from mmssl.models.vit import VideoViT
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import pebble
 
@@ -43,7 +43,7 @@ class ManifestRow:
 
     @classmethod
     def from_info(cls, path: str | Path, info: MediaInfo, label: str = "", split: str = "",
-                  **extra: str) -> "ManifestRow":
+                  **extra: str) -> ManifestRow:
         if info.audio_error:
             extra = {**extra, AUDIO_ERROR: info.audio_error}
         return cls(str(path), label, split, info.duration, info.fps, info.num_frames,

@@ -240,7 +240,7 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     skips = SkipCounter(config.data.max_skip_share, dataset.excluded)
-    metrics_file = open(out_dir / "metrics.jsonl", "a") if dist.is_main else None
+    metrics = out_dir / "metrics.jsonl" if dist.is_main else None
     tensorboard = _tensorboard(out_dir) if dist.is_main else None
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True,
                desc=f"pretrain {task.name}", mininterval=0.1 if sys.stderr.isatty() else LOG_FILE_REDRAW_S)
@@ -249,9 +249,8 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         skips.reset()
-        micro = 0
         wait_start = time.perf_counter()
-        for batch in batches.epoch(epoch, start=step_in_epoch * accumulate * config.data.batch_size):
+        for micro, batch in enumerate(batches.epoch(epoch, start=step_in_epoch * accumulate * config.data.batch_size)):
             data_wait += time.perf_counter() - wait_start
             skipped = batch.pop("skipped")  # failed decodes, each replaced by another row's sample
             batch_size = len(next(iter(batch.values())))
@@ -269,7 +268,6 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
             for name, value in out.items():
                 running[name].append(float(value.detach()))
             samples += batch_size * dist.world_size
-            micro += 1
             if last_micro:
                 if config.optim.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -284,9 +282,8 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
                               "samples_per_s": samples / elapsed, "data_wait_share": data_wait / elapsed}
                     bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}",
                                     wait=f"{record['data_wait_share']:.0%}", refresh=False)
-                    if metrics_file:
-                        metrics_file.write(json.dumps(record) + "\n")
-                        metrics_file.flush()
+                    if metrics:
+                        _append_json_line(metrics, record)
                     if tensorboard:
                         for key, value in record.items():
                             tensorboard.add_scalar(f"pretrain/{key}", value, step)
@@ -302,10 +299,8 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
             summary = {"epoch": epoch, "skipped": dict(skips.skipped), "excluded": dict(skips.excluded)}
             if skips.skipped:
                 bar.write(f"epoch {epoch}: skipped samples: {skips.summary()}")
-            metrics_file.write(json.dumps(summary) + "\n")
+            _append_json_line(metrics, summary)
     bar.close()
-    if metrics_file:
-        metrics_file.close()
     if tensorboard:
         tensorboard.close()
     distributed.barrier()
@@ -355,6 +350,11 @@ def _save(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opt
                         config=to_dict(config), rng=rng_states)
         prune_checkpoints(out_dir, config.train.keep_last)
     distributed.barrier()
+
+
+def _append_json_line(path: Path, record: dict) -> None:
+    with path.open("a") as f:  # opened per record: a crashed run leaves nothing unwritten or open
+        f.write(json.dumps(record) + "\n")
 
 
 def _tensorboard(out_dir: Path):

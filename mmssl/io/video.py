@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
+from typing import Self
 
 import av
 import numpy as np
@@ -289,7 +290,7 @@ class VideoReader:
     def close(self) -> None:
         self._backend.close()
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -34,4 +34,4 @@ def build_task(config: Config) -> PretextTask:
     return task_class(config.task.name).from_config(config, augment)
 
 
-__all__ = ["DecodedClip", "PretextTask", "TASKS", "Window", "build_task", "task_class"]
+__all__ = ["TASKS", "DecodedClip", "PretextTask", "Window", "build_task", "task_class"]

@@ -35,7 +35,7 @@ class AudioVisualContrastive(PretextTask):
         self.info_nce = InfoNCELoss(config.temperature, gather_distributed=True)
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "AudioVisualContrastive":
+    def from_config(cls, config: Config, augment: VideoAugment) -> AudioVisualContrastive:
         return cls(config.task.av_contrastive, config.model.audio_encoder, augment)
 
     def min_frames(self, fps: float) -> int:

@@ -52,7 +52,7 @@ class AudioVisualCorrespondence(PretextTask):
         self.margin_loss = MarginContrastiveLoss(config.margin, scale=1.0)  # AVTS's form
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "AudioVisualCorrespondence":
+    def from_config(cls, config: Config, augment: VideoAugment) -> AudioVisualCorrespondence:
         return cls(config.task.avc, config.model.audio_encoder, augment)
 
     def set_step(self, step: int, total_steps: int) -> None:

@@ -34,7 +34,7 @@ class PretextTask(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, config: "Config", augment: VideoAugment) -> "PretextTask":
+    def from_config(cls, config: Config, augment: VideoAugment) -> PretextTask:
         """The task with its section of the run's config."""
 
     def min_frames(self, fps: float) -> int:

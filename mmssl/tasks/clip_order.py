@@ -46,7 +46,7 @@ class ClipOrderPrediction(PretextTask):
         self.permutations = list(itertools.permutations(range(config.num_clips)))
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "ClipOrderPrediction":
+    def from_config(cls, config: Config, augment: VideoAugment) -> ClipOrderPrediction:
         return cls(config.task.vcop, augment)
 
     @property

@@ -44,7 +44,7 @@ class MultiTask(PretextTask):
         self.feature_mode = modes.pop() if len(modes) == 1 else "clip"
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "MultiTask":
+    def from_config(cls, config: Config, augment: VideoAugment) -> MultiTask:
         from mmssl.tasks import task_class  # the registry imports this module
 
         c: MultiTaskConfig = config.task.multitask

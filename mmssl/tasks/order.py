@@ -43,7 +43,7 @@ class OrderVerification(PretextTask):
         self.motion = MotionWeighting(config.motion.candidates, config.motion.power, config.motion.size)
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "OrderVerification":
+    def from_config(cls, config: Config, augment: VideoAugment) -> OrderVerification:
         return cls(config.task.order, augment)
 
     def gaps(self, fps: float) -> tuple[int, int]:

@@ -62,7 +62,7 @@ class SequenceSorting(PretextTask):
         self.motion = MotionWeighting(config.motion.candidates, config.motion.power, config.motion.size)
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "SequenceSorting":
+    def from_config(cls, config: Config, augment: VideoAugment) -> SequenceSorting:
         return cls(config.task.opn, augment)
 
     def min_frames(self, fps: float) -> int:
