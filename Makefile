@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 DATA ?= data/synthav
 RUNS ?= runs
 
-.PHONY: demo test setup bench clean
+.PHONY: help demo test lint setup bench clean
+
+help:  ## this list
+	@awk -F ':.*## ' '/^[a-z]+:.*## / {printf "  make %-6s  %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed  ## the virtual environment in .venv (the other targets make it when needed)
 
 demo: setup  ## main job: SynthAV -> pretrain (Shuffle and Learn) -> linear probe and kNN vs random init
 	$(PY) tools/make_synthetic.py --out $(DATA) --seed 0
@@ -22,8 +25,11 @@ demo: setup  ## main job: SynthAV -> pretrain (Shuffle and Learn) -> linear prob
 	$(PY) tools/transfer.py --checkpoint $(RUNS)/demo --protocol linear --compare-random synthav_dir=$(DATA)
 	$(PY) tools/transfer.py --checkpoint $(RUNS)/demo --protocol knn --compare-random synthav_dir=$(DATA)
 
-test: setup  ## the test suite
-	$(PY) -m pytest -n 2 -q
+test: setup  ## the test suite, then its 15 slowest tests
+	$(PY) -m pytest -n 2 -q --durations=15
+
+lint: setup  ## ruff check (pinned in constraints.txt, rules in pyproject.toml)
+	$(VENV)/bin/ruff check .
 
 bench: setup  ## benchmarks (tables + JSON under runs/): decoders, losses, training steps, learning
 	$(PY) tools/bench_loader.py --out $(RUNS)/bench_loader.json
@@ -31,5 +37,5 @@ bench: setup  ## benchmarks (tables + JSON under runs/): decoders, losses, train
 	$(PY) tools/bench_train.py --synthav-dir $(DATA) --out $(RUNS)/bench_train.json
 	$(PY) tools/bench_learning.py --synthav-dir $(DATA) --out $(RUNS)/bench_learning.json
 
-clean:
+clean:  ## delete the runs and the generated SynthAV (runs/, data/synthav)
 	rm -rf $(RUNS) $(DATA)

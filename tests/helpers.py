@@ -21,6 +21,15 @@ from mmssl.tasks.model import TaskModel, build_run_encoder
 PRETRAINING_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs/pretrain").glob("*.yaml"))
 
 
+def one_config_per_task(paths: list[Path]) -> list[Path]:
+    """The first of `paths` (by name) for each task they train (`task.name`): one per family of methods,
+    e.g. simclr, moco, byol, ... are all clip_contrastive."""
+    first: dict[str, Path] = {}
+    for path in sorted(paths):
+        first.setdefault(load_config(path).task.name, path)
+    return list(first.values())
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -189,7 +189,7 @@ def test_spec_augment_fills_its_masks_with_the_mean_in_training_only() -> None:
 
 @pytest.mark.parametrize("loss", ["ce", "margin"])
 def test_gradient_reaches_both_towers(tiny_synthav: Path, loss: str) -> None:
-    config, task = avts(tiny_synthav, f"task.avc.loss={loss}")
+    _, task = avts(tiny_synthav, f"task.avc.loss={loss}")
     task.set_step(99, 100)
     rows = [r for r in read_manifest(tiny_synthav / "manifest.csv", "pretrain") if r.has_audio][:6]
     batch = collate([PretextDataset(rows, task, 32)[i] for i in range(6)])

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from helpers import run_ranks  # tests/ is on sys.path under pytest
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -21,8 +22,6 @@ from mmssl import distributed as mdist
 from mmssl.engine.distributed import DistInfo, cleanup, has_layer_drop, init_distributed, wrap_ddp
 from mmssl.engine.trainer import NonFiniteLossError, check_finite_loss, window_means
 from mmssl.models.audio import Wav2Vec2Encoder
-
-from helpers import run_ranks  # tests/ is on sys.path under pytest
 
 WORLD_SIZE = 2
 BATCH = 8  # full batch; each rank holds BATCH // WORLD_SIZE rows

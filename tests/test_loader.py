@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine import fast_config  # tests/ is on sys.path under pytest
 from torch.utils.data import DataLoader
 from torch.utils.data._utils import signal_handling
-from test_engine import fast_config  # tests/ is on sys.path under pytest
 
 from mmssl.config import Config
 from mmssl.data import dataset as dataset_module

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SpyEncoder
 from torch import Tensor
 
 from mmssl.config import load_config
@@ -19,8 +20,6 @@ from mmssl.models.heads import PairwiseHead
 from mmssl.tasks import build_task
 from mmssl.tasks.opn import OPN, OPNConfig, sequence_classes
 from mmssl.transforms.video import VideoAugment, channel_split, frame_shift, to_model_input
-
-from helpers import SpyEncoder  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = ManifestRow("video.mp4", fps=8.0, num_frames=24)
@@ -56,7 +55,7 @@ def test_window_shows_the_class_permutation_or_its_reverse_with_uniform_labels()
         window = task.window(ROW, rng)
         frames, label = window.frames, window.targets["label"]
         tuple_frames = np.sort(frames)
-        assert np.all(np.diff(tuple_frames) == 2) and 0 <= tuple_frames[0] and tuple_frames[-1] < 24
+        assert np.all(np.diff(tuple_frames) == 2) and tuple_frames[0] >= 0 and tuple_frames[-1] < 24
         order = tuple(int(i) for i in np.searchsorted(tuple_frames, frames))  # frame rank at each position
         forward = task.classes[label]
         assert order in (forward, forward[::-1])  # a reversed sample keeps its label

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import MotionConfig, MotionWeighting, cumulative_motion, frame_motion, pick_by_motion, tuple_motion
+from mmssl.data.sampling import (
+    MotionConfig,
+    MotionWeighting,
+    cumulative_motion,
+    frame_motion,
+    pick_by_motion,
+    tuple_motion,
+)
 from mmssl.io import TooShortError, write_media
 from mmssl.tasks.order import OrderConfig, OrderVerification
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import PRETRAINING_CONFIGS  # tests/ is on sys.path under pytest
 
 from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_config, to_dict
 from mmssl.engine.trainer import pretrain
 from mmssl.eval.transfer import Transfer, load_encoder
 from mmssl.registry import LOSSES, TASKS, Registry, UnknownNameError, register_task
 from mmssl.tasks import build_task
-
-from helpers import PRETRAINING_CONFIGS  # tests/ is on sys.path under pytest
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 BUILT_IN = {name: cls for name, cls in TASKS.items() if cls.__module__.startswith("mmssl.")}
@@ -86,7 +85,8 @@ def test_a_clip_contrastive_checkpoint_keeps_its_own_methods_momentum() -> None:
         section.pop("momentum")
         section |= {"loss": loss, "moco_momentum": 0.99, "byol_momentum": 0.9}
         assert from_dict(saved).task.clip_contrastive.momentum == wanted
-    with pytest.raises(ConfigError, match="'task.clip_contrastive.byol_momentum' is now 'task.clip_contrastive.momentum'"):
+    renamed = "'task.clip_contrastive.byol_momentum' is now 'task.clip_contrastive.momentum'"
+    with pytest.raises(ConfigError, match=renamed):
         load_config(None, ["task.clip_contrastive.byol_momentum=0.99"])
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import json
 from collections import Counter
 from dataclasses import asdict, replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -260,7 +261,7 @@ def test_fall_bounce_hits_the_floor_at_impacts_with_damping(layout: str) -> None
         assert LAYOUTS[layout].edge[0] * config.size - 1.5 <= floor <= LAYOUTS[layout].edge[1] * config.size
         on_floor = touches(object_mask(frames, info["color"]), "bottom")
         assert on_floor[impacts].all() and not on_floor[:impacts[0] - 1].any()
-        apexes = [int(np.argmin(y[a:b])) + a for a, b in zip(impacts[:-1], impacts[1:])]
+        apexes = [int(np.argmin(y[a:b])) + a for a, b in pairwise(impacts)]
         assert not on_floor[apexes[0]]  # it leaves the floor between impacts (later hops are low)
         assert np.all(np.diff(y[[0] + apexes]) > 0.02)  # every rebound peaks lower: irreversible
 

@@ -15,7 +15,6 @@ import torch
 from mmssl.config import ConfigError, TransferConfig, load_config
 from mmssl.data.clip import Skipped
 from mmssl.data.manifest import ManifestError, read_manifest, write_manifest
-from mmssl.io import write_media
 from mmssl.engine.optim import set_lr
 from mmssl.eval.transfer import (
     PROTOCOLS,
@@ -27,6 +26,7 @@ from mmssl.eval.transfer import (
     random_encoder,
     retrieval_recall,
 )
+from mmssl.io import write_media
 from mmssl.models.vit import VideoViT
 
 ROOT = Path(__file__).resolve().parents[1]

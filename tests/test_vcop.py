@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SpyEncoder
 
 from mmssl.config import load_config
 from mmssl.data.manifest import ManifestRow
@@ -17,8 +18,6 @@ from mmssl.io import TooShortError
 from mmssl.tasks import build_task
 from mmssl.tasks.vcop import VCOP, VCOPConfig
 from mmssl.transforms.video import VideoAugment
-
-from helpers import SpyEncoder  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,19 +22,17 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mmssl.config import TransferConfig, load_config  # noqa: E402
-from mmssl.engine.trainer import pretrain  # noqa: E402
-from mmssl.eval.transfer import Transfer, load_audio_encoder, load_encoder, random_encoder  # noqa: E402
-from mmssl.tasks import build_task  # noqa: E402
+from mmssl.config import TransferConfig, load_config
+from mmssl.engine.trainer import pretrain
+from mmssl.eval.transfer import Transfer, load_audio_encoder, load_encoder, random_encoder
+from mmssl.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {path.stem: path for path in sorted((ROOT / "configs/pretrain").glob("*.yaml"))}  # one per shipped config
@@ -70,11 +68,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, dict] = {}
     measured: set[tuple[str, int]] = set()
 
-    def baseline(label: str, seed: int, mode: str, run: Callable[[], dict]) -> None:
-        """A random-init or supervised row: measured once per seed, however many methods share it."""
+    def baseline(label: str, seed: int, mode: str, encoder: str, evaluate: Callable[..., dict]) -> None:
+        """A random-init or supervised row, `evaluate` of `encoder` at random init: measured once per seed,
+        however many methods share it."""
         if (label, seed) not in measured:
             measured.add((label, seed))
-            _add(rows, label, mode, run())
+            _add(rows, label, mode, evaluate(random_encoder(encoder, seed)))
 
     for method in args.methods:
         for seed in range(args.seeds):
@@ -98,19 +97,19 @@ def main(argv: list[str] | None = None) -> dict:
                 probe = PROBE_NAMES[protocol]
                 _add(rows, f"{method} ({probe})", mode, transfer.frozen_protocol(encoder, mode, protocol),
                      pretrain_minutes=minutes)
-                baseline(f"random init {name} ({probe}, {mode})", seed, mode,
-                         lambda: transfer.frozen_protocol(random_encoder(name, seed), mode, protocol))
+                baseline(f"random init {name} ({probe}, {mode})", seed, mode, name,
+                         partial(transfer.frozen_protocol, mode=mode, protocol=protocol))
                 if audio_probes:
                     _add(rows, f"{method} audio encoder ({args.audio_label}, {probe})", "audio",
                          audio_transfer.frozen_protocol(audio_encoder, "audio", protocol))
-                    baseline(f"random init {audio_name} ({args.audio_label}, {probe})", seed, "audio", lambda:
-                             audio_transfer.frozen_protocol(random_encoder(audio_name, seed), "audio", protocol))
+                    baseline(f"random init {audio_name} ({args.audio_label}, {probe})", seed, "audio", audio_name,
+                             partial(audio_transfer.frozen_protocol, mode="audio", protocol=protocol))
             if mode == "audio":  # an audio encoder: the probe is on its features of the videos' audio
                 continue
             if args.finetune:
                 _add(rows, f"{method} (fine-tune)", "clip", transfer.finetune(encoder, "clip"))
-            baseline(f"supervised {name} (train split, from scratch)", seed, "clip",
-                     lambda: transfer.finetune(random_encoder(name, seed), "clip"))
+            baseline(f"supervised {name} (train split, from scratch)", seed, "clip", name,
+                     partial(transfer.finetune, mode="clip"))
 
     table = {label: _summary(row) for label, row in rows.items()}
     print(f"\nSynthAV: {len(transfer.classes)} classes, {len(transfer.train_rows)} labeled train / "

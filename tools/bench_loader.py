@@ -29,24 +29,22 @@ import os
 import platform
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Callable, Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import av
+import numpy as np
+import torch
+from av.video.reformatter import VideoReformatter
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from av.video.reformatter import VideoReformatter  # noqa: E402
-
-from mmssl.data.synthetic import GENERATOR_VERSION, SynthAVConfig, plan, render_video, video_rng  # noqa: E402
-from mmssl.io import BACKENDS, VideoReader, load_audio, probe, write_media  # noqa: E402
-from mmssl.io.container import FrameIndex, media_errors, open_container, video_stream  # noqa: E402
-from mmssl.io.video import Size, frame_to_array  # noqa: E402
-from mmssl.io.writer import cut_without_reencoding  # noqa: E402
+from mmssl.data.synthetic import GENERATOR_VERSION, SynthAVConfig, plan, render_video, video_rng
+from mmssl.io import BACKENDS, VideoReader, load_audio, probe, write_media
+from mmssl.io.container import FrameIndex, media_errors, open_container, video_stream
+from mmssl.io.video import Size, frame_to_array
+from mmssl.io.writer import cut_without_reencoding
 
 OTHER_DECODERS = ("torchcodec",)  # libraries worth benchmarking that mmssl has no backend for
 LEAK_LIMIT_MB = 100.0  # more RSS growth than this over the memory reads disqualifies a backend
@@ -420,8 +418,8 @@ def format_table(headers: list[str], rows: list[list[object]]) -> str:
 
 def report(data: dict) -> str:
     m = data["machine"]
-    lines = [f"machine: {m['cpus_usable']} CPUs ({m['cpu_model']}), Python {m['python']}, "
-             f"torch {m['torch']}, av {m['av']} (libavcodec {m['pyav_libavcodec']}), decord {m['decord']}",
+    lines = [(f"machine: {m['cpus_usable']} CPUs ({m['cpu_model']}), Python {m['python']}, "
+              f"torch {m['torch']}, av {m['av']} (libavcodec {m['pyav_libavcodec']}), decord {m['decord']}"),
              "backends: " + ", ".join(f"{b} {s}" for b, s in data["backends"].items()),
              f"every read opens a fresh reader, 1 decoder thread; {data['settings']['reads']} reads per cell",
              ""]
@@ -446,8 +444,8 @@ def report(data: dict) -> str:
               "  frames undecoded (pyav: non-reference frames nobody asked for, SKIP_NONREF_CODECS)"]
     memory = data["memory"]
     first = next(iter(memory.values()))
-    lines += ["", f"memory: {first['reads']} reads of {first['pattern']} on {first['file']}, fresh reader "
-              "each, every backend in its own new process"]
+    lines += ["", (f"memory: {first['reads']} reads of {first['pattern']} on {first['file']}, fresh reader "
+                   "each, every backend in its own new process")]
     lines.append(format_table(["backend", "RSS before MB", "RSS after MB", "growth MB", "peak MB"],
                               [[b, r["rss_before_mb"], r["rss_after_mb"], r["growth_mb"], r["peak_mb"]]
                                for b, r in memory.items()]))
@@ -467,13 +465,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="tiny files and few reads: seconds instead of minutes (the tests use it)")
     parser.add_argument("--reads", type=int, help="random reads per file, pattern and backend "
-                        "(default %d, --quick %d)" % COUNTS["reads"])
+                        "(default {}, --quick {})".format(*COUNTS["reads"]))
     parser.add_argument("--mem-reads", type=int, help="reads before the memory reading "
-                        "(default %d, --quick %d)" % COUNTS["mem_reads"])
+                        "(default {}, --quick {})".format(*COUNTS["mem_reads"]))
     parser.add_argument("--mem-file", default="synthav", choices=[m.name for m in media_files(Path(), False)],
                         help="file of the memory reads (default synthav: a 720p read takes ~0.2 s)")
     parser.add_argument("--audio-reads", type=int, help="1 s audio windows timed per file "
-                        "(default %d, --quick %d)" % COUNTS["audio_reads"])
+                        "(default {}, --quick {})".format(*COUNTS["audio_reads"]))
     parser.add_argument("--seed", type=int, default=0, help="seed of the random reads (default 0)")
     args = parser.parse_args(argv)
     for name, (default, quick) in COUNTS.items():

@@ -23,18 +23,15 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch import Tensor
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from mmssl.losses.reference import CASES  # noqa: E402
+from mmssl.losses.reference import CASES
 
 
 def _sync(device: torch.device) -> None:

@@ -27,32 +27,29 @@ import itertools
 import json
 import math
 import platform
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mmssl.config import Config, load_config
+from mmssl.data.dataset import collate
+from mmssl.data.loader import build_loader
+from mmssl.data.synthetic import SynthAVConfig, ensure_synthav
+from mmssl.engine.data import pretraining_data
+from mmssl.engine.optim import build_optimizer
+from mmssl.engine.precision import to_channels_last_3d
+from mmssl.models import build_video_encoder
+from mmssl.tasks import build_task
+from mmssl.tasks.model import TaskModel, build_run_encoder
+from mmssl.transforms.video import to_model_input
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from mmssl.config import Config, load_config  # noqa: E402
-from mmssl.data.dataset import collate  # noqa: E402
-from mmssl.data.loader import build_loader  # noqa: E402
-from mmssl.data.synthetic import SynthAVConfig, ensure_synthav  # noqa: E402
-from mmssl.engine.data import pretraining_data  # noqa: E402
-from mmssl.engine.optim import build_optimizer  # noqa: E402
-from mmssl.engine.precision import to_channels_last_3d  # noqa: E402
-from mmssl.models import build_video_encoder  # noqa: E402
-from mmssl.tasks import build_task  # noqa: E402
-from mmssl.tasks.model import TaskModel, build_run_encoder  # noqa: E402
-from mmssl.transforms.video import to_model_input  # noqa: E402
-
 VARIANTS = {  # name: (bf16 autocast, channels_last_3d, torch.compile)
     "fp32 eager": (False, False, False),
     "bf16 autocast": (True, False, False),
@@ -138,7 +135,7 @@ def compute_part(args: argparse.Namespace, device: torch.device) -> dict:
         if compile_ and not args.compile:
             continue
         step, cycle = classifier_step(args.encoder, device, bf16, channels_last, compile_), itertools.cycle(batches)
-        seconds = time_steps(lambda: step(next(cycle)), args.warmup, args.steps, device)
+        seconds = time_steps(lambda step=step, cycle=cycle: step(next(cycle)), args.warmup, args.steps, device)
         results[name] = {"step_s": seconds, "steps_per_s": 1 / seconds, "clips_per_s": args.batch / seconds,
                          "tflops": flops / seconds / 1e12}
     reference = results["fp32 eager"]["step_s"]

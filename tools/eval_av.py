@@ -1,46 +1,6 @@
 #!/usr/bin/env python
-"""Held-out evaluation of an audio-visual pretraining run (avc, av_contrastive; of a multitask
-run, its audio-visual task): the pretext accuracy on the test split and video-to-audio retrieval
-R@1/R@5 among all test audios.
-
-  python tools/eval_av.py --checkpoint CKPT|RUN_DIR [--manifest FILE] [--split test] [--out FILE.json]
-"""
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmssl.config import ConfigError  # noqa: E402
-from mmssl.data.manifest import ManifestError  # noqa: E402
-from mmssl.engine.checkpoint import latest_checkpoint  # noqa: E402
-from mmssl.eval.av import evaluate_av  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint, or a run folder (its newest)")
-    parser.add_argument("--manifest", help="default: the run's data.manifest, or its SynthAV when it had none")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--out", help="JSON path (default: av_eval.json beside the checkpoint)")
-    args = parser.parse_args(argv)
-    checkpoint = Path(args.checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = latest_checkpoint(checkpoint) or parser.error(f"no checkpoint in {args.checkpoint}")
-    try:
-        result = evaluate_av(checkpoint, args.manifest, args.split)
-    except (ConfigError, ManifestError) as e:
-        parser.error(str(e))
-    for key, value in result.items():
-        print(f"{key:<24} {value:.2f}" if isinstance(value, float) else f"{key:<24} {value}")
-    out = Path(args.out or checkpoint.parent / "av_eval.json")
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
-    return result
-
+"""`python tools/eval_av.py ...`: `mmssl eval-av ...` (mmssl/cli/eval_av.py) as a script."""
+from mmssl.cli.eval_av import main
 
 if __name__ == "__main__":
     main()

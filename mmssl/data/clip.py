@@ -18,7 +18,7 @@ class Window:
     audio_start_s: float | None = None  # None: no audio needed
     audio_duration_s: float = 0.0
     targets: dict[str, int] = field(default_factory=dict)
-    parts: dict[str, "Window"] = field(default_factory=dict)  # a multi-task window's per-task windows
+    parts: dict[str, Window] = field(default_factory=dict)  # a multi-task window's per-task windows
 
 
 @dataclass

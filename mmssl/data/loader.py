@@ -12,6 +12,7 @@ times in a run at most.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -126,10 +127,8 @@ def _decode(key: tuple[int, int]) -> None:
     """Child: decode the window that sample (epoch, index) draws first from its own row; a failure
     the dataset handles (or any exception) is not what is searched for."""
     epoch, index = key
-    try:
+    with contextlib.suppress(Exception):  # only a dead process counts
         _dataset.decode(index, _dataset.rng(index, epoch))
-    except Exception:  # noqa: BLE001 - only a dead process counts
-        pass
 
 
 def crashing_files(dataset: PretextDataset, keys: list[tuple[int, int]], workers: int,

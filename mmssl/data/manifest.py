@@ -35,7 +35,7 @@ class ManifestRow:
 
     @classmethod
     def from_info(cls, path: str | Path, info: MediaInfo, label: str = "", split: str = "",
-                  **extra: str) -> "ManifestRow":
+                  **extra: str) -> ManifestRow:
         if info.audio_error:
             extra = {**extra, AUDIO_ERROR: info.audio_error}
         return cls(str(path), label, split, info.duration, info.fps, info.num_frames,

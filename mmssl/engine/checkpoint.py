@@ -74,7 +74,7 @@ def _strip_compile_prefix(key: str) -> str:
 
 
 def _strip_ddp_prefix(key: str) -> str:
-    return key[len(_DDP_PREFIX):] if key.startswith(_DDP_PREFIX) else key
+    return key.removeprefix(_DDP_PREFIX)
 
 
 def module_state_dict(model: nn.Module) -> OrderedDict:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -138,9 +138,8 @@ def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], 
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
     autocast = mixed_precision(dist.device, config.train.amp)
     skips.reset()
-    micro = 0
     wait_start = time.perf_counter()
-    for batch in batches.epoch(epoch, start=step_in_epoch * accumulate * batch_size):
+    for micro, batch in enumerate(batches.epoch(epoch, start=step_in_epoch * accumulate * batch_size)):
         window.data_wait += time.perf_counter() - wait_start
         skipped = batch.pop("skipped")  # failed decodes, each replaced by another row's sample
         size = len(next(iter(batch.values())))
@@ -158,7 +157,6 @@ def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], 
         for name, value in out.items():
             window.values[name].append(float(value.detach()))
         window.samples += size * dist.world_size
-        micro += 1
         if last_micro:
             if config.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -194,7 +192,7 @@ class RunLog:
 
     def __init__(self, out_dir: Path, is_main: bool, desc: str, total_steps: int, step: int) -> None:
         self.is_main = is_main
-        self.metrics: TextIO | None = open(out_dir / "metrics.jsonl", "a") if is_main else None
+        self.metrics = out_dir / "metrics.jsonl" if is_main else None
         self.tensorboard: SummaryWriter | None = _tensorboard(out_dir) if is_main else None
         self.bar = tqdm(total=total_steps, initial=step, disable=not is_main, dynamic_ncols=True, desc=desc,
                         mininterval=0.1 if sys.stderr.isatty() else LOG_FILE_REDRAW_S)
@@ -202,13 +200,11 @@ class RunLog:
     def write(self, record: dict) -> None:
         """One line of metrics.jsonl, flushed (on rank 0; nothing elsewhere)."""
         if self.metrics:
-            self.metrics.write(json.dumps(record) + "\n")
-            self.metrics.flush()
+            with open(self.metrics, "a") as f:  # a line at a time: a killed run leaves whole records
+                f.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self.bar.close()
-        if self.metrics:
-            self.metrics.close()
         if self.tensorboard:
             self.tensorboard.close()
 

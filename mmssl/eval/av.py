@@ -19,6 +19,7 @@ from mmssl.tasks.model import TaskModel, load_task_model
 from mmssl.tasks.multitask import MultiTask
 from mmssl.transforms.video import to_model_input
 
+
 @torch.no_grad()
 def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str = "test",
                 batch_size: int = 32, seed: int = 0) -> dict:

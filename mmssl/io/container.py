@@ -17,10 +17,10 @@ import contextlib
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np

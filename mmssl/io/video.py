@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
+from typing import Self
 
 import av
 import numpy as np
@@ -282,7 +283,7 @@ class VideoReader:
     def close(self) -> None:
         self._backend.close()
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,9 +5,9 @@ benchmarks (which make a long-GOP 720p file).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 import av
 import numpy as np

@@ -51,7 +51,7 @@ class AVContrastive(PretextTask):
         self.info_nce = InfoNCELoss(config.temperature, gather_distributed=True)
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "AVContrastive":
+    def from_config(cls, config: Config, augment: VideoAugment) -> AVContrastive:
         return cls(config.task.av_contrastive, config.model.audio_encoder, augment)
 
     def min_frames(self, fps: float) -> int:

@@ -73,7 +73,7 @@ class AVC(PretextTask):
         self.margin_loss = MarginContrastiveLoss(config.margin, scale=1.0)  # AVTS's form
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "AVC":
+    def from_config(cls, config: Config, augment: VideoAugment) -> AVC:
         return cls(config.task.avc, config.model.audio_encoder, augment)
 
     def set_step(self, step: int, total_steps: int) -> None:

@@ -7,7 +7,7 @@ Device half: `build_head` and `loss` (batched augmentation, encoder, head, loss 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ class PretextTask(ABC):
     # batch-contrastive and redundancy-reduction methods has it (SimCLR, BYOL, SimSiam, Barlow Twins, VICReg)
     global_batchnorm: bool = False
     config_class: type | None = None  # its settings dataclass: the run config's section task.<name>
-    renamed_keys: dict[str, str] = {}  # keys of that section renamed since a release, old -> new
+    renamed_keys: ClassVar[dict[str, str]] = {}  # keys of that section renamed since a release, old -> new
     # overrides that fit the task's window into short videos (3 s at 8 fps): the shipped-config smoke tests
     smoke_overrides: tuple[str, ...] = ()
 
@@ -44,7 +44,7 @@ class PretextTask(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, config: "Config", augment: VideoAugment) -> "PretextTask":
+    def from_config(cls, config: Config, augment: VideoAugment) -> PretextTask:
         """The task with its section of the run's config."""
 
     def min_frames(self, fps: float) -> int:

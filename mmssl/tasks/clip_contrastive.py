@@ -43,7 +43,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -244,7 +244,7 @@ METHODS: dict[str, Method] = {
 @register_task("clip_contrastive")
 class ClipContrastive(PretextTask):
     config_class = ClipContrastiveConfig
-    renamed_keys = {"moco_momentum": "momentum", "byol_momentum": "momentum"}
+    renamed_keys: ClassVar[dict[str, str]] = {"moco_momentum": "momentum", "byol_momentum": "momentum"}
     feature_mode = "clip"
 
     @classmethod

@@ -56,7 +56,7 @@ class MultiTask(PretextTask):
         self.feature_mode = modes.pop() if len(modes) == 1 else "clip"
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "MultiTask":
+    def from_config(cls, config: Config, augment: VideoAugment) -> MultiTask:
         c: MultiTaskConfig = config.task.multitask
         if len(c.tasks) != len(c.weights) or len(set(c.tasks)) != len(c.tasks) or cls.name in c.tasks:
             raise ValueError(f"task.multitask: give distinct tasks (not multitask) and one weight each, got {c}")

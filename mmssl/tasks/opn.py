@@ -25,9 +25,8 @@ outputs are concatenated and classified 12-way with cross-entropy (`PairwiseHead
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import itertools
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -79,7 +78,7 @@ class OPN(PretextTask):
         self.motion = MotionWeighting(config.motion.candidates, config.motion.power, config.motion.size)
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "OPN":
+    def from_config(cls, config: Config, augment: VideoAugment) -> OPN:
         return cls(config.task.opn, augment)
 
     def min_frames(self, fps: float) -> int:

@@ -17,6 +17,7 @@ classified two-way with cross-entropy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -50,8 +51,8 @@ class OrderConfig:
 @register_task("order")
 class OrderVerification(PretextTask):
     config_class = OrderConfig
-    renamed_keys = {"motion_candidates": "motion.candidates", "motion_power": "motion.power",
-                    "motion_size": "motion.size"}  # the motion settings became a section
+    renamed_keys: ClassVar[dict[str, str]] = {"motion_candidates": "motion.candidates", "motion_power": "motion.power",
+                                              "motion_size": "motion.size"}  # the motion settings became a section
     feature_mode = "frames"
 
     def __init__(self, config: OrderConfig, augment: VideoAugment | None = None) -> None:
@@ -60,7 +61,7 @@ class OrderVerification(PretextTask):
         self.motion = MotionWeighting(config.motion.candidates, config.motion.power, config.motion.size)
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "OrderVerification":
+    def from_config(cls, config: Config, augment: VideoAugment) -> OrderVerification:
         return cls(config.task.order, augment)
 
     def gaps(self, fps: float) -> tuple[int, int]:

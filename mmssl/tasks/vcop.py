@@ -15,9 +15,8 @@ dropout 0.5; Linear(512 * pairs, n!) with cross-entropy (`PairwiseHead`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -63,7 +62,7 @@ class VCOP(PretextTask):
         self.permutations = list(itertools.permutations(range(config.num_clips)))
 
     @classmethod
-    def from_config(cls, config: Config, augment: VideoAugment) -> "VCOP":
+    def from_config(cls, config: Config, augment: VideoAugment) -> VCOP:
         return cls(config.task.vcop, augment)
 
     @property

@@ -48,7 +48,7 @@ def to_model_input(frames: torch.Tensor, augment: VideoAugment | None = None,
 
 
 def _crop_flip(x: torch.Tensor, aug: VideoAugment, out_size: int) -> torch.Tensor:
-    b, c, t, h, w = x.shape
+    b, c, t, _h, _w = x.shape
     device = x.device
     area = torch.empty(b, device=device).uniform_(*aug.crop_scale)
     log_ratio = torch.empty(b, device=device).uniform_(*map(math.log, aug.crop_ratio))

@@ -1,0 +1,42 @@
+"""The `mmssl` command: `mmssl <command> [args ...]` runs one step of the toolkit's workflow.
+
+A command is a module of this package with a `main(argv, prog)`; it is imported only when its command
+runs, so that `mmssl --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import pkgutil
+import sys
+import textwrap
+from pathlib import Path
+
+
+def commands() -> dict[str, str]:
+    """Command name (the module's, with dashes) -> its module name."""
+    return {m.name.replace("_", "-"): m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+
+
+def _summary(module: str) -> str:
+    """The first paragraph of a command module's docstring, shortened; read without importing the module
+    (torch is slow to load)."""
+    docstring = ast.get_docstring(ast.parse((Path(__file__).parent / f"{module}.py").read_text())) or ""
+    return textwrap.shorten(docstring.split("\n\n")[0], width=90, placeholder=" ...")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command named by argv[0] with the rest of argv; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    names = commands()
+    if not argv or argv[0] not in names:
+        listing = "\n".join(f"  {name:<16}{_summary(module)}" for name, module in names.items())
+        parser = argparse.ArgumentParser(
+            prog="mmssl", usage="%(prog)s [-h] command [args ...]", description=__doc__.splitlines()[0],
+            epilog=f"commands:\n{listing}\n\n`mmssl <command> --help` describes a command's arguments.",
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("command", choices=names, metavar="command", help="see the commands below")
+        parser.parse_args(argv[:1])  # exits: the help, or an error naming the commands
+    result = importlib.import_module(f"{__name__}.{names[argv[0]]}").main(argv[1:], prog=f"mmssl {argv[0]}")
+    return result if isinstance(result, int) else 0  # the others return what they made (a report, a path)

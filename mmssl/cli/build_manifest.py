@@ -1,0 +1,103 @@
+"""Build a manifest CSV from a video dataset on disk.
+
+Every file is probed (in parallel processes); unreadable files are reported with their reason
+and left out, never fatal. Exit status 0 when a manifest was written, 2 for usage errors (no
+ROOT, no split files, no candidate videos).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmssl.data.builders import (
+    FOLDER_LAYOUTS,
+    OFFICIAL_SPLITS,
+    PROBE_TIMEOUT_S,
+    Listing,
+    list_folder,
+    list_hmdb51,
+    list_kinetics,
+    list_ucf101,
+    probe_candidates,
+)
+from mmssl.data.manifest import write_manifest
+
+EXAMPLES = """\
+examples:
+  %(prog)s data/ucf101 --format ucf101 --split 1 --out data/ucf101/ucf101_split1.csv
+  %(prog)s data/hmdb51 --format hmdb51 --split 1 --out data/hmdb51/hmdb51_split1.csv
+  %(prog)s data/kinetics400 --format kinetics --annotations train.csv validate.csv --out k400.csv
+  %(prog)s data/myvideos --format folder --layout split/class --out data/myvideos/manifest.csv
+"""
+
+
+def parse_args(argv: list[str] | None = None,
+               prog: str | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path, metavar="ROOT", help="dataset folder (videos under it)")
+    parser.add_argument("--format", required=True, choices=("folder", "ucf101", "hmdb51", "kinetics"),
+                        help="folder: ROOT/<class>/<video> (see --layout); ucf101 / hmdb51: the "
+                             "official split files; kinetics: annotation CSV(s)")
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE",
+                        help="manifest CSV to write (paths under its folder are stored relative)")
+    parser.add_argument("--split", type=int, default=1, choices=OFFICIAL_SPLITS, metavar="N",
+                        help="official split number 1..3 for ucf101 / hmdb51 (default 1)")
+    parser.add_argument("--splits-dir", type=Path, metavar="DIR",
+                        help="split files folder (default ROOT/ucfTrainTestlist for ucf101, "
+                             "ROOT/testTrainMulti_7030_splits for hmdb51)")
+    parser.add_argument("--annotations", type=Path, nargs="+", action="extend", metavar="CSV",
+                        help="kinetics: CSV(s) with label,youtube_id,time_start,time_end,split")
+    parser.add_argument("--layout", default="class", choices=FOLDER_LAYOUTS,
+                        help="folder: ROOT/<class>/<video> or ROOT/<split>/<class>/<video> "
+                             "(default class)")
+    parser.add_argument("--default-split", default=None, metavar="NAME",
+                        help="split name for videos that get none from the layout or CSV "
+                             "(default: 'train' for folder, empty for kinetics)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="probing processes (default: all cores; 1: in this process)")
+    parser.add_argument("--probe-timeout", type=float, default=PROBE_TIMEOUT_S, metavar="S",
+                        help="seconds one file's probe may take before it is stopped and the file skipped "
+                             f"(with --workers > 1; default {PROBE_TIMEOUT_S:g})")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser, parser.parse_args(argv)
+
+
+def list_candidates(args: argparse.Namespace) -> Listing:
+    """The listing for the chosen format; raises FileNotFoundError/ValueError on bad input."""
+    if args.format == "folder":
+        default_split = "train" if args.default_split is None else args.default_split
+        return list_folder(args.root, args.layout, default_split)
+    if args.format == "ucf101":
+        return list_ucf101(args.root, args.split, args.splits_dir)
+    if args.format == "hmdb51":
+        return list_hmdb51(args.root, args.split, args.splits_dir)
+    if not args.annotations:
+        raise ValueError("--format kinetics needs --annotations CSV")
+    return list_kinetics(args.root, args.annotations, args.default_split or "")
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser, args = parse_args(argv, prog)
+    if not args.root.is_dir():
+        parser.error(f"ROOT {args.root} is not a folder")
+    try:
+        listing = list_candidates(args)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    listed = len(listing.candidates) + len(listing.skipped)
+    if not listed:
+        parser.error(f"no candidate videos found for --format {args.format} under {args.root}")
+    print(f"{args.format}: {listed} listed, {len(listing.candidates)} on disk; probing")
+
+    def report(done: int, total: int) -> None:
+        if done == total or done % 500 == 0:
+            print(f"\rprobed {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
+                  flush=True)
+
+    result = probe_candidates(listing, args.workers, None if args.quiet else report, args.probe_timeout)
+    print(result.summary())
+    write_manifest(result.rows, args.out)
+    print(f"wrote {args.out} ({result.usable} rows)")
+    return 0

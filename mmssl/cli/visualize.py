@@ -1,0 +1,220 @@
+"""Draw a batch of pretext samples as a PNG grid, to check a task by eye.
+
+One row per sample: its frames in the order the sample gives them to the model, each captioned
+with its frame number in the video (so the true order can be read off), and the sample's targets
+(the class) in the row title. Audio-visual tasks: 4 frames of the clip, then the log-mel
+spectrogram of the clip's own audio (with its start time) and, for AVC with AVTS, of the hard
+negative from the same video (with its shift). Easy negatives (another video's audio) are paired
+on the device at training time, so they are not drawn. wav2vec 2.0: the spectrogram of the audio
+window with its masked feature frames shaded. A multi-task sample is drawn as one row per task, each
+task's part of the shared decode. masked_video (VideoMAE): 4 frames of the
+clip, the same frames as the encoder gets them (masked tubes grey) and the reconstruction (visible
+patches kept, masked ones from the decoder, with its MSE on the masked tubelets), by the model of
+--checkpoint (a checkpoint or run folder; its run's config.json is the default config) or at random init.
+With normalised targets a predicted tubelet is drawn with the true tubelet's mean and std, as in
+VideoMAE's visualisation: the pattern inside it is the model's, its colour and contrast are the clip's.
+
+  python tools/visualize.py --task order [--config FILE] [--num 8] [--out FILE.png] [key=value ...]
+  python tools/visualize.py --task masked_video [--checkpoint CKPT|RUN_DIR] [...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from mmssl.config import ConfigError, load_config
+from mmssl.data.clip import DecodedClip
+from mmssl.data.dataset import PretextDataset
+from mmssl.engine.checkpoint import latest_checkpoint, load_checkpoint
+from mmssl.engine.data import load_rows
+from mmssl.io import MediaError
+from mmssl.models import build_video_encoder
+from mmssl.tasks import TASKS, PretextTask, build_task
+from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize
+from mmssl.tasks.model import TaskModel
+from mmssl.tasks.multitask import MultiTask, task_entries
+from mmssl.tasks.wav2vec2 import Wav2Vec2
+from mmssl.transforms.audio import LogMel
+from mmssl.transforms.video import to_model_input
+
+SR = 16000
+LOG_MEL = LogMel(sample_rate=SR)
+AUDIO_TASK_FRAMES = 4  # frames drawn per clip beside the spectrograms
+Row = tuple[str, DecodedClip, dict, PretextTask]  # label, the clip, its sample, the task that made it
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    parser.add_argument("--config", help="pretraining YAML (default: configs/pretrain/<task>.yaml if present)")
+    parser.add_argument("--num", type=int, default=8, help="samples to draw")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="PNG path (default runs/visualize_<task>.png)")
+    parser.add_argument("--checkpoint", help="masked_video: pretraining checkpoint (or run folder) whose encoder "
+                                             "and decoder reconstruct; default: random init")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    args = parser.parse_intermixed_args(argv)
+    default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
+    checkpoint = _checkpoint(Path(args.checkpoint), parser) if args.checkpoint else None
+    if checkpoint is not None and args.task != "masked_video":
+        parser.error("--checkpoint draws reconstructions: --task masked_video only")
+    if checkpoint is not None and (checkpoint.parent / "config.json").exists():
+        default = checkpoint.parent / "config.json"  # the run's own config (JSON is YAML)
+    try:
+        config = load_config(args.config or (default if default.exists() else None),
+                             [*args.overrides, f"task.name={args.task}"])
+    except ConfigError as e:
+        parser.error(str(e))
+
+    dataset = PretextDataset(load_rows(config), build_task(config), config.data.frame_size,
+                             config.data.backend, seed=args.seed)
+    samples, skipped = [], Counter()
+    for index in np.random.default_rng(args.seed).permutation(len(dataset)):
+        rng = dataset.rng(int(index))
+        try:
+            clip = dataset.decode(int(index), rng)
+        except MediaError as e:
+            skipped[e.kind] += 1
+            continue
+        samples.append((clip, dataset.task.make_sample(clip, rng)))
+        if len(samples) == args.num:
+            break
+    if skipped:
+        print(f"skipped videos that failed to decode: {dict(skipped)}")
+    if not samples:
+        sys.exit(f"error: none of the {len(dataset)} videos could be decoded for {args.task}")
+
+    matplotlib.use("Agg")  # drawn to a file, never to a window
+    fig = (_draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
+           if isinstance(dataset.task, MaskedVideo) else _draw_samples(_rows(dataset.task, samples), args.task))
+    fig.tight_layout()
+    out = Path(args.out or f"runs/visualize_{args.task}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    print(f"wrote {out}")
+    return out
+
+
+def _rows(task: PretextTask, samples: list[tuple[DecodedClip, dict]]) -> list[Row]:
+    """One row per sample; a multi-task sample gives a row per task: its part of the decode and its keys."""
+    if not isinstance(task, MultiTask):
+        return [("", clip, sample, task) for clip, sample in samples]
+    rows = []
+    for clip, sample in samples:
+        for name, part in task.parts(clip).items():
+            rows.append((f"{name}: ", part, task_entries(sample, name), task.tasks[name]))
+    return rows
+
+
+def _draw_samples(rows: list[Row], task: str) -> plt.Figure:
+    def frames_shown(clip: DecodedClip) -> list[int]:
+        return _shown(clip.window.frames, AUDIO_TASK_FRAMES if clip.audio is not None else None)
+
+    width = max(len(frames_shown(clip)) + len(_audio_panels(clip, sample, t)) for _, clip, sample, t in rows)
+    fig, axes = plt.subplots(len(rows), width, figsize=(max(1.3 * width, 4), 1.5 * len(rows)), squeeze=False)
+    for row_axes, (label, clip, sample, row_task) in zip(axes, rows):
+        targets = ", ".join(f"{k}={v}" for k, v in clip.window.targets.items() if clip.audio is None)
+        prefix = label + (f"{targets}  " if targets else "")
+        shown = frames_shown(clip)
+        for position, (ax, index) in enumerate(zip(row_axes, shown)):
+            ax.imshow(clip.video[index].numpy())
+            ax.set_title((prefix if position == 0 else "") + f"#{clip.window.frames[index]}", fontsize=7, loc="left")
+        panels = _audio_panels(clip, sample, row_task)
+        for position, (ax, (title, waveform, mask)) in enumerate(zip(row_axes[len(shown):], panels)):
+            spectrogram = LOG_MEL(waveform[None].float())[0, 0].numpy()
+            ax.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma")
+            if mask is not None:  # the masked feature frames, on the spectrogram's time axis
+                step = spectrogram.shape[1] / len(mask)
+                for start, stop in _runs(mask):
+                    ax.axvspan(start * step - 0.5, stop * step - 0.5, color="white", alpha=0.4, lw=0)
+            ax.set_title((prefix if position == 0 and not shown else "") + title, fontsize=6, loc="left")
+        for ax in row_axes:
+            ax.axis("off")
+    if any(len(clip.window.frames) for _, clip, _, _ in rows):
+        fig.suptitle(f"{task}: frames in the model's order (#n: frame number),\nas decoded: before the device-side "
+                     f"crop, flip, jitter", fontsize=7)
+    else:
+        fig.suptitle(f"{task}: log-mel spectrograms of the audio windows\n(shaded: masked feature frames)", fontsize=7)
+    return fig
+
+
+def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, dict]], encoder_name: str,
+                          checkpoint: Path | None) -> plt.Figure:
+    """One row per sample: frames, masked input (masked tubes grey), reconstruction, AUDIO_TASK_FRAMES each."""
+    model = TaskModel(task, build_video_encoder(encoder_name)).eval()
+    if checkpoint is not None:
+        load_checkpoint(checkpoint, model=model)
+    mask = torch.stack([sample["mask"] for _, sample in samples])
+    keep, masked = task.split(mask)
+    x = to_model_input(torch.stack([sample["frames"] for _, sample in samples]))
+    with torch.no_grad():
+        prediction = model.head(model.encoder.forward_features(x, keep), keep, masked, tuple(mask.shape[1:]))
+    pixels = unnormalize(x)
+    target = tubelet_targets(pixels, task.tubelet, task.config.norm_target)
+    clips = {"input": pixels,
+             f"masked {task.config.mask_ratio:.0%}": reconstruct(torch.full_like(prediction, 0.5), pixels, masked,
+                                                                  task.tubelet, normalized=False),
+             "reconstruction": reconstruct(prediction, pixels, masked, task.tubelet, task.config.norm_target)}
+    shown = _shown(samples[0][0].window.frames, AUDIO_TASK_FRAMES)
+    width = len(clips) * len(shown)
+    fig, axes = plt.subplots(len(samples), width, figsize=(1.3 * width, 1.5 * len(samples)), squeeze=False)
+    for i, (row_axes, (clip, _)) in enumerate(zip(axes, samples)):
+        error = float(masked_mse(prediction[i:i + 1], target[i:i + 1], masked[i:i + 1]))
+        for k, (label, video) in enumerate(clips.items()):
+            for position, (ax, index) in enumerate(zip(row_axes[k * len(shown):], shown)):
+                ax.imshow(video[i, :, index].permute(1, 2, 0).numpy())
+                title = f"{label}{f' (MSE {error:.3f})' if label == 'reconstruction' else ''}" if position == 0 else ""
+                ax.set_title(f"{title}\n#{clip.window.frames[index]}", fontsize=6, loc="left")
+        for ax in row_axes:
+            ax.axis("off")
+    weights = f"weights of {checkpoint}" if checkpoint else "random init"
+    fig.suptitle(f"masked_video ({encoder_name}, {weights}): input, masked input, reconstruction "
+                 f"(#n: frame number)", fontsize=8)
+    return fig
+
+
+def _checkpoint(path: Path, parser: argparse.ArgumentParser) -> Path:
+    """A checkpoint file, or the newest checkpoint of a run folder."""
+    found = latest_checkpoint(path) if path.is_dir() else path
+    if found is None or not found.exists():
+        parser.error(f"no checkpoint at {path}")
+    return found
+
+
+def _shown(frames: np.ndarray, max_frames: int | None) -> list[int]:
+    """Positions of the frames to draw: all, or `max_frames` spread over the clip."""
+    if max_frames is None or len(frames) <= max_frames:
+        return list(range(len(frames)))
+    return np.linspace(0, len(frames) - 1, max_frames).round().astype(int).tolist()
+
+
+def _audio_panels(clip: DecodedClip, sample: dict,
+                  task: PretextTask) -> list[tuple[str, torch.Tensor, np.ndarray | None]]:
+    """(title, waveform, masked feature frames or None) of the sample's audio entries: the clip's own
+    audio (with wav2vec 2.0's span mask) and, for AVTS, the hard negative with its shift from the
+    positive window."""
+    if clip.audio is None:
+        return []
+    title = f"own audio @{clip.window.audio_start_s + clip.window.targets.get('positive_offset', 0) / SR:.2f}s"
+    mask = sample["mask"].numpy() if isinstance(task, Wav2Vec2) else None
+    panels = [(title + (f", {mask.mean():.0%} masked" if mask is not None else ""), sample["audio"], mask)]
+    hard = clip.window.targets.get("hard_offset", -1)
+    if "hard_audio" in sample and hard >= 0:
+        shift = (hard - clip.window.targets["positive_offset"]) / SR
+        panels.append((f"hard negative, shift {shift:+.2f}s", sample["hard_audio"], None))
+    return panels
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in a bool vector."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
