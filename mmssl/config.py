@@ -49,14 +49,6 @@ class ModelConfig:
     audio_encoder: str = "tiny_audio"  # audio-visual tasks: logmel_cnn (L3's tower) or tiny_audio
 
 
-
-
-
-
-
-
-
-
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # adamw | sgd
@@ -92,7 +84,19 @@ def task_config_class() -> type:
 @functools.cache
 def _task_config_class(sections: tuple[tuple[str, type], ...]) -> type:
     fields = [(name, config_class, field(default_factory=config_class)) for name, config_class in sections]
-    return dataclasses.make_dataclass("TaskConfig", [("name", str, field(default="order")), *fields])
+    cls = dataclasses.make_dataclass("TaskConfig", [("name", str, field(default="order")), *fields],
+                                     namespace={"__reduce__": _reduce_task_config})
+    cls.__module__ = __name__
+    return cls
+
+
+def _reduce_task_config(section: Any) -> tuple:
+    """Pickle a task section by its values: its class is made at run time, not found by name."""
+    return _rebuild_task_config, ({f.name: getattr(section, f.name) for f in dataclasses.fields(section)},)
+
+
+def _rebuild_task_config(values: dict[str, Any]) -> Any:
+    return task_config_class()(**values)
 
 
 def renamed_keys() -> dict[str, str]:
@@ -156,6 +160,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         merge(config, data)
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """`config` with `key.sub=value` overrides set (values parsed as YAML), in place."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -175,7 +184,9 @@ def merge(node: Any, data: dict[str, Any], prefix: str = "", unknown: list[str] 
             if unknown is None:
                 if (new := renamed_keys().get(name)) is not None:
                     raise ConfigError(f"config key {name!r} is now {new!r}: rename it in your config or override")
-                raise ConfigError(f"unknown config key {name!r}; known here: {', '.join(sorted(fields))}")
+                hint = ("; tasks register when their module is imported (mmssl.tasks; your own: --import MODULE)"
+                        if prefix == "task." else "")
+                raise ConfigError(f"unknown config key {name!r}; known here: {', '.join(sorted(fields))}{hint}")
             unknown.append(name)
             continue
         current = getattr(node, key)
@@ -213,14 +224,17 @@ def from_dict(data: dict[str, Any]) -> Config:
     """A saved run's config (a checkpoint's), to exactly the values it was trained with: renamed keys
     take their new names (`upgrade`), sections of tasks the run did not use are ignored, and any other
     key this version does not know (a setting removed since, or the section of a task whose module is
-    not imported) is a ConfigError that says what to do. Settings added since take their defaults,
-    which keep the behaviour of the version that wrote the checkpoint."""
+    not imported) is a ConfigError that says what to do. Settings added since take their defaults
+    (a default that changes what a run computes comes with an `upgrade_section` of its task)."""
     data = upgrade(data)
+    name = data.get("task", {}).get("name", "order")
+    if name not in TASKS:
+        raise ConfigError(f"the saved config's task {name!r} is not registered (known: {', '.join(TASKS)}): "
+                          "if it is a task of your own, import its module first (--import MODULE)")
     config = Config()
     unknown: list[str] = []
     merge(config, data, unknown=unknown)
-    task = data.get("task", {})
-    used = {task.get("name"), *task.get(task.get("name"), {}).get("tasks", [])}  # multitask: its tasks
+    used = _used_tasks(data.get("task", {}))
     missing = [key for key in unknown if not (key.startswith("task.") and key.split(".")[1] not in used)]
     if missing:
         raise ConfigError(
@@ -228,6 +242,18 @@ def from_dict(data: dict[str, Any]) -> Config:
             "If they belong to a task of your own, import its module first (--import MODULE); otherwise "
             "load the checkpoint with the mmssl version that wrote it (its config.json lists every setting)")
     return config
+
+
+def run_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    """A `to_dict` tree without the task sections of the tasks the run does not use."""
+    task = tree["task"]
+    used = _used_tasks(task)
+    return {**tree, "task": {key: value for key, value in task.items() if key == "name" or key in used}}
+
+
+def _used_tasks(task: dict[str, Any]) -> set[str]:
+    """The tasks a `task` tree runs: its `name`, and a multi-task run's tasks."""
+    return {task.get("name"), *task.get(task.get("name"), {}).get("tasks", [])}
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

@@ -19,14 +19,29 @@ def room(module: str) -> str:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """The mmssl modules `path` imports anywhere in its source."""
+    """The mmssl modules the package file `path` imports anywhere in its source."""
+    return imported_by(path.read_text(), ".".join(("mmssl", *path.relative_to(PACKAGE).parent.parts)))
+
+
+def imported_by(source: str, package: str) -> set[str]:
+    """The mmssl modules `source` (a module of `package`) imports: `import mmssl.x`, `from mmssl.x import
+    y`, `from mmssl import x` (as mmssl.x) and relative imports (resolved against `package`)."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            names |= {f"{module}.{alias.name}" for alias in node.names} if module == "mmssl" else {module}
     return {name for name in names if name.startswith("mmssl.")}
+
+
+def test_every_form_of_import_is_read() -> None:
+    source = ("import mmssl.io\nfrom mmssl import tasks\nfrom . import clip\nfrom ..engine import trainer\n"
+              "def f():\n    from mmssl.eval.av import evaluate_av\n")
+    assert imported_by(source, "mmssl.data") == {"mmssl.io", "mmssl.tasks", "mmssl.data", "mmssl.engine",
+                                                 "mmssl.eval.av"}
 
 
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.stem != "__init__")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import yaml
 from helpers import PRETRAINING_CONFIGS  # tests/ is on sys.path under pytest
 
 from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_config, to_dict
-from mmssl.engine.trainer import pretrain
+from mmssl.engine.trainer import _check_resumed_config, pretrain
 from mmssl.eval.transfer import Transfer, load_encoder
 from mmssl.registry import LOSSES, TASKS, Registry, UnknownNameError, register_task
 from mmssl.tasks import build_task
@@ -49,7 +50,7 @@ def test_registry_lists_rejects_twice_and_names_the_known() -> None:
         registry.register("linear")(torch.nn.Linear)
     with pytest.raises(UnknownNameError, match="unknown thing 'conv'; known: linear"):
         registry.get("conv")
-    with pytest.raises(UnknownNameError, match="unknown task 'nope'"):
+    with pytest.raises(ConfigError, match="unknown task .nope."):
         build_task(load_config(None, ["task.name=nope"]))
     assert {"nt_xent", "moco", "byol", "simsiam", "barlow_twins", "vicreg"} <= set(LOSSES)  # registered on import
 
@@ -73,7 +74,7 @@ def test_saved_configs_load_to_exactly_their_values_or_fail_saying_what_to_do() 
         from_dict(saved)
     saved["task"]["order"].pop("gone")
     saved["task"]["name"], saved["task"]["rotation"] = "rotation", {"k": 4}  # a task whose module is not imported
-    with pytest.raises(ConfigError, match=r"task.rotation\b.*--import MODULE"):
+    with pytest.raises(ConfigError, match=r"task 'rotation' is not registered.*--import MODULE"):
         from_dict(saved)
 
 
@@ -90,10 +91,26 @@ def test_a_clip_contrastive_checkpoint_keeps_its_own_methods_momentum() -> None:
         load_config(None, ["task.clip_contrastive.byol_momentum=0.99"])
 
 
+def test_resume_auto_compares_only_what_the_run_uses_as_this_version_reads_it(tmp_path: Path) -> None:
+    """A run saved before a rename in another task's section (or before a setting was added) resumes."""
+    config = Config()
+    saved = to_dict(config)
+    clip = saved["task"]["clip_contrastive"]
+    clip.pop("momentum")
+    clip |= {"moco_momentum": 0.999, "byol_momentum": 0.996, "queue_size": 65536}  # the old keys and default
+    saved["task"]["opn"].pop("motion")  # a section of a task the run does not use
+    _check_resumed_config(saved, config, tmp_path / "checkpoint.pt", implicit=True, warn=False)
+    saved["task"]["order"]["tau_max_s"] = 1.0  # but a change to the run's own task is refused
+    with pytest.raises(ConfigError, match=r"other settings \(task.order.tau_max_s: 1.0 -> 2.0\)"):
+        _check_resumed_config(saved, config, tmp_path / "checkpoint.pt", implicit=True, warn=False)
+
+
 def test_a_task_of_ones_own_pretrains_and_transfers(tiny_synthav: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """One task file and one YAML outside the package: registered by importing the module."""
     monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.setattr(TASKS, "_builders", dict(TASKS._builders))  # the registration ends with the test
+    monkeypatch.delitem(sys.modules, "arrow_of_time", raising=False)
     module = importlib.import_module("arrow_of_time")
     assert TASKS.get("arrow_of_time") is module.ArrowOfTime
     with pytest.raises(ValueError, match="already registered"):

@@ -2,7 +2,8 @@
 run, its audio-visual task): the pretext accuracy on the test split and video-to-audio retrieval
 R@1/R@5 among all test audios.
 
-  python tools/eval_av.py --checkpoint CKPT|RUN_DIR [--manifest FILE] [--split test] [--out FILE.json]
+  mmssl eval-av --checkpoint CKPT|RUN_DIR [--manifest FILE] [--split test] [--out FILE.json] [--import MODULE]
+(`python tools/eval_av.py ...` is the same.)
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mmssl.config import ConfigError
 from mmssl.data.manifest import ManifestError
 from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.eval.av import evaluate_av
+from mmssl.tasks import import_modules
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
@@ -23,7 +25,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--manifest", help="default: the run's data.manifest, or its SynthAV when it had none")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", help="JSON path (default: av_eval.json beside the checkpoint)")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import a module of your own first, registering its tasks and losses (repeatable)")
     args = parser.parse_args(argv)
+    try:
+        import_modules(args.imports)
+    except ImportError as e:
+        parser.error(str(e))
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():
         checkpoint = latest_checkpoint(checkpoint) or parser.error(f"no checkpoint in {args.checkpoint}")

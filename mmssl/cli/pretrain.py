@@ -4,8 +4,9 @@ With no arguments: configs/pretrain/order.yaml, frame-order verification (Shuffl
 the tiny 3D CNN on SynthAV, which is generated under data/synthav on first use; CPU-sized, about
 2 minutes on 2 cores.
 
-  python tools/pretrain.py [--config FILE] [--out DIR] [--resume auto|CKPT] [--import MODULE] [key=value ...]
+  mmssl pretrain [--config FILE] [--out DIR] [--resume auto|CKPT] [--import MODULE] [key=value ...]
   torchrun --nproc_per_node N tools/pretrain.py ...   (DDP: nccl on GPUs, gloo on CPUs)
+(`python tools/pretrain.py ...` is the same.)
 
 Overrides are dotted config keys, e.g. optim.lr=0.01 data.batch_size=64 model.video_encoder=r3d_18.
 Writes checkpoint_*.pt, metrics.jsonl and config.json under DIR (default runs/pretrain_<task>).

@@ -1,8 +1,9 @@
 """Transfer a pretrained video encoder to action recognition and print top-1/top-5.
 
-  python tools/transfer.py --checkpoint CKPT|RUN_DIR [--config FILE] [--protocol linear|knn|finetune]
-                           [--manifest FILE] [--out DIR] [--compare-random] [key=value ...]
-  python tools/transfer.py --random-init tiny3d --protocol linear     (a random-init baseline)
+  mmssl transfer --checkpoint CKPT|RUN_DIR [--config FILE] [--protocol linear|knn|finetune]
+                 [--manifest FILE] [--out DIR] [--compare-random] [--import MODULE] [key=value ...]
+  mmssl transfer --random-init tiny3d --protocol linear     (a random-init baseline)
+(`python tools/transfer.py ...` is the same.)
 
 --config: a recipe from configs/transfer/ (linear.yaml, knn.yaml, finetune.yaml on SynthAV;
 ucf101_finetune.yaml, hmdb51_finetune.yaml at the papers' 16x112^2 clips); without one, the

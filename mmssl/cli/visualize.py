@@ -10,12 +10,13 @@ window with its masked feature frames shaded. A multi-task sample is drawn as on
 task's part of the shared decode. masked_video (VideoMAE): 4 frames of the
 clip, the same frames as the encoder gets them (masked tubes grey) and the reconstruction (visible
 patches kept, masked ones from the decoder, with its MSE on the masked tubelets), by the model of
---checkpoint (a checkpoint or run folder; its run's config.json is the default config) or at random init.
+--checkpoint (a checkpoint or run folder; its run's saved config is the default config) or at random init.
 With normalised targets a predicted tubelet is drawn with the true tubelet's mean and std, as in
 VideoMAE's visualisation: the pattern inside it is the model's, its colour and contrast are the clip's.
 
-  python tools/visualize.py --task order [--config FILE] [--num 8] [--out FILE.png] [key=value ...]
-  python tools/visualize.py --task masked_video [--checkpoint CKPT|RUN_DIR] [...]
+  mmssl visualize --task order [--config FILE] [--num 8] [--out FILE.png] [--import MODULE] [key=value ...]
+  mmssl visualize --task masked_video [--checkpoint CKPT|RUN_DIR] [...]
+(`python tools/visualize.py ...` is the same.)
 """
 from __future__ import annotations
 
@@ -29,16 +30,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from mmssl.config import ConfigError, load_config
+from mmssl.config import ConfigError, apply_overrides, load_config
 from mmssl.data.clip import DecodedClip
 from mmssl.data.dataset import PretextDataset
 from mmssl.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mmssl.engine.data import load_rows
 from mmssl.io import MediaError
 from mmssl.models import build_video_encoder
-from mmssl.tasks import TASKS, PretextTask, build_task
+from mmssl.tasks import TASKS, PretextTask, build_task, import_modules, task_class
 from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize
-from mmssl.tasks.model import TaskModel
+from mmssl.tasks.model import TaskModel, checkpoint_config
 from mmssl.tasks.multitask import MultiTask, task_entries
 from mmssl.tasks.wav2vec2 import Wav2Vec2
 from mmssl.transforms.audio import LogMel
@@ -53,24 +54,32 @@ Row = tuple[str, DecodedClip, dict, PretextTask]  # label, the clip, its sample,
 def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    parser.add_argument("--task", required=True, help=f"a registered task: {', '.join(TASKS)}, or your own")
     parser.add_argument("--config", help="pretraining YAML (default: configs/pretrain/<task>.yaml if present)")
     parser.add_argument("--num", type=int, default=8, help="samples to draw")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="PNG path (default runs/visualize_<task>.png)")
     parser.add_argument("--checkpoint", help="masked_video: pretraining checkpoint (or run folder) whose encoder "
                                              "and decoder reconstruct; default: random init")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import a module of your own first, registering its tasks and losses (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
+    try:
+        import_modules(args.imports)
+        task_class(args.task)
+    except (ImportError, ConfigError) as e:
+        parser.error(str(e))
     default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
     checkpoint = _checkpoint(Path(args.checkpoint), parser) if args.checkpoint else None
     if checkpoint is not None and args.task != "masked_video":
         parser.error("--checkpoint draws reconstructions: --task masked_video only")
-    if checkpoint is not None and (checkpoint.parent / "config.json").exists():
-        default = checkpoint.parent / "config.json"  # the run's own config (JSON is YAML)
+    overrides = [*args.overrides, f"task.name={args.task}"]
     try:
-        config = load_config(args.config or (default if default.exists() else None),
-                             [*args.overrides, f"task.name={args.task}"])
+        if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
+            config = apply_overrides(checkpoint_config(checkpoint), overrides)
+        else:
+            config = load_config(args.config or (default if default.exists() else None), overrides)
     except ConfigError as e:
         parser.error(str(e))
 

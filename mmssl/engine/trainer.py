@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mmssl import distributed
-from mmssl.config import Config, ConfigError, config_changes, to_dict
+from mmssl.config import Config, ConfigError, config_changes, from_dict, run_tree, to_dict
 from mmssl.data.dataset import SkipCounter
 from mmssl.data.loader import RecoveringLoader
 from mmssl.engine.checkpoint import (
@@ -251,8 +251,11 @@ def check_finite_loss(loss: torch.Tensor, step: int, epoch: int) -> None:
 
 def _check_resumed_config(saved: dict, config: Config, checkpoint: Path, implicit: bool, warn: bool) -> None:
     """`--resume auto` continues the same run, so a checkpoint written with other settings (those in
-    RESUME_FREE_KEYS aside) is refused; a checkpoint named on purpose resumes, with the changes printed."""
-    changes = {key: change for key, change in config_changes(saved, to_dict(config)).items()
+    RESUME_FREE_KEYS aside) is refused; a checkpoint named on purpose resumes, with the changes printed.
+    The saved config is read as this version reads it (`from_dict`: renamed keys moved, settings added
+    since at their defaults), and only the sections the run uses are compared."""
+    changes = {key: change for key, change in config_changes(run_tree(to_dict(from_dict(saved))),
+                                                             run_tree(to_dict(config))).items()
                if key not in RESUME_FREE_KEYS}
     if not changes:
         return

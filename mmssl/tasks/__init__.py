@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from mmssl.config import Config
+from mmssl.config import Config, ConfigError
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.registry import TASKS, register_task
 from mmssl.tasks import (  # noqa: F401  (imported to register them)
@@ -35,7 +35,10 @@ def import_modules(names: Iterable[str]) -> None:
 
 
 def task_class(name: str) -> type[PretextTask]:
-    """The task class registered as `name` (UnknownNameError listing the known ones)."""
+    """The task class registered as `name` (a ConfigError listing the known ones)."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASKS)} (a task of your own registers when "
+                          "its module is imported: --import MODULE)")
     return TASKS.get(name)
 
 
