@@ -2,6 +2,7 @@
 stop-gradients, MoCo's queue, the EMA helpers, triplet mining, the 2-process gather, the benchmark."""
 from __future__ import annotations
 
+import doctest
 import json
 import math
 import os
@@ -76,6 +77,15 @@ def test_build_loss_by_name() -> None:
     assert isinstance(loss, NTXentLoss) and loss.temperature == 0.3
     with pytest.raises(KeyError, match="known: barlow_twins"):
         build_loss("simclr")
+
+
+def test_docstring_examples_run() -> None:
+    """Each registered loss's docstring has an Examples block, and every loss module's doctests pass."""
+    for name, cls in LOSSES.items():
+        assert ">>> " in (cls.__doc__ or ""), f"{name}: no example in the docstring"
+    for module in sorted({sys.modules[cls.__module__] for _, cls in LOSSES.items()}, key=lambda m: m.__name__):
+        failed, attempted = doctest.testmod(module)
+        assert attempted > 0 and failed == 0, f"{module.__name__}: {failed} of {attempted} examples failed"
 
 
 # --- known limits --------------------------------------------------------------------------------

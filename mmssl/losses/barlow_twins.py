@@ -25,6 +25,13 @@ class BarlowTwinsLoss(nn.Module):
     all_reduce), with sums whose backward also sums over ranks, so every rank holds the full-batch
     loss and DDP's average over ranks gives the full-batch gradient (the code's plain all_reduce
     gives 1 / world_size of it).
+
+    Examples:
+        >>> loss_fn = BarlowTwinsLoss()
+        >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)  # projections of two views
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape, bool(loss >= 0)
+        (torch.Size([]), True)
     """
 
     def __init__(self, lambd: float = 0.0051, eps: float = 1e-5, gather_distributed: bool = False) -> None:

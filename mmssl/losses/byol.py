@@ -19,6 +19,14 @@ class BYOLLoss(nn.Module):
     target branch gets no gradient). The two directions are summed and averaged over the batch, as
     in the BYOL code; the minimum is 0. The target network follows the online one by
     `momentum_update` with tau from `cosine_momentum` (mmssl.models.ema; tau_base 0.996).
+
+    Examples:
+        >>> import torch
+        >>> loss_fn = BYOLLoss()
+        >>> p1, p2, z1, z2 = torch.randn(4, 8, 16)  # online predictions, target projections
+        >>> loss = loss_fn(p1, p2, z1, z2)
+        >>> loss.shape, bool(loss >= 0)
+        (torch.Size([]), True)
     """
 
     def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:

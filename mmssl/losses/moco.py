@@ -31,6 +31,15 @@ class MoCoLoss(nn.Module):
     (seed identically, or let DDP broadcast it as a buffer of a wrapped module). The queue size must
     be at least the (global) batch size. MoCo v2: K = 65536, T = 0.07 (T = 0.2 in the v2 paper's
     ImageNet recipe; the builder's default is 0.07).
+
+    Examples:
+        >>> loss_fn = MoCoLoss(dim=16, queue_size=32)
+        >>> q, k = torch.randn(8, 16), torch.randn(8, 16)  # queries and momentum-encoder keys
+        >>> loss = loss_fn(q, k)
+        >>> loss.shape
+        torch.Size([])
+        >>> int(loss_fn.queue_ptr)  # the 8 keys were enqueued
+        8
     """
 
     queue: Tensor

@@ -68,6 +68,15 @@ class NTXentLoss(_Contrastive):
     gradient; the default positives are offset by rank * N_local (labels are gathered as given).
     Mean over local anchors, so DDP's average over ranks gives the full-batch gradient.
     Default T = 0.1 (SimCLR code's default flag).
+
+    Examples:
+        >>> loss_fn = NTXentLoss(temperature=0.1)
+        >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)  # two views of 8 samples
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape
+        torch.Size([])
+        >>> bool(loss_fn(z1, z2, labels=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])) > 0)
+        True
     """
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
@@ -103,6 +112,13 @@ class InfoNCELoss(_Contrastive):
 
     gather_distributed: local anchors against the other modality of all ranks (gathered with
     gradient), diagonal offset by rank * N_local. Default T = 0.07 (AVID, CLIP's initial value).
+
+    Examples:
+        >>> loss_fn = InfoNCELoss()
+        >>> video, audio = torch.randn(8, 16), torch.randn(8, 16)  # one pair per clip
+        >>> loss = loss_fn(video, audio)
+        >>> loss.shape
+        torch.Size([])
     """
 
     def __init__(self, temperature: float = 0.07, gather_distributed: bool = False) -> None:

@@ -17,6 +17,14 @@ class SimSiamLoss(nn.Module):
 
     p = predictor outputs, z = projector outputs of the other view, sg = stop-gradient (no gradient
     reaches z). The minimum is -1.
+
+    Examples:
+        >>> import torch
+        >>> loss_fn = SimSiamLoss()
+        >>> p1, p2, z1, z2 = torch.randn(4, 8, 16)  # predictions, projections
+        >>> loss = loss_fn(p1, p2, z1, z2)
+        >>> loss.shape, bool(loss >= -1)
+        (torch.Size([]), True)
     """
 
     def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:

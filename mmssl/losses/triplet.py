@@ -39,6 +39,13 @@ class TripletLoss(nn.Module):
     gather_distributed: local anchors against the embeddings of all ranks (gathered with
     gradient, labels without); the local sum is divided by the global number of triplets and times
     the world size, so DDP's average over ranks is the full-batch mean.
+
+    Examples:
+        >>> loss_fn = TripletLoss(margin=0.2, mining="semi_hard")
+        >>> embeddings, labels = torch.randn(6, 16), torch.tensor([0, 0, 1, 1, 2, 2])
+        >>> loss = loss_fn(embeddings, labels)
+        >>> loss.shape, bool(loss >= 0)
+        (torch.Size([]), True)
     """
 
     def __init__(self, margin: float = 0.2, mining: Mining = "batch_hard", normalize: bool = True,

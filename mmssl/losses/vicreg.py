@@ -22,6 +22,14 @@ class VICRegLoss(nn.Module):
 
     gather_distributed: the invariance term is computed on the local pairs; variance and covariance
     on the features of all ranks, gathered with gradient (the code's FullGatherLayer).
+
+    Examples:
+        >>> import torch
+        >>> loss_fn = VICRegLoss()
+        >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)  # embeddings of two views
+        >>> loss = loss_fn(z1, z2)
+        >>> loss.shape, bool(loss >= 0)
+        (torch.Size([]), True)
     """
 
     def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
