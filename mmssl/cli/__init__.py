@@ -26,6 +26,22 @@ def _summary(module: str) -> str:
     return textwrap.shorten(docstring.split("\n\n")[0], width=90, placeholder=" ...")
 
 
+def add_import_option(parser: argparse.ArgumentParser) -> None:
+    """`--import MODULE` (repeatable): modules of the user's own whose tasks and losses register on import."""
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import a module of your own first, registering its tasks and losses (repeatable)")
+
+
+def import_user_modules(parser: argparse.ArgumentParser, modules: list[str]) -> None:
+    """Import the `--import` modules; one that cannot be imported is a usage error naming it."""
+    from mmssl.tasks import import_modules  # here: `mmssl --help` loads no torch
+
+    try:
+        import_modules(modules)
+    except ImportError as e:
+        parser.error(str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command named by argv[0] with the rest of argv; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv

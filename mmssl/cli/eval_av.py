@@ -11,11 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
+from mmssl.cli import add_import_option, import_user_modules
 from mmssl.config import ConfigError
 from mmssl.data.manifest import ManifestError
 from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.eval.av import evaluate_av
-from mmssl.tasks import import_modules
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
@@ -25,13 +25,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--manifest", help="default: the run's data.manifest, or its SynthAV when it had none")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", help="JSON path (default: av_eval.json beside the checkpoint)")
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="import a module of your own first, registering its tasks and losses (repeatable)")
+    add_import_option(parser)
     args = parser.parse_args(argv)
-    try:
-        import_modules(args.imports)
-    except ImportError as e:
-        parser.error(str(e))
+    import_user_modules(parser, args.imports)
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():
         checkpoint = latest_checkpoint(checkpoint) or parser.error(f"no checkpoint in {args.checkpoint}")

@@ -17,11 +17,11 @@ import argparse
 from pathlib import Path
 
 from mmssl import distributed
+from mmssl.cli import add_import_option, import_user_modules
 from mmssl.config import ConfigError, load_config
 from mmssl.data.manifest import ManifestError
 from mmssl.engine.distributed import cleanup
 from mmssl.engine.trainer import pretrain
-from mmssl.tasks import import_modules
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs/pretrain/order.yaml"
 
@@ -34,14 +34,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--out", help="output folder (default runs/pretrain_<task>)")
     parser.add_argument("--resume", help="'auto': continue the run in --out from its newest checkpoint, if any "
                                          "(refused if written with other settings); or a checkpoint path")
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="import a module of your own first, registering its tasks and losses (repeatable)")
+    add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_intermixed_args(argv)
+    import_user_modules(parser, args.imports)
     try:
-        import_modules(args.imports)
         config = load_config(args.config, args.overrides)
-    except (ConfigError, ImportError) as e:
+    except ConfigError as e:
         parser.error(str(e))
     out = args.out or f"runs/pretrain_{config.task.name}"
     try:

@@ -28,12 +28,12 @@ import json
 import sys
 from pathlib import Path
 
+from mmssl.cli import add_import_option, import_user_modules
 from mmssl.config import ConfigError, TransferConfig, load_config, to_dict
 from mmssl.data.manifest import ManifestError
 from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.eval.transfer import PROTOCOLS, Transfer, load_encoder, random_encoder, save_confusion_png
 from mmssl.models.audio import AUDIO_ENCODERS
-from mmssl.tasks import import_modules
 from mmssl.tasks.model import checkpoint_config
 
 
@@ -50,14 +50,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--compare-random", action="store_true",
                         help="also evaluate the same encoder architecture at random init")
     parser.add_argument("--feature-mode", choices=["auto", "clip", "frames"], default=None)
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="import a module of your own first, registering its tasks and losses (repeatable)")
+    add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="TransferConfig overrides")
     args = parser.parse_intermixed_args(argv)
+    import_user_modules(parser, args.imports)
     try:
-        import_modules(args.imports)
         config = load_config(args.config, args.overrides, root=TransferConfig)
-    except (ConfigError, ImportError) as e:
+    except ConfigError as e:
         parser.error(str(e))
     if args.protocol:
         config.protocol = args.protocol

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from mmssl.cli import add_import_option, import_user_modules
 from mmssl.config import ConfigError, apply_overrides, load_config
 from mmssl.data.clip import DecodedClip
 from mmssl.data.dataset import PretextDataset
@@ -37,7 +38,7 @@ from mmssl.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mmssl.engine.data import load_rows
 from mmssl.io import MediaError
 from mmssl.models import build_video_encoder
-from mmssl.tasks import TASKS, PretextTask, build_task, import_modules, task_class
+from mmssl.tasks import TASKS, PretextTask, build_task, task_class
 from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize
 from mmssl.tasks.model import TaskModel, checkpoint_config
 from mmssl.tasks.multitask import MultiTask, task_entries
@@ -61,14 +62,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser.add_argument("--out", help="PNG path (default runs/visualize_<task>.png)")
     parser.add_argument("--checkpoint", help="masked_video: pretraining checkpoint (or run folder) whose encoder "
                                              "and decoder reconstruct; default: random init")
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="import a module of your own first, registering its tasks and losses (repeatable)")
+    add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
+    import_user_modules(parser, args.imports)
     try:
-        import_modules(args.imports)
         task_class(args.task)
-    except (ImportError, ConfigError) as e:
+    except ConfigError as e:
         parser.error(str(e))
     default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
     checkpoint = _checkpoint(Path(args.checkpoint), parser) if args.checkpoint else None
