@@ -203,6 +203,23 @@ def test_strided_read_leaves_unwanted_b_frames_undecoded(media: dict[str, Path],
         assert skipping < every, counts
 
 
+def test_mpeg_ps_with_b_frames_reads_every_frame_exactly(tmp_path: Path) -> None:
+    """MPEG-2 in a program stream with B-frames and open GOPs, frames larger than a PES packet (as DVD
+    and camera files have): a seek to a keyframe's decode time landed on a PES whose payload opens with
+    the previous frame's tail, and the keyframe took the next packet's stamps (12 of 40 single-frame
+    reads raised `corrupt`, one returned another frame). Every frame alone and every 16-frame clip."""
+    frames = np.random.default_rng(0).integers(0, 256, (40, 48, 64, 3), dtype=np.uint8)  # noise: ~4 KB a frame
+    path = write_media(tmp_path / "bframes.mpg", frames, FPS, video_codec="mpeg2video", gop=12,
+                       options={"bf": "2", "b": "4000000"})
+    reference = read_all_frames(path)
+    with VideoReader(path) as reader:
+        assert reader.num_frames == len(reference) == 40
+        for i in range(len(reference)):
+            assert torch.equal(reader.get_frames([i]), reference[i:i + 1]), i
+            clip = list(range(i, min(i + 16, len(reference))))
+            assert torch.equal(reader.get_frames(clip), reference[clip]), i
+
+
 def test_avi_h264_frames_are_counted_from_closed_gops(media: dict[str, Path]) -> None:
     # Stamped in decode order, B-frames would come out as the wrong frames (26 of 40) or none at all
     # (19): the reader numbers them by their place in the decoder's output instead, counted from a

@@ -42,6 +42,11 @@ SKIP_NONREF_CODECS = frozenset({"h264"})
 # Every other demuxer is sought by decode time: MPEG-PS, MPEG-TS and FLV land on a later keyframe
 # when given a presentation time, and AVI's packed B-frames carry none.
 SEEK_BY_PTS_FORMATS = frozenset({"mov", "matroska"})
+# MPEG-PS: a seek to a keyframe's decode time lands on the PES packet that carries that time, whose
+# payload may open with the tail of the frame before; FFmpeg's parser then cuts that tail off as a
+# frame of its own with the keyframe's stamps, and the keyframe gets the next packet's (a wrong frame,
+# or none). Sought one tick earlier, the demuxer starts on the PES before and the keyframe keeps its own.
+SEEK_BEFORE_FORMATS = frozenset({"mpeg"})
 
 
 def cover_size(native: Size, size: Size) -> Size:
@@ -73,8 +78,10 @@ class _PyAVBackend:
         self.size, self.keep_aspect = size, keep_aspect
         self.height, self.width = size or (ctx.height, ctx.width)  # as stored, when no size is asked for
         self.reformatter = VideoReformatter()
-        by_pts = self.container.format.name.split(",")[0] in SEEK_BY_PTS_FORMATS
-        self.seek_points = self.index.keyframe_pts if by_pts else self.index.keyframe_dts
+        demuxer = self.container.format.name.split(",")[0]
+        self.seek_points = self.index.keyframe_pts if demuxer in SEEK_BY_PTS_FORMATS else self.index.keyframe_dts
+        if demuxer in SEEK_BEFORE_FORMATS:
+            self.seek_points = self.seek_points - 1
         self.landed_past = False  # set by _decode: the last seek came out past its keyframe
 
     def read(self, frames: np.ndarray) -> list[np.ndarray]:
