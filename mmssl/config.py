@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -26,6 +26,27 @@ class ConfigError(ValueError):
 
 ABSENT = "<absent>"  # config_changes: the key is not in that tree
 RENAMED_KEYS: dict[str, str] = {}  # renamed keys outside the task sections, old dotted key -> new
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range of a numeric setting: at least `low` (above it, when `strict`), at most `high`."""
+
+    low: float | None = None
+    high: float | None = None
+    strict: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.strict else value >= self.low)
+        return above and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.strict else '>='} {self.low:g}"
+        high = "" if self.high is None else f"<= {self.high:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+
+POSITIVE, AT_LEAST_1, NON_NEGATIVE, SHARE = Bound(0, strict=True), Bound(1), Bound(0), Bound(0, 1)
 
 
 @dataclass
@@ -117,6 +138,16 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    # the settings with a range, checked when a config is loaded (one line naming the key)
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "data.frame_size": AT_LEAST_1, "data.batch_size": AT_LEAST_1, "data.num_workers": NON_NEGATIVE,
+        "data.max_skip_share": SHARE, "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
+        "optim.momentum": SHARE, "optim.warmup_epochs": NON_NEGATIVE, "optim.min_lr": NON_NEGATIVE,
+        "optim.grad_clip": NON_NEGATIVE, "optim.accumulate": AT_LEAST_1, "train.epochs": AT_LEAST_1,
+        "train.max_steps": NON_NEGATIVE, "train.log_every": AT_LEAST_1, "train.checkpoint_every": AT_LEAST_1,
+        "train.keep_last": AT_LEAST_1,
+    }
+
 
 @dataclass
 class TransferConfig:
@@ -148,6 +179,14 @@ class TransferConfig:
     knn_k: int = 20  # weighted kNN: neighbours that vote (DINO's 20)
     knn_temperature: float = 0.07  # their weights exp(cosine similarity / T)
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "num_clips": AT_LEAST_1, "audio_s": POSITIVE,
+        "frame_size": AT_LEAST_1, "batch_size": AT_LEAST_1, "num_workers": NON_NEGATIVE,
+        "linear_epochs": AT_LEAST_1, "linear_lr": POSITIVE, "linear_weight_decay": NON_NEGATIVE,
+        "finetune_epochs": AT_LEAST_1, "finetune_lr": POSITIVE, "finetune_weight_decay": NON_NEGATIVE,
+        "finetune_layer_decay": Bound(0, 1, strict=True), "knn_k": AT_LEAST_1, "knn_temperature": POSITIVE,
+    }
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 root: type = Config) -> Any:
@@ -155,8 +194,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     parsed as YAML)."""
     config = root()
     if path is not None:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        data = _read_yaml(Path(path).read_text(), str(path))
+        if data is None:
+            raise ConfigError(f"{path} is empty: a config names at least the settings it changes")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         merge(config, data)
@@ -164,13 +204,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def apply_overrides(config: Any, overrides: list[str] | tuple[str, ...]) -> Any:
-    """`config` with `key.sub=value` overrides set (values parsed as YAML), in place."""
+    """`config` with `key.sub=value` overrides set (values parsed as YAML), in place; then its
+    settings' ranges (`BOUNDS`) are checked."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        merge(config, _nest(key.strip().split("."), yaml.safe_load(value)))
+        merge(config, _nest(key.strip().split("."), _read_yaml(value, f"override {item!r}")))
+    check_bounds(config)
     return config
+
+
+def check_bounds(config: Any) -> None:
+    """ConfigError, naming the key and its range, for the first setting out of its range."""
+    for key, bound in getattr(type(config), "BOUNDS", {}).items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not bound.admits(value):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {bound}")
+
+
+def _read_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
 
 
 def merge(node: Any, data: dict[str, Any], prefix: str = "", unknown: list[str] | None = None) -> None:
