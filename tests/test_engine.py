@@ -333,6 +333,22 @@ def test_a_fresh_run_refuses_a_folder_that_holds_checkpoints(tiny_synthav: Path,
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint_000002.pt"
 
 
+def test_resume_checks_the_checkpoint_before_loading_its_weights(tiny_synthav: Path, tmp_path: Path) -> None:
+    """Another task's checkpoint, a file that is no checkpoint, and a run past this run's end: one line
+    each (a ConfigError naming the file), before any weight is loaded."""
+    final = pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path / "order")
+    with pytest.raises(ConfigError, match=r"other settings \(.*task.name: 'order' -> 'vcop'"):
+        pretrain(fast_config(tiny_synthav, "train.max_steps=2", "task.name=vcop", "task.vcop.interval=0",
+                             "task.vcop.clip_len=2"), tmp_path / "order", "auto")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(final.read_bytes()[:1000])
+    for broken in (truncated, tmp_path / "missing.pt"):
+        with pytest.raises(ConfigError, match=rf"--resume: {re.escape(str(broken))} is not a readable checkpoint"):
+            pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path / "other", str(broken))
+    with pytest.raises(ConfigError, match=r"is at step 2, past this run's 1 steps: raise train.max_steps"):
+        pretrain(fast_config(tiny_synthav, "train.max_steps=1"), tmp_path / "shorter", str(final))
+
+
 def test_a_named_checkpoint_resumes_with_the_changed_optimizer_settings(tiny_synthav: Path, tmp_path: Path) -> None:
     """The optimizer's state (AdamW's moments and step counts) comes from the checkpoint, its
     hyperparameters from the config, as the printed changes say."""

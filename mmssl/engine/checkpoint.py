@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import random
 import re
 import zipfile
@@ -195,6 +196,16 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def checkpoint_entry(path: str | Path, name: str) -> Any:
+    """One entry of the checkpoint at `path` (memory-mapped: its tensors are not read), or a ValueError
+    in one line naming the file when it is not a readable checkpoint (missing, truncated, not ours)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)[name]
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
+        reason = f"it has no {name!r}" if isinstance(e, KeyError) else " ".join(str(e).split())[:160]
+        raise ValueError(f"{path} is not a readable checkpoint ({reason})") from None
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",

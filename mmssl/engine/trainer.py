@@ -28,6 +28,7 @@ from mmssl.data.dataset import SkipCounter
 from mmssl.data.loader import RecoveringLoader
 from mmssl.engine.checkpoint import (
     capture_rng_state,
+    checkpoint_entry,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
@@ -98,13 +99,18 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     step = 0
     resume_from = latest_checkpoint(out_dir) if resume == "auto" else (Path(resume) if resume else None)
     if resume_from is not None:
+        try:  # its settings and step first: weights of another task or run would not even load
+            saved, step = checkpoint_entry(resume_from, "config"), int(checkpoint_entry(resume_from, "step"))
+        except ValueError as e:
+            raise ConfigError(f"--resume: {e}: name another checkpoint, or choose a new --out") from None
+        _check_resumed_config(saved, config, resume_from, implicit=resume == "auto", warn=dist.is_main)
+        if step > total_steps:
+            raise ConfigError(f"--resume: {resume_from} is at step {step}, past this run's {total_steps} steps: "
+                              "raise train.max_steps or train.epochs to train on from it")
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         state = load_checkpoint(resume_from, map_location=dist.device, model=model, optimizer=optimizer)
         for group, own in zip(optimizer.param_groups, settings, strict=True):
             group.update(own)  # this config's hyperparameters (weight decay, betas, ...), not the checkpoint's
-        _check_resumed_config(state["config"], config, resume_from, implicit=resume == "auto",
-                              warn=dist.is_main)
-        step = int(state["step"])
         rng_states = state["rng"]
         restore_rng_state(rng_states[dist.rank] if dist.rank < len(rng_states) else rng_states[0])
         if dist.is_main:
