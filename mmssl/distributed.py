@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -37,6 +40,15 @@ def barrier() -> None:
     """Wait for all ranks; a no-op when not distributed."""
     if is_distributed():
         dist.barrier()
+
+
+def broadcast_from_main(value: T) -> T:
+    """Rank 0's `value` (any picklable object) on every rank; the value itself in a single process."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

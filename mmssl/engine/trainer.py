@@ -38,6 +38,7 @@ from mmssl.engine.checkpoint import (
 )
 from mmssl.engine.data import pretraining_data
 from mmssl.engine.distributed import DistInfo, global_batchnorm, init_distributed, wrap_ddp
+from mmssl.engine.lock import RunLock
 from mmssl.engine.optim import build_optimizer, cosine_schedule, set_lr
 from mmssl.engine.precision import mixed_precision, to_channels_last_3d
 from mmssl.tasks import build_task
@@ -63,10 +64,29 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     checkpoint's path. `resume`: "auto" (the newest checkpoint in out_dir, if any) or a path; None
     (a fresh run) refuses an out_dir that holds checkpoints already: pruning would delete this run's."""
     out_dir = Path(out_dir)
+    dist = init_distributed()
+    lock = RunLock(out_dir) if dist.is_main else None  # rank 0 owns the folder for the whole run
+    refused = None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except ConfigError as e:
+        refused = str(e)
+    refused = distributed.broadcast_from_main(refused)
+    if refused is not None:  # every rank stops, with rank 0's reason
+        raise ConfigError(refused)
+    try:
+        return _train(config, out_dir, resume, dist)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) -> Path:
+    """`pretrain` in the run's folder, once it owns it."""
     if resume is None and (found := latest_checkpoint(out_dir)) is not None:
         raise ConfigError(f"{out_dir} holds the checkpoints of another run ({found.name}): pass --resume auto "
                           "to continue it, or choose a new --out")
-    dist = init_distributed()
     torch.manual_seed(config.train.seed + dist.rank)
     np.random.seed(config.train.seed + dist.rank)
 
