@@ -54,5 +54,6 @@ def test_pretraining_into_a_live_runs_folder_is_refused_before_it_starts(tiny_sy
     with RunLock(tmp_path), pytest.raises(ConfigError, match="is in use by another run"):
         pretrain(config, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, the lock released
+    (tmp_path / ".checkpoint_000001.pt.4242.tmp").write_bytes(b"half")  # a write a kill cut short
     pretrain(config, tmp_path)
-    assert not (tmp_path / LOCK_NAME).exists() and (tmp_path / "checkpoint_000001.pt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001.pt", "config.json", "metrics.jsonl"]

@@ -186,6 +186,15 @@ def save_checkpoint(path: str | Path, **objects: Any) -> Path:
     return path
 
 
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that `save_checkpoint`s killed mid-write left in `folder`; return
+    them. Only for a folder no live writer uses (a run holding its `RunLock`)."""
+    partial = sorted(Path(folder).glob(".checkpoint_*.pt.*.tmp"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` durable (POSIX; a no-op where directories cannot be opened)."""
     try:

@@ -33,6 +33,7 @@ from mmssl.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_partial_writes,
     restore_rng_state,
     save_checkpoint,
 )
@@ -84,6 +85,8 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
 
 def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) -> Path:
     """`pretrain` in the run's folder, once it owns it."""
+    if dist.is_main and (partial := remove_partial_writes(out_dir)):
+        print(f"removed {len(partial)} checkpoint file(s) a killed run left half written", flush=True)
     if resume is None and (found := latest_checkpoint(out_dir)) is not None:
         raise ConfigError(f"{out_dir} holds the checkpoints of another run ({found.name}): pass --resume auto "
                           "to continue it, or choose a new --out")
