@@ -25,7 +25,6 @@ class ConfigError(ValueError):
 
 
 ABSENT = "<absent>"  # config_changes: the key is not in that tree
-RENAMED_KEYS: dict[str, str] = {}  # renamed keys outside the task sections, old dotted key -> new
 
 
 @dataclass(frozen=True)
@@ -121,13 +120,11 @@ def _rebuild_task_config(values: dict[str, Any]) -> Any:
 
 
 def renamed_keys() -> dict[str, str]:
-    """Dotted keys renamed since a release, old -> new: the core's and each registered task's own
-    (its `renamed_keys`, relative to `task.<name>`). A config naming an old key fails naming the new
-    one; a checkpoint's saved config has its values moved to the new keys."""
-    renames = dict(RENAMED_KEYS)
-    for name, cls in TASKS.items():
-        renames |= {f"task.{name}.{old}": f"task.{name}.{new}" for old, new in getattr(cls, "renamed_keys", {}).items()}
-    return renames
+    """Dotted keys renamed since a release, old -> new: each registered task's `renamed_keys` (relative
+    to `task.<name>`). A config naming an old key fails naming the new one; a checkpoint's saved
+    config has its values moved to the new keys."""
+    return {f"task.{name}.{old}": f"task.{name}.{new}"
+            for name, cls in TASKS.items() for old, new in getattr(cls, "renamed_keys", {}).items()}
 
 
 @dataclass

@@ -207,13 +207,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def checkpoint_entry(path: str | Path, name: str) -> Any:
-    """One entry of the checkpoint at `path` (memory-mapped: its tensors are not read), or a ValueError
-    in one line naming the file when it is not a readable checkpoint (missing, truncated, not ours)."""
+def checkpoint_entries(path: str | Path, *names: str) -> tuple[Any, ...]:
+    """These entries of the checkpoint at `path` (memory-mapped: its tensors are not read), or a
+    ValueError in one line naming the file when it is not a readable checkpoint (missing, truncated,
+    not ours)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)[name]
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return tuple(checkpoint[name] for name in names)
     except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
-        reason = f"it has no {name!r}" if isinstance(e, KeyError) else " ".join(str(e).split())[:160]
+        reason = f"it has no {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:160]
         raise ValueError(f"{path} is not a readable checkpoint ({reason})") from None
 
 

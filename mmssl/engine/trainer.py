@@ -28,7 +28,7 @@ from mmssl.data.dataset import SkipCounter
 from mmssl.data.loader import RecoveringLoader
 from mmssl.engine.checkpoint import (
     capture_rng_state,
-    checkpoint_entry,
+    checkpoint_entries,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
@@ -68,11 +68,11 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     dist = init_distributed()
     lock = RunLock(out_dir) if dist.is_main else None  # rank 0 owns the folder for the whole run
     refused = None
-    try:
-        if lock is not None:
+    if lock is not None:
+        try:
             lock.acquire()
-    except ConfigError as e:
-        refused = str(e)
+        except ConfigError as e:
+            refused = str(e)
     refused = distributed.broadcast_from_main(refused)
     if refused is not None:  # every rank stops, with rank 0's reason
         raise ConfigError(refused)
@@ -123,10 +123,11 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     resume_from = latest_checkpoint(out_dir) if resume == "auto" else (Path(resume) if resume else None)
     if resume_from is not None:
         try:  # its settings and step first: weights of another task or run would not even load
-            saved, step = checkpoint_entry(resume_from, "config"), int(checkpoint_entry(resume_from, "step"))
+            saved, step = checkpoint_entries(resume_from, "config", "step")
         except ValueError as e:
             raise ConfigError(f"--resume: {e}: name another checkpoint, or choose a new --out") from None
         _check_resumed_config(saved, config, resume_from, implicit=resume == "auto", warn=dist.is_main)
+        step = int(step)
         if step > total_steps:
             raise ConfigError(f"--resume: {resume_from} is at step {step}, past this run's {total_steps} steps: "
                               "raise train.max_steps or train.epochs to train on from it")
