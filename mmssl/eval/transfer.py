@@ -287,8 +287,9 @@ class Transfer:
 
     def finetune(self, encoder: VideoEncoder, mode: str) -> dict:
         """Encoder + linear classifier trained end to end on one random clip per video per epoch (bf16
-        autocast on CUDA); "skipped" counts by reason the videos left out and those whose clip
-        failed to decode in some epoch (each file once)."""
+        autocast on CUDA); "train_clip_top1": accuracy on the last epoch's augmented training clips;
+        "skipped" counts by reason the videos left out and those whose clip failed to decode in some
+        epoch (each file once)."""
         c = self.config
         if mode == "audio":
             raise ValueError("fine-tuning takes video encoders; audio encoders have the frozen-feature protocols")
@@ -303,6 +304,7 @@ class Transfer:
         step = trained = 0
         for epoch in range(c.finetune_epochs):
             loader.dataset.set_epoch(epoch)
+            hits = seen = 0  # the epoch's training accuracy: does the recipe fit?
             for batch in loader:
                 set_lr(optimizer, float(schedule[step]))
                 step += 1
@@ -312,7 +314,10 @@ class Transfer:
                     continue
                 with mixed_precision(self.device):
                     features = encode(encoder, batch["frames"].to(self.device), mode, FINETUNE_AUGMENT)
-                    loss = F.cross_entropy(classifier(features[:, 0]), batch["label"].to(self.device))
+                    logits = classifier(features[:, 0])
+                    loss = F.cross_entropy(logits, labels := batch["label"].to(self.device))
+                hits += int((logits.argmax(-1) == labels).sum())
+                seen += len(labels)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -323,7 +328,8 @@ class Transfer:
         test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode)
         with torch.no_grad():
             logits = classifier(test_x.to(self.device)).cpu()
-        return {**self.scores(logits, test_y), "num_train_videos": len(self.train_rows) - train_skipped.total(),
+        return {**self.scores(logits, test_y), "train_clip_top1": 100.0 * hits / max(seen, 1),
+                "num_train_videos": len(self.train_rows) - train_skipped.total(),
                 "num_test_videos": len(test_y), "skipped": dict(train_skipped + test_skipped)}
 
     def scores(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
