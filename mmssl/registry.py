@@ -7,6 +7,7 @@ without importing them. Each kind registers where it is defined:
     @register_loss("nt_xent")          # mmssl/losses/nt_xent.py: an nn.Module loss
     @register_video_encoder("tiny3d")  # mmssl/models/video.py: a VideoEncoder builder
     @register_audio_encoder("tiny_audio")
+    @register_encoder_input("luma")    # mmssl/transforms/inputs.py: a front end, model input -> encoder input
 
 A module of your own registers the same way; import it before the run (`--import my_tasks`).
 """
@@ -79,20 +80,36 @@ TASKS: Registry[Any] = Registry("task")
 LOSSES: Registry[Any] = Registry("loss")
 VIDEO_ENCODERS: Registry[Any] = Registry("video encoder")
 AUDIO_ENCODERS: Registry[Any] = Registry("audio encoder")
+ENCODER_INPUTS: Registry[Any] = Registry("encoder input")
+LABEL_FAMILIES = ("action", "object")  # what a task's signal targets: the labels the benchmark probes it on
 
 register_loss = LOSSES.register
 register_video_encoder = VIDEO_ENCODERS.register
 register_audio_encoder = AUDIO_ENCODERS.register
+register_encoder_input = ENCODER_INPUTS.register
 
 
-def register_task(name: str) -> Callable[[B], B]:
+def register_task(name: str, *, metric: object = None, label_family: str | None = None,
+                  encoder_input: str | None = None) -> Callable[[B], B]:
     """Class decorator: register a PretextTask subclass as ``name`` (which becomes its ``name``).
 
     Its settings dataclass (the class attribute ``config_class``) becomes the run config's section
-    ``task.<name>``."""
+    ``task.<name>``. The declarations, each left at PretextTask's default when not given:
+    ``metric``, its pretext metric (a ``PretextMetric``: an entry of its loss dict and that entry's
+    chance level); ``label_family``, what its signal targets (one of ``LABEL_FAMILIES``: the labels
+    the benchmark probes it on); ``encoder_input``, the front end its encoder sees (a name in
+    ``ENCODER_INPUTS``; saved in its checkpoints and applied wherever features are taken)."""
+    if label_family is not None and label_family not in LABEL_FAMILIES:
+        raise ValueError(f"task {name!r}: label_family {label_family!r} is not one of {', '.join(LABEL_FAMILIES)}")
+    if encoder_input is not None:
+        ENCODER_INPUTS.get(encoder_input)  # an unknown front end fails here, naming the known ones
+    declared = {"metric": metric, "label_family": label_family, "encoder_input": encoder_input}
 
     def decorator(cls: B) -> B:
         cls.name = name  # type: ignore[attr-defined]
+        for key, value in declared.items():
+            if value is not None:
+                setattr(cls, key, value)
         return TASKS.register(name)(cls)
 
     return decorator

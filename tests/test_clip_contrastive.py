@@ -336,7 +336,7 @@ def test_every_loss_trains_through_the_trainer(tiny_synthav: Path, tmp_path: Pat
     state = torch.load(checkpoint, weights_only=True)["model"]
     has_target = any(k.startswith("head.target_encoder.") for k in state)
     assert has_target == (loss in ("moco", "byol"))
-    encoder, _, mode = load_encoder(checkpoint)  # transfer takes the online encoder
+    encoder, _, mode, _ = load_encoder(checkpoint)  # transfer takes the online encoder
     assert mode == "clip"
     for key, value in encoder.state_dict().items():
         assert torch.equal(value, state[f"encoder.{key}"])

@@ -391,7 +391,7 @@ def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
 
 def test_transfer_linear_and_finetune_from_a_checkpoint(tiny_synthav: Path, tmp_path: Path) -> None:
     final = pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path / "run")
-    encoder, name, mode = load_encoder(final)
+    encoder, name, mode, _ = load_encoder(final)
     assert (name, mode) == ("tiny3d", "frames")
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00" * 5000)
@@ -432,11 +432,13 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     frozen = {f"{row} ({probe})" for probe in ("linear probe", "kNN") for row in ("order", "avc")} | {
-        f"random init tiny3d ({probe}, {mode})" for probe in ("linear probe", "kNN") for mode in ("frames", "clip")} | {
+        f"random init tiny3d ({probe}, {kind}, rgb)" for probe in ("linear probe", "kNN")
+        for kind in ("frames, action", "clip, object")} | {
         f"{encoder} (label, {probe})" for probe in ("linear probe", "kNN")
         for encoder in ("avc audio encoder", "random init tiny_audio")}
     assert set(rows) == frozen | {"supervised tiny3d (train split, from scratch)"}
     assert rows["avc audio encoder (label, kNN)"]["feature_mode"] == "audio"
+    assert (rows["order (kNN)"]["label_family"], rows["avc (kNN)"]["label_family"]) == ("action", "object")
     assert "R@1" in rows["order (kNN)"]["runs"][0]["retrieval"]
     for row in rows.values():
         assert len(row["video_top1"]) == 2 and row["video_top1_std"] >= 0

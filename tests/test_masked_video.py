@@ -218,7 +218,7 @@ def test_one_training_step_and_drawing(tiny_synthav: Path, tmp_path: Path) -> No
     assert record["step"] == 1 and np.isfinite(record["loss"])
     state = torch.load(checkpoint, weights_only=True)["model"]
     assert any(k.startswith("head.mask_token") for k in state) and any(k.startswith("encoder.blocks") for k in state)
-    encoder, name, mode = load_encoder(checkpoint)
+    encoder, name, mode, _ = load_encoder(checkpoint)
     assert isinstance(encoder, VideoViT) and name == "vit_tiny" and mode == "clip"
     spec = importlib.util.spec_from_file_location("visualize", ROOT / "tools/visualize.py")
     visualize = importlib.util.module_from_spec(spec)

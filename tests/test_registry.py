@@ -1,5 +1,5 @@
-"""The house contract: one registry style, tasks with their settings and shipped configs, names that
-agree, renamed keys, and a task of the user's own registered from outside the package."""
+"""The house contract: one registry style, tasks with their settings, declarations and shipped configs,
+names that agree, renamed keys, and a task of the user's own registered from outside the package."""
 from __future__ import annotations
 
 import importlib
@@ -14,9 +14,11 @@ from helpers import PRETRAINING_CONFIGS  # tests/ is on sys.path under pytest
 
 from mmssl.config import Config, ConfigError, TransferConfig, from_dict, load_config, to_dict
 from mmssl.engine.trainer import _check_resumed_config, pretrain
+from mmssl.eval.pretext import evaluate_pretext
 from mmssl.eval.transfer import Transfer, load_encoder
-from mmssl.registry import LOSSES, TASKS, Registry, UnknownNameError, register_task
+from mmssl.registry import ENCODER_INPUTS, LABEL_FAMILIES, LOSSES, TASKS, Registry, UnknownNameError, register_task
 from mmssl.tasks import build_task
+from mmssl.tasks.base import PretextMetric
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 BUILT_IN = {name: cls for name, cls in TASKS.items() if cls.__module__.startswith("mmssl.")}
@@ -34,6 +36,22 @@ def test_task_key_file_and_class_agree(name: str) -> None:
     assert cls.__module__ == f"mmssl.tasks.{name}" and cls.name == name
     assert cls.__name__.lower().startswith(name.replace("_", "")), f"{cls.__name__} does not start with {name!r}"
     assert cls.config_class is None or cls.config_class.__module__ == cls.__module__  # settings live with the task
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_every_built_in_task_declares_its_metric_label_family_and_input(name: str) -> None:
+    cls = BUILT_IN[name]
+    assert {"metric", "label_family", "encoder_input"} <= set(vars(cls)), "declare them in @register_task"
+    assert isinstance(cls.metric, PretextMetric) and cls.label_family in LABEL_FAMILIES
+    assert cls.encoder_input in ENCODER_INPUTS
+
+
+def test_registration_refuses_an_unknown_label_family_or_input() -> None:
+    with pytest.raises(ValueError, match="label_family 'scene' is not one of action, object"):
+        register_task("scene_task", label_family="scene")
+    with pytest.raises(UnknownNameError, match="unknown encoder input 'edges'; known: luma, rgb, waveform"):
+        register_task("edge_task", encoder_input="edges")
+    assert "scene_task" not in TASKS and "edge_task" not in TASKS
 
 
 def test_task_sections_are_assembled_from_the_registry() -> None:
@@ -117,10 +135,14 @@ def test_a_task_of_ones_own_pretrains_and_transfers(tiny_synthav: Path, tmp_path
         register_task("arrow_of_time")(module.ArrowOfTime)
     config = load_config(PLUGINS / "arrow_of_time.yaml", [f"data.synthav_dir={tiny_synthav}"])
     checkpoint = pretrain(config, tmp_path / "run")
-    encoder, name, mode = load_encoder(checkpoint)
-    assert (name, mode) == ("tiny3d", "clip")
+    encoder, name, mode, encoder_input = load_encoder(checkpoint)
+    assert (name, mode, encoder_input) == ("tiny3d", "clip", "rgb")  # it declares nothing: the defaults
     transfer = TransferConfig(protocol="knn", synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4,
                               num_clips=1, num_workers=0)
-    result = Transfer(transfer).evaluate(encoder, mode)
+    result = Transfer(transfer).evaluate(encoder, mode, encoder_input)
     assert 0.0 <= result["video_top1"] <= 100.0 and result["num_test_videos"] == 20
+    held_out = evaluate_pretext(checkpoint)  # its metric by default: the loss, with no known chance level
+    assert held_out["metrics"] == {"loss": {"value": held_out["loss_dict"]["loss"], "higher_is_better": False,
+                                            "chance": None}}
+    assert (held_out["label_family"], held_out["samples"]) == ("action", 20)
     assert inspect.getsourcefile(module.ArrowOfTime).startswith(str(PLUGINS))

@@ -231,8 +231,8 @@ def test_one_training_step_then_the_audio_probe_via_tools_transfer(tiny_synthav:
     assert steps[1]["temperature"] == pytest.approx(2 * 0.995)
     assert 2 <= steps[0]["perplexity"] <= 2 * 320
     assert any(r.get("excluded") == {"no_audio": 5} for r in records)  # 20% of the 24 pretraining videos
-    encoder, name, mode = load_encoder(final)
-    assert isinstance(encoder, Wav2Vec2Encoder) and (name, mode) == ("wav2vec2_tiny", "audio")
+    encoder, name, mode, encoder_input = load_encoder(final)
+    assert isinstance(encoder, Wav2Vec2Encoder) and (name, mode, encoder_input) == ("wav2vec2_tiny", "audio", "waveform")
     saved = torch.load(final, weights_only=True)["model"]["encoder.mask_embedding"]
     assert torch.equal(encoder.mask_embedding, saved)
 

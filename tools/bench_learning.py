@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Learning benchmark on SynthAV: does pretraining help?
 
-For each method (a pretraining config) and seed: pretrain, then a linear probe on frozen features;
-against the same encoder at random init (linear probe) and supervised training from random init
-on the labeled train split (the fine-tune protocol); with --finetune, also the pretrained encoder
-fine-tuned the same way; with --knn, also the weighted kNN on the frozen features. An audio-only
+For each method (a pretraining config) and seed: pretrain, then a linear probe on frozen features,
+on the labels of the family its task declares (action: SynthAV's classes, the `label` column; object:
+the main shape, `shape`), through the input front end its checkpoint saved; against the same encoder
+at random init (linear probe, same labels and input) and supervised training from random init on the
+labeled train split (the fine-tune protocol, action labels); with --finetune, also the pretrained
+encoder fine-tuned the same way; with --knn, also the weighted kNN on the frozen features. An audio-only
 method (wav2vec 2.0) is probed on its audio encoder's features of each labeled video's audio. The
 audio towers of the audio-visual methods get the same audio probes, on --audio-label: the action by
 default (heard in SynthAV as a pitch path, loudness and impact clicks), or another manifest column
@@ -37,6 +39,7 @@ from mmssl.tasks import build_task
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {path.stem: path for path in sorted((ROOT / "configs/pretrain").glob("*.yaml"))}  # one per shipped config
 PROBE_NAMES = {"linear": "linear probe", "knn": "kNN"}
+FAMILY_COLUMNS = {"action": "label", "object": "shape"}  # the SynthAV manifest column each label family probes
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,18 +65,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     transfer_config = load_config(None, [f"synthav_dir={args.synthav_dir}", *args.transfer], root=TransferConfig)
-    transfer = Transfer(transfer_config)
+    transfers = {family: Transfer(dataclasses.replace(transfer_config, label_column=column))
+                 for family, column in FAMILY_COLUMNS.items()}
+    transfer = transfers["action"]  # the supervised rows' and the table's header
     audio_transfer = Transfer(dataclasses.replace(transfer_config, label_column=args.audio_label))
+    audio_family = next((f for f, column in FAMILY_COLUMNS.items() if column == args.audio_label), args.audio_label)
+    audio_kind = {"feature_mode": "audio", "label_family": audio_family, "encoder_input": "waveform"}
     protocols = ["linear", "knn"] if args.knn else ["linear"]
     rows: dict[str, dict] = {}
     measured: set[tuple[str, int]] = set()
 
-    def baseline(label: str, seed: int, mode: str, encoder: str, evaluate: Callable[..., dict]) -> None:
+    def baseline(label: str, seed: int, kind: dict[str, str], encoder: str, evaluate: Callable[..., dict]) -> None:
         """A random-init or supervised row, `evaluate` of `encoder` at random init: measured once per seed,
         however many methods share it."""
         if (label, seed) not in measured:
             measured.add((label, seed))
-            _add(rows, label, mode, evaluate(random_encoder(encoder, seed)))
+            _add(rows, label, kind, evaluate(random_encoder(encoder, seed)))
 
     for method in args.methods:
         for seed in range(args.seeds):
@@ -87,37 +94,45 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             checkpoint = pretrain(config, run, "auto" if args.resume else None)
             minutes = (time.perf_counter() - start) / 60
-            encoder, name, _ = load_encoder(checkpoint)
-            transfer.config.seed = audio_transfer.config.seed = seed
-            # the audio encoder on --audio-label, unless the rows below are that already (audio-only, label)
-            audio_probes = task.needs_audio and (mode != "audio" or args.audio_label != "label")
+            encoder, name, _, encoder_input = load_encoder(checkpoint)
+            family = task.label_family
+            own = transfers[family]  # the labels of the method's family
+            for each in (*transfers.values(), audio_transfer):
+                each.config.seed = seed
+            kind = {"feature_mode": mode, "label_family": family, "encoder_input": encoder_input}
+            # the audio encoder on --audio-label, unless the rows below are that already (audio-only, same column)
+            audio_probes = task.needs_audio and (mode != "audio" or args.audio_label != FAMILY_COLUMNS[family])
             if audio_probes:
                 audio_encoder, audio_name = load_audio_encoder(checkpoint)
             for protocol in protocols:
                 probe = PROBE_NAMES[protocol]
-                _add(rows, f"{method} ({probe})", mode, transfer.frozen_protocol(encoder, mode, protocol),
+                _add(rows, f"{method} ({probe})", kind, own.frozen_protocol(encoder, mode, protocol, encoder_input),
                      pretrain_minutes=minutes)
-                baseline(f"random init {name} ({probe}, {mode})", seed, mode, name,
-                         partial(transfer.frozen_protocol, mode=mode, protocol=protocol))
+                baseline(f"random init {name} ({probe}, {', '.join(kind.values())})", seed, kind, name,
+                         partial(own.frozen_protocol, mode=mode, protocol=protocol, encoder_input=encoder_input))
                 if audio_probes:
-                    _add(rows, f"{method} audio encoder ({args.audio_label}, {probe})", "audio",
+                    _add(rows, f"{method} audio encoder ({args.audio_label}, {probe})", audio_kind,
                          audio_transfer.frozen_protocol(audio_encoder, "audio", protocol))
-                    baseline(f"random init {audio_name} ({args.audio_label}, {probe})", seed, "audio", audio_name,
+                    baseline(f"random init {audio_name} ({args.audio_label}, {probe})", seed, audio_kind, audio_name,
                              partial(audio_transfer.frozen_protocol, mode="audio", protocol=protocol))
             if mode == "audio":  # an audio encoder: the probe is on its features of the videos' audio
                 continue
             if args.finetune:
-                _add(rows, f"{method} (fine-tune)", "clip", transfer.finetune(encoder, "clip"))
-            baseline(f"supervised {name} (train split, from scratch)", seed, "clip", name,
+                _add(rows, f"{method} (fine-tune)", {**kind, "feature_mode": "clip"},
+                     own.finetune(encoder, "clip", encoder_input))
+            baseline(f"supervised {name} (train split, from scratch)", seed,
+                     {"feature_mode": "clip", "label_family": "action", "encoder_input": "rgb"}, name,
                      partial(transfer.finetune, mode="clip"))
 
     table = {label: _summary(row) for label, row in rows.items()}
-    print(f"\nSynthAV: {len(transfer.classes)} classes, {len(transfer.train_rows)} labeled train / "
-          f"{len(transfer.test_rows)} test videos, {args.seeds} seeds; audio probes: "
-          f"{len(audio_transfer.classes)} {args.audio_label} classes")
-    print(f"{'method':<52} {'features':<8} {'video top-1':>15} {'clip top-1':>15}  per seed (video)")
+    print(f"\nSynthAV: {len(transfer.classes)} action and {len(transfers['object'].classes)} object (shape) classes, "
+          f"{len(transfer.train_rows)} labeled train / {len(transfer.test_rows)} test videos, {args.seeds} seeds; "
+          f"audio probes: {len(audio_transfer.classes)} {args.audio_label} classes")
+    print(f"{'method':<60} {'features':<8} {'family':<6} {'input':<8} {'video top-1':>15} {'clip top-1':>15}"
+          "  per seed (video)")
     for label, s in table.items():
-        print(f"{label:<52} {s['feature_mode']:<8} {s['video_top1_mean']:>7.1f} ± {s['video_top1_std']:<5.1f}"
+        print(f"{label:<60} {s['feature_mode']:<8} {s['label_family']:<6} {s['encoder_input']:<8} "
+              f"{s['video_top1_mean']:>7.1f} ± {s['video_top1_std']:<5.1f}"
               f" {s['clip_top1_mean']:>7.1f} ± {s['clip_top1_std']:<5.1f}  "
               + " ".join(f"{v:.1f}" for v in s["video_top1"]))
     report = {"classes": transfer.classes, "seeds": args.seeds, "overrides": args.overrides, "rows": table}
@@ -127,14 +142,15 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def _add(rows: dict[str, dict], label: str, mode: str, result: dict, **extra: float) -> None:
-    row = rows.setdefault(label, {"feature_mode": mode, "results": []})
+def _add(rows: dict[str, dict], label: str, kind: dict[str, str], result: dict, **extra: float) -> None:
+    """One seed's `result` in row `label`; `kind`: the row's features, label family and encoder input."""
+    row = rows.setdefault(label, {**kind, "results": []})
     keys = ("clip_top1", "clip_top5", "video_top1", "video_top5", "retrieval")  # retrieval: kNN rows only
     row["results"].append({k: result[k] for k in keys if k in result} | extra)
 
 
 def _summary(row: dict) -> dict:
-    summary = {"feature_mode": row["feature_mode"], "runs": row["results"]}
+    summary = {key: value for key, value in row.items() if key != "results"} | {"runs": row["results"]}
     for key in ("video_top1", "clip_top1", "video_top5"):
         values = [r[key] for r in row["results"]]
         summary[key] = values

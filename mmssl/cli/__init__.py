@@ -42,6 +42,16 @@ def import_user_modules(parser: argparse.ArgumentParser, modules: list[str]) -> 
         parser.error(str(e))
 
 
+def checkpoint_of(parser: argparse.ArgumentParser, path: str) -> Path:
+    """A checkpoint argument: the file, or a run folder's newest checkpoint (a usage error if it has none)."""
+    from mmssl.engine.checkpoint import latest_checkpoint  # here: `mmssl --help` loads no torch
+
+    checkpoint = Path(path)
+    if checkpoint.is_dir():
+        checkpoint = latest_checkpoint(checkpoint) or parser.error(f"no checkpoint in {path}")
+    return checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command named by argv[0] with the rest of argv; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv

@@ -11,10 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from mmssl.cli import add_import_option, import_user_modules
+from mmssl.cli import add_import_option, checkpoint_of, import_user_modules
 from mmssl.config import ConfigError
 from mmssl.data.manifest import ManifestError
-from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.eval.av import evaluate_av
 
 
@@ -28,9 +27,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     add_import_option(parser)
     args = parser.parse_args(argv)
     import_user_modules(parser, args.imports)
-    checkpoint = Path(args.checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = latest_checkpoint(checkpoint) or parser.error(f"no checkpoint in {args.checkpoint}")
+    checkpoint = checkpoint_of(parser, args.checkpoint)
     try:
         result = evaluate_av(checkpoint, args.manifest, args.split)
     except (ConfigError, ManifestError) as e:

@@ -18,6 +18,8 @@ without audio are left out and counted.
 Scores are clip-level (each uniform clip alone) and video-level (class probabilities averaged over
 the clips) on the labeled test split (SynthAV's train/test by default; any manifest with train/test
 splits).
+A checkpoint's encoder sees its input through the front end it trained on (its `encoder_input`:
+rgb, luma, ...), and so does the same encoder at random init (--compare-random).
 Writes transfer_<protocol>.json and confusion_<protocol>.png under DIR. Overrides are keys of
 TransferConfig (mmssl/config.py), e.g. num_clips=8 clip_len=16 finetune_epochs=50.
 """
@@ -28,10 +30,9 @@ import json
 import sys
 from pathlib import Path
 
-from mmssl.cli import add_import_option, import_user_modules
+from mmssl.cli import add_import_option, checkpoint_of, import_user_modules
 from mmssl.config import ConfigError, TransferConfig, load_config, to_dict
 from mmssl.data.manifest import ManifestError
-from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.eval.transfer import PROTOCOLS, Transfer, load_encoder, random_encoder, save_confusion_png
 from mmssl.models.audio import AUDIO_ENCODERS
 from mmssl.tasks.model import checkpoint_config
@@ -70,11 +71,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         parser.error(str(e))
 
     if args.checkpoint:
-        checkpoint = Path(args.checkpoint)
-        if checkpoint.is_dir():
-            checkpoint = latest_checkpoint(checkpoint) or parser.error(f"no checkpoint in {args.checkpoint}")
+        checkpoint = checkpoint_of(parser, args.checkpoint)
         try:
-            encoder, encoder_name, task_mode = load_encoder(checkpoint)
+            encoder, encoder_name, task_mode, encoder_input = load_encoder(checkpoint)
         except ConfigError as e:  # e.g. the task of a module of the user's own, not imported
             parser.error(f"{checkpoint}: {e}")
         name, out = f"pretrained ({checkpoint.name})", Path(args.out or checkpoint.parent)
@@ -84,6 +83,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                   f"frame_size={config.frame_size} (add frame_size={pretrained_size} to match)")
     else:
         encoder_name, task_mode = args.random_init, "audio" if args.random_init in AUDIO_ENCODERS else "clip"
+        encoder_input = None  # the input as it is
         encoder = random_encoder(encoder_name, config.seed)
         name, out = f"random init ({args.random_init})", Path(args.out or "runs/transfer")
     mode = task_mode if config.feature_mode == "auto" or task_mode == "audio" else config.feature_mode
@@ -92,14 +92,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     try:
-        results = {name: transfer.evaluate(encoder, mode)}
+        results = {name: transfer.evaluate(encoder, mode, encoder_input)}
         if args.compare_random:
             results[f"random init ({encoder_name})"] = transfer.evaluate(random_encoder(encoder_name, config.seed),
-                                                                         mode)
+                                                                         mode, encoder_input)
     except ManifestError as e:
         sys.exit(f"error: {e}")
 
-    print(f"\n{config.protocol} transfer, {mode} features, {len(transfer.classes)} classes, "
+    print(f"\n{config.protocol} transfer, {mode} features, input {encoder_input or 'as is'}, {len(transfer.classes)} classes, "
           f"{len(transfer.train_rows)} train / {len(transfer.test_rows)} test videos")
     print(f"{'encoder':<40} {'clip top-1':>10} {'clip top-5':>10} {'video top-1':>11} {'video top-5':>11}")
     for label, r in results.items():
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     skipped = next(iter(results.values())).get("skipped")
     if skipped:
         print(f"videos left out: {skipped}")
-    report = {"protocol": config.protocol, "feature_mode": mode, "config": to_dict(config), "results": results}
+    report = {"protocol": config.protocol, "feature_mode": mode, "encoder_input": encoder_input, "config": to_dict(config),
+              "results": results}
     (out / f"transfer_{config.protocol}.json").write_text(json.dumps(report, indent=2))
     png = save_confusion_png(next(iter(results.values())), out / f"confusion_{config.protocol}.png", name)
     print(f"wrote {out / f'transfer_{config.protocol}.json'} and {png}")

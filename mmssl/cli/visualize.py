@@ -164,7 +164,7 @@ def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, di
         load_checkpoint(checkpoint, model=model)
     mask = torch.stack([sample["mask"] for _, sample in samples])
     keep, masked = task.split(mask)
-    x = to_model_input(torch.stack([sample["frames"] for _, sample in samples]))
+    x = task.front_end(to_model_input(torch.stack([sample["frames"] for _, sample in samples])))
     with torch.no_grad():
         prediction = model.head(model.encoder.forward_features(x, keep), keep, masked, tuple(mask.shape[1:]))
     pixels = unnormalize(x)

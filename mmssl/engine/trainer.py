@@ -306,7 +306,7 @@ def _save(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opt
         torch.distributed.all_gather_object(rng_states, capture_rng_state())
     if is_main:
         save_checkpoint(checkpoint_path(out_dir, step), model=model, optimizer=optimizer, step=step,
-                        config=to_dict(config), rng=rng_states)
+                        config=to_dict(config), rng=rng_states, encoder_input=model.task.encoder_input)
         prune_checkpoints(out_dir, config.train.keep_last)
     distributed.barrier()
 

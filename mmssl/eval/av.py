@@ -43,7 +43,7 @@ def evaluate_av(checkpoint: str | Path, manifest: str | None = None, split: str 
             continue
         for name, value in task.loss(batch, model.encoder, head).items():
             metrics.setdefault(name, []).append(float(value) * len(batch["frames"]))
-        videos.append(model.encoder(to_model_input(batch["frames"])))
+        videos.append(model.encoder(task.front_end(to_model_input(batch["frames"]))))
         audios.append(head.audio(batch["audio"]))
     if not videos:
         raise ManifestError(f"no video of split {split!r} of {manifest} could be evaluated for task "

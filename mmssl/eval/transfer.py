@@ -6,7 +6,9 @@ video-level (class probabilities averaged over the clips), plus the video-level 
 Feature modes: "clip" feeds [C, T, H, W] clips to the encoder; "frames" feeds each frame (T=1)
 and concatenates the T feature vectors in time order (for encoders pretrained on frame tasks);
 "audio" feeds `num_clips` uniform windows of `audio_s` seconds of the audio track to an audio
-encoder (linear probe only; videos without audio are left out and counted).
+encoder (linear probe only; videos without audio are left out and counted). Every protocol takes the
+encoder's input front end (`encoder_input`, saved in its checkpoint; mmssl.transforms.inputs) and
+applies it to what the encoder sees.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +35,8 @@ from mmssl.data.synthetic import ensure_synthav
 from mmssl.engine.optim import cosine_schedule, param_groups, set_lr
 from mmssl.engine.precision import mixed_precision
 from mmssl.models import AudioEncoder, VideoEncoder, build_encoder
-from mmssl.tasks.model import encoder_name, load_task_model
+from mmssl.tasks.model import checkpoint_encoder_input, encoder_name, load_task_model
+from mmssl.transforms.inputs import front_end
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 FINETUNE_AUGMENT = VideoAugment(crop_scale=(0.6, 1.0), flip=False)  # a flip turns left into right
@@ -93,12 +97,22 @@ def labeled_rows(manifest: str | Path, split: str, column: str = "label") -> lis
     return [r for r in rows if r.label]
 
 
-def load_encoder(checkpoint: str | Path) -> tuple[VideoEncoder | AudioEncoder, str, str]:
+class PretrainedEncoder(NamedTuple):
+    """The encoder a pretraining checkpoint trained and how transfer must feed it."""
+
+    encoder: VideoEncoder | AudioEncoder
+    name: str  # its registry name
+    feature_mode: str  # its task's: "clip", "frames" or "audio" (an audio encoder)
+    encoder_input: str  # the front end it trained on (mmssl.transforms.inputs)
+
+
+def load_encoder(checkpoint: str | Path) -> PretrainedEncoder:
     """The encoder a pretraining checkpoint trained (the video encoder, or the audio encoder of an
-    audio-only task such as wav2vec 2.0), its registry name and its task's feature mode ("audio"
-    for an audio encoder)."""
+    audio-only task such as wav2vec 2.0), its registry name, its task's feature mode and the input
+    front end saved with it (for a checkpoint without one, its task's declaration)."""
     model, config = load_task_model(checkpoint)
-    return model.encoder, encoder_name(config), model.task.feature_mode
+    return PretrainedEncoder(model.encoder, encoder_name(config), model.task.feature_mode,
+                             checkpoint_encoder_input(checkpoint, model.task.encoder_input))
 
 
 def load_audio_encoder(checkpoint: str | Path) -> tuple[AudioEncoder, str]:
@@ -118,11 +132,13 @@ def random_encoder(name: str, seed: int) -> VideoEncoder | AudioEncoder:
     return build_encoder(name)
 
 
-def encode(encoder: VideoEncoder, frames: torch.Tensor, mode: str,
-           augment: VideoAugment | None = None, frame_size: int | None = None) -> torch.Tensor:
-    """uint8 [B, K, T, H, W, C] -> features [B, K, F] (F = D for clips, T * D for frames)."""
+def encode(encoder: VideoEncoder, frames: torch.Tensor, mode: str, augment: VideoAugment | None = None,
+           frame_size: int | None = None, encoder_input: str | None = None) -> torch.Tensor:
+    """uint8 [B, K, T, H, W, C] -> features [B, K, F] (F = D for clips, T * D for frames), the model
+    input passed through the front end `encoder_input` (None: none)."""
     b, k, t = frames.shape[:3]
     x = to_model_input(rearrange(frames, "b k t h w c -> (b k) t h w c"), augment, frame_size)
+    x = front_end(encoder_input)(x) if encoder_input else x
     if mode == "frames":
         features = encoder(rearrange(x, "n c t h w -> (n t) c 1 h w"))
         return rearrange(features, "(b k t) d -> b k (t d)", b=b, k=k, t=t)
@@ -131,9 +147,12 @@ def encode(encoder: VideoEncoder, frames: torch.Tensor, mode: str,
     raise ValueError(f"unknown feature mode {mode!r}: clip or frames")
 
 
-def encode_audio(encoder: AudioEncoder, audio: torch.Tensor) -> torch.Tensor:
-    """float [B, K, samples] -> features [B, K, D]."""
-    return rearrange(encoder(rearrange(audio, "b k s -> (b k) s")), "(b k) d -> b k d", b=len(audio))
+def encode_audio(encoder: AudioEncoder, audio: torch.Tensor, encoder_input: str | None = None) -> torch.Tensor:
+    """float [B, K, samples] -> features [B, K, D], the samples passed through the front end
+    `encoder_input` (None: none)."""
+    x = rearrange(audio, "b k s -> (b k) s")
+    x = front_end(encoder_input)(x) if encoder_input else x
+    return rearrange(encoder(x), "(b k) d -> b k d", b=len(audio))
 
 
 def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
@@ -242,10 +261,11 @@ class Transfer:
                           num_workers=c.num_workers, generator=torch.Generator().manual_seed(seed))
 
     @torch.no_grad()
-    def features(self, encoder: VideoEncoder | AudioEncoder, rows: list[ManifestRow],
-                 mode: str) -> tuple[torch.Tensor, torch.Tensor, Counter]:
-        """Frozen features [N, K, F] of every video's uniform clips (or audio windows), the labels
-        [N], and the videos left out by reason (no audio track, failed decodes)."""
+    def features(self, encoder: VideoEncoder | AudioEncoder, rows: list[ManifestRow], mode: str,
+                 encoder_input: str | None = None) -> tuple[torch.Tensor, torch.Tensor, Counter]:
+        """Frozen features [N, K, F] of every video's uniform clips (or audio windows) through the
+        front end `encoder_input`, the labels [N], and the videos left out by reason (no audio
+        track, failed decodes)."""
         encoder.eval().to(self.device)
         loader = self.loader(rows, random=False, shuffle=False, audio=mode == "audio")
         features, labels, skipped = [], [], Counter(loader.dataset.excluded)
@@ -253,20 +273,21 @@ class Transfer:
             skipped.update(kinds(batch.pop("skipped")))
             if "label" in batch:
                 with mixed_precision(self.device):
-                    x = (encode_audio(encoder, batch["audio"].to(self.device)) if mode == "audio"
-                         else encode(encoder, batch["frames"].to(self.device), mode))
+                    x = (encode_audio(encoder, batch["audio"].to(self.device), encoder_input) if mode == "audio"
+                         else encode(encoder, batch["frames"].to(self.device), mode, encoder_input=encoder_input))
                 features.append(x.float().cpu())
                 labels.append(batch["label"])
         if not features:
             raise none_usable(rows, skipped)
         return torch.cat(features), torch.cat(labels), skipped
 
-    def frozen_protocol(self, encoder: VideoEncoder | AudioEncoder, mode: str, protocol: str) -> dict:
-        """A protocol on frozen features of the train split, scored on the test split: "linear"
-        (`fit_linear_probe`) or "knn" (`knn_classify`, plus `retrieval_recall` under "retrieval");
-        "skipped" counts the videos left out by reason."""
-        train_x, train_y, train_skipped = self.features(encoder, self.train_rows, mode)
-        test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode)
+    def frozen_protocol(self, encoder: VideoEncoder | AudioEncoder, mode: str, protocol: str,
+                        encoder_input: str | None = None) -> dict:
+        """A protocol on frozen features (through the front end `encoder_input`) of the train split,
+        scored on the test split: "linear" (`fit_linear_probe`) or "knn" (`knn_classify`, plus
+        `retrieval_recall` under "retrieval"); "skipped" counts the videos left out by reason."""
+        train_x, train_y, train_skipped = self.features(encoder, self.train_rows, mode, encoder_input)
+        test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode, encoder_input)
         extra = {}
         if protocol == "linear":
             logits = fit_linear_probe(train_x, train_y, test_x, len(self.classes), self.config)
@@ -279,17 +300,18 @@ class Transfer:
         return {**self.scores(logits, test_y), **extra, "num_train_videos": len(train_y),
                 "num_test_videos": len(test_y), "skipped": dict(train_skipped + test_skipped)}
 
-    def evaluate(self, encoder: VideoEncoder | AudioEncoder, mode: str) -> dict:
-        """The config's protocol: `frozen_protocol` (linear or knn) or `finetune`."""
+    def evaluate(self, encoder: VideoEncoder | AudioEncoder, mode: str, encoder_input: str | None = None) -> dict:
+        """The config's protocol: `frozen_protocol` (linear or knn) or `finetune`, through the front
+        end `encoder_input`."""
         if self.config.protocol == "finetune":
-            return self.finetune(encoder, mode)
-        return self.frozen_protocol(encoder, mode, self.config.protocol)
+            return self.finetune(encoder, mode, encoder_input)
+        return self.frozen_protocol(encoder, mode, self.config.protocol, encoder_input)
 
-    def finetune(self, encoder: VideoEncoder, mode: str) -> dict:
+    def finetune(self, encoder: VideoEncoder, mode: str, encoder_input: str | None = None) -> dict:
         """Encoder + linear classifier trained end to end on one random clip per video per epoch (bf16
-        autocast on CUDA); "train_clip_top1": accuracy on the last epoch's augmented training clips;
-        "skipped" counts by reason the videos left out and those whose clip failed to decode in some
-        epoch (each file once)."""
+        autocast on CUDA), through the front end `encoder_input`; "train_clip_top1": accuracy on the
+        last epoch's augmented training clips; "skipped" counts by reason the videos left out and those
+        whose clip failed to decode in some epoch (each file once)."""
         c = self.config
         if mode == "audio":
             raise ValueError("fine-tuning takes video encoders; audio encoders have the frozen-feature protocols")
@@ -313,7 +335,8 @@ class Transfer:
                 if "frames" not in batch:
                     continue
                 with mixed_precision(self.device):
-                    features = encode(encoder, batch["frames"].to(self.device), mode, FINETUNE_AUGMENT)
+                    features = encode(encoder, batch["frames"].to(self.device), mode, FINETUNE_AUGMENT,
+                                      encoder_input=encoder_input)
                     logits = classifier(features[:, 0])
                     loss = F.cross_entropy(logits, labels := batch["label"].to(self.device))
                 hits += int((logits.argmax(-1) == labels).sum())
@@ -325,7 +348,7 @@ class Transfer:
         train_skipped = loader.dataset.excluded + Counter(failed.values())
         if not trained:
             raise none_usable(self.train_rows, train_skipped)
-        test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode)
+        test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode, encoder_input)
         with torch.no_grad():
             logits = classifier(test_x.to(self.device)).cpu()
         return {**self.scores(logits, test_y), "train_clip_top1": 100.0 * hits / max(seen, 1),

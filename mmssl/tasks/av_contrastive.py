@@ -21,7 +21,7 @@ from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
 from mmssl.models.heads import AudioVisualHead, ContrastiveHead
 from mmssl.registry import register_task
-from mmssl.tasks.base import PretextTask
+from mmssl.tasks.base import PretextMetric, PretextTask
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 
@@ -37,7 +37,8 @@ class AVContrastiveConfig:
     embed_dim: int = 128
 
 
-@register_task("av_contrastive")
+@register_task("av_contrastive", label_family="object", encoder_input="rgb",
+               metric=PretextMetric("v2a_top1_in_batch", chance=lambda _, batch_size: 1 / batch_size))
 class AVContrastive(PretextTask):
     config_class = AVContrastiveConfig
     needs_audio = True
@@ -74,7 +75,7 @@ class AVContrastive(PretextTask):
         return AudioVisualHead(audio, shared=shared)
 
     def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
-        video = head.shared.embed_video(encoder(to_model_input(batch["frames"], self.augment)))
+        video = head.shared.embed_video(encoder(self.front_end(to_model_input(batch["frames"], self.augment))))
         audio = head.shared.embed_audio(head.audio(batch["audio"]))
         scale = head.shared.scale if self.config.learn_temperature else None
         loss = self.info_nce(video, audio, scale=scale)

@@ -30,7 +30,7 @@ from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
 from mmssl.models.heads import AudioVisualHead, ContrastiveHead, mlp
 from mmssl.registry import register_task
-from mmssl.tasks.base import PretextTask
+from mmssl.tasks.base import PretextMetric, PretextTask, majority_share
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 NO_HARD = -1
@@ -54,7 +54,8 @@ class AVCConfig:
     fusion_dim: int = 128
 
 
-@register_task("avc")
+@register_task("avc", label_family="object", encoder_input="rgb",
+               metric=PretextMetric("accuracy", chance=lambda task, _: majority_share(task.config.positive_share)))
 class AVC(PretextTask):
     config_class = AVCConfig
     needs_audio = True
@@ -148,7 +149,7 @@ class AVC(PretextTask):
 
     def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
         waveforms, labels, hard = self.pairs(batch)
-        video = encoder(to_model_input(batch["frames"], self.augment))
+        video = encoder(self.front_end(to_model_input(batch["frames"], self.augment)))
         audio = head.audio(waveforms)
         if self.config.loss == "margin":
             v, a = head.shared.embed_video(video), head.shared.embed_audio(audio)

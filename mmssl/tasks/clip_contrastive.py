@@ -69,7 +69,7 @@ from mmssl.models.heads import (
     vicreg_expander,
 )
 from mmssl.registry import register_task
-from mmssl.tasks.base import PretextTask
+from mmssl.tasks.base import PretextMetric, PretextTask
 from mmssl.transforms.video import VideoAugment, colour_distortion, to_model_input
 
 
@@ -241,7 +241,8 @@ METHODS: dict[str, Method] = {
 }
 
 
-@register_task("clip_contrastive")
+@register_task("clip_contrastive", label_family="object", encoder_input="rgb",
+               metric=PretextMetric("top1_in_batch", chance=lambda _, batch_size: 1 / batch_size))
 class ClipContrastive(PretextTask):
     config_class = ClipContrastiveConfig
     renamed_keys: ClassVar[dict[str, str]] = {"moco_momentum": "momentum", "byol_momentum": "momentum"}
@@ -308,14 +309,16 @@ class ClipContrastive(PretextTask):
             x = colour_distortion(x, c.hue, c.grayscale)
         if self.method.momentum is not None:
             head.follow(encoder, self.step, self.momentum)  # before the target (key) forward
-        loss, a, b = self.method.objective(head, encoder, x, c.num_clips)
+        loss, a, b = self.method.objective(head, encoder, self.front_end(x), c.num_clips)
         return {"loss": loss, **_agreement(a, b)}
 
 
 @torch.no_grad()
 def _agreement(a: Tensor, b: Tensor) -> dict[str, Tensor]:
-    """Detached metrics of two clips' embeddings [B, D]: their mean cosine, and the std over the batch
-    of the L2-normalised embeddings, averaged over dimensions (about 1/sqrt(D) when spread, 0 when
-    collapsed)."""
+    """Detached metrics of two clips' embeddings [B, D]: their mean cosine; the std over the batch of
+    the L2-normalised embeddings, averaged over dimensions (about 1/sqrt(D) when spread, 0 when
+    collapsed); and the in-batch top-1: the share of clips `a` whose most similar clip `b` is their
+    own video's (chance 1/B; a tie, as in a collapse, goes to the first clip of the batch)."""
     a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
-    return {"positive_cos": (a * b).sum(-1).mean(), "embedding_std": a.std(0).mean()}
+    top1 = ((a @ b.T).argmax(-1) == torch.arange(len(a), device=a.device)).float().mean()
+    return {"positive_cos": (a * b).sum(-1).mean(), "embedding_std": a.std(0).mean(), "top1_in_batch": top1}

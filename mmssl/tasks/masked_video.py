@@ -33,7 +33,7 @@ from mmssl.data.sampling import random_clip
 from mmssl.models import VIT_PRESETS, VideoEncoder, VideoViT
 from mmssl.models.vit import Grid, VideoMAEDecoder, build_videomae_decoder, gather_tokens, split_tokens
 from mmssl.registry import register_task
-from mmssl.tasks.base import PretextTask
+from mmssl.tasks.base import PretextMetric, PretextTask
 from mmssl.transforms.video import MEAN, STD, VideoAugment, to_model_input
 
 
@@ -103,7 +103,8 @@ def unnormalize(x: torch.Tensor) -> torch.Tensor:
     return x * x.new_tensor(STD).view(1, -1, 1, 1, 1) + x.new_tensor(MEAN).view(1, -1, 1, 1, 1)
 
 
-@register_task("masked_video")
+@register_task("masked_video", label_family="object", encoder_input="rgb",
+               metric=PretextMetric("loss", higher_is_better=False, chance_key="trivial_loss"))
 class MaskedVideo(PretextTask):
     config_class = MaskedVideoConfig
     feature_mode = "clip"
@@ -158,7 +159,7 @@ class MaskedVideo(PretextTask):
         return build_videomae_decoder(encoder, self.config.decoder_depth)
 
     def loss(self, batch: dict[str, torch.Tensor], encoder: VideoViT, head: nn.Module) -> dict[str, torch.Tensor]:
-        x = to_model_input(batch["frames"], self.augment)
+        x = self.front_end(to_model_input(batch["frames"], self.augment))
         mask = batch["mask"]
         grid = encoder.grid(x.shape)
         if tuple(mask.shape[1:]) != grid:
@@ -167,4 +168,6 @@ class MaskedVideo(PretextTask):
         prediction = head(encoder.forward_features(x, keep), keep, masked, grid)
         with torch.no_grad():
             target = tubelet_targets(unnormalize(x), self.tubelet, self.config.norm_target)
-        return {"loss": masked_mse(prediction, target, masked)}
+            hidden = gather_tokens(target, masked)  # the trivial predictor: the best constant, the mean target
+            trivial = F.mse_loss(hidden, hidden.mean((0, 1)).expand_as(hidden))
+        return {"loss": masked_mse(prediction, target, masked), "trivial_loss": trivial}

@@ -36,9 +36,20 @@ def build_run_encoder(config: Config) -> VideoEncoder | AudioEncoder:
     return build_encoder(encoder_name(config))
 
 
+def saved_entries(checkpoint: str | Path) -> dict:
+    """A checkpoint's entries, memory-mapped: its tensors are not read."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+
+
 def checkpoint_config(checkpoint: str | Path) -> Config:
-    """The pretraining config a checkpoint was saved with (memory-mapped: its tensors are not read)."""
-    return from_dict(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["config"])
+    """The pretraining config a checkpoint was saved with."""
+    return from_dict(saved_entries(checkpoint)["config"])
+
+
+def checkpoint_encoder_input(checkpoint: str | Path, default: str = "rgb") -> str:
+    """The input front end a checkpoint's encoder trained on: its `encoder_input` entry, read without
+    the task's module; `default` for a checkpoint without one (before the entry, every task was RGB)."""
+    return saved_entries(checkpoint).get("encoder_input", default)
 
 
 def load_task_model(checkpoint: str | Path) -> tuple[TaskModel, Config]:

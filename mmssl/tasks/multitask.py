@@ -4,7 +4,9 @@ Every task picks its own window of the sample's video (its own random stream); t
 frames and the span covering their audio are decoded once, and each task's sample is cut from that
 decode as if it had decoded its window alone. Its keys enter the batch as "<task>/<key>". On the
 device each task runs its own loss on the shared encoder with its own head; the total loss is the
-weighted sum, and every task's loss and metrics are logged under its name.
+weighted sum, and every task's loss and metrics are logged under its name. Its pretext metrics are
+that sum and its tasks' own; its label family theirs where they agree (else the declared "action"); the tasks share
+one encoder, so they must share its input.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.models import VideoEncoder
 from mmssl.registry import TASKS, register_task
-from mmssl.tasks.base import PretextTask
+from mmssl.tasks.base import PretextMetric, PretextTask
 from mmssl.transforms.video import VideoAugment
 
 
@@ -36,7 +38,8 @@ def task_entries(sample: dict[str, torch.Tensor], name: str) -> dict[str, torch.
     return {key.removeprefix(f"{name}/"): value for key, value in sample.items() if key.startswith(f"{name}/")}
 
 
-@register_task("multitask")
+@register_task("multitask", label_family="action", encoder_input="rgb",
+               metric=PretextMetric("loss", higher_is_better=False))
 class MultiTask(PretextTask):
     config_class = MultiTaskConfig
 
@@ -46,10 +49,17 @@ class MultiTask(PretextTask):
         kinds = {task.encoder_kind for task in tasks.values()}
         if len(kinds) != 1:
             raise ValueError(f"the tasks of a multi-task run share one encoder; got kinds {sorted(kinds)}")
+        inputs = {task.encoder_input for task in tasks.values()}
+        if len(inputs) != 1:
+            raise ValueError(f"the tasks of a multi-task run share one encoder, so one input; got {sorted(inputs)}")
         self.tasks = tasks
         self.weights = weights
         self.sample_rate = sample_rate
         self.encoder_kind = kinds.pop()
+        self.encoder_input = inputs.pop()
+        families = {task.label_family for task in tasks.values()}
+        if len(families) == 1:
+            self.label_family = families.pop()
         self.needs_audio = any(task.needs_audio for task in tasks.values())
         self.global_batchnorm = any(task.global_batchnorm for task in tasks.values())
         modes = {task.feature_mode for task in tasks.values()}
@@ -69,6 +79,12 @@ class MultiTask(PretextTask):
     def set_step(self, step: int, total_steps: int) -> None:
         for task in self.tasks.values():
             task.set_step(step, total_steps)
+
+    def pretext_metrics(self) -> dict[str, tuple[PretextMetric, PretextTask]]:
+        """The weighted total loss, and each task's metrics under their keys in this loss dict ("<task>/<key>")."""
+        return super().pretext_metrics() | {f"{name}/{key}": (metric.under(name), owner)
+                                            for name, task in self.tasks.items()
+                                            for key, (metric, owner) in task.pretext_metrics().items()}
 
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         """Each task's window (from its own child stream), and their union: the sorted distinct

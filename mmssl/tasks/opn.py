@@ -41,7 +41,7 @@ from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import PairwiseHead
 from mmssl.registry import register_task
-from mmssl.tasks.base import PretextTask, classification_loss
+from mmssl.tasks.base import PretextMetric, PretextTask, classification_loss
 from mmssl.transforms.video import VideoAugment, channel_split, frame_shift, to_model_input
 
 
@@ -64,7 +64,8 @@ def sequence_classes(num_frames: int) -> list[tuple[int, ...]]:
     return [p for p in itertools.permutations(range(num_frames)) if p[0] < p[-1]]
 
 
-@register_task("opn")
+@register_task("opn", label_family="action", encoder_input="rgb",
+               metric=PretextMetric("accuracy", chance=lambda task, _: 1 / len(task.classes)))
 class OPN(PretextTask):
     config_class = OPNConfig
     feature_mode = "frames"
@@ -108,5 +109,5 @@ class OPN(PretextTask):
         x = frame_shift(x, round(self.config.jitter * x.shape[-1]))
         if self.config.channel_split:
             x = channel_split(x)
-        logits = head(encoder(rearrange(x, "b c t h w -> (b t) c 1 h w")))
+        logits = head(encoder(rearrange(self.front_end(x), "b c t h w -> (b t) c 1 h w")))
         return classification_loss(logits, batch["label"])

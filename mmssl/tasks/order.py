@@ -21,7 +21,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -33,7 +32,7 @@ from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import ConcatHead
 from mmssl.registry import register_task
-from mmssl.tasks.base import PretextTask
+from mmssl.tasks.base import PretextMetric, PretextTask, classification_loss, majority_share
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 
@@ -48,7 +47,8 @@ class OrderConfig:
     motion: MotionConfig = field(default_factory=MotionConfig)
 
 
-@register_task("order")
+@register_task("order", label_family="action", encoder_input="rgb",
+               metric=PretextMetric("accuracy", chance=lambda task, _: majority_share(task.config.positive_share)))
 class OrderVerification(PretextTask):
     config_class = OrderConfig
     renamed_keys: ClassVar[dict[str, str]] = {"motion_candidates": "motion.candidates", "motion_power": "motion.power",
@@ -107,8 +107,5 @@ class OrderVerification(PretextTask):
 
     def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, torch.Tensor]:
         x = to_model_input(batch["frames"], self.augment)  # [B, C, 3, H, W], one crop per tuple
-        frames = rearrange(x, "b c t h w -> (b t) c 1 h w")
-        logits = head(encoder(frames))
-        loss = F.cross_entropy(logits, batch["label"])
-        accuracy = (logits.argmax(-1) == batch["label"]).float().mean()
-        return {"loss": loss, "accuracy": accuracy.detach()}
+        frames = rearrange(self.front_end(x), "b c t h w -> (b t) c 1 h w")
+        return classification_loss(head(encoder(frames)), batch["label"])

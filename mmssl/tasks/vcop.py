@@ -31,7 +31,7 @@ from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import PairwiseHead
 from mmssl.registry import register_task
-from mmssl.tasks.base import PretextTask, classification_loss
+from mmssl.tasks.base import PretextMetric, PretextTask, classification_loss
 from mmssl.transforms.video import VideoAugment, to_model_input
 
 
@@ -47,7 +47,8 @@ class VCOPConfig:
     dropout: float = 0.5
 
 
-@register_task("vcop")
+@register_task("vcop", label_family="action", encoder_input="rgb",
+               metric=PretextMetric("accuracy", chance=lambda task, _: 1 / len(task.permutations)))
 class VCOP(PretextTask):
     config_class = VCOPConfig
     smoke_overrides = ("task.vcop.interval=0",)  # 3 clips of 7 frames and no gaps fit 24 frames
@@ -95,5 +96,5 @@ class VCOP(PretextTask):
     def loss(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder,
              head: nn.Module) -> dict[str, torch.Tensor]:
         clips = rearrange(batch["frames"], "b (k t) h w c -> (b k) t h w c", k=self.config.num_clips)
-        logits = head(encoder(to_model_input(clips, self.augment)))  # each clip augmented on its own
+        logits = head(encoder(self.front_end(to_model_input(clips, self.augment))))  # each clip augmented alone
         return classification_loss(logits, batch["label"])

@@ -33,7 +33,7 @@ from mmssl.io import TooShortError
 from mmssl.models.audio import WAV2VEC2_SPECS, Wav2Vec2Encoder, feature_frames
 from mmssl.models.quantizer import GumbelQuantizer, diversity_loss, gumbel_temperature, perplexity
 from mmssl.registry import register_task
-from mmssl.tasks.base import PretextTask
+from mmssl.tasks.base import PretextMetric, PretextTask
 from mmssl.transforms.video import VideoAugment
 
 
@@ -109,7 +109,8 @@ def scale_gradient(x: Tensor, scale: float) -> Tensor:
     return frozen + scale * (x - frozen)
 
 
-@register_task("wav2vec2")
+@register_task("wav2vec2", label_family="object", encoder_input="waveform",
+               metric=PretextMetric("accuracy", chance=lambda task, _: 1 / (task.config.num_negatives + 1)))
 class Wav2Vec2(PretextTask):
     config_class = Wav2Vec2Config
     needs_audio = True
@@ -161,7 +162,7 @@ class Wav2Vec2(PretextTask):
     def loss(self, batch: dict[str, Tensor], encoder: Wav2Vec2Encoder, head: nn.Module) -> dict[str, Tensor]:
         c = self.config
         mask = batch["mask"]
-        features, _ = encoder.extract(batch["audio"])
+        features, _ = encoder.extract(self.front_end(batch["audio"]))
         if features.shape[1] != mask.shape[1]:
             raise ValueError(f"mask of {mask.shape[1]} steps for {features.shape[1]} feature frames")
         features = scale_gradient(features, c.feature_grad_scale)

@@ -1,0 +1,38 @@
+"""Encoder input front ends: what an encoder sees of its input, by name (`ENCODER_INPUTS`).
+
+A task declares its encoder's (`@register_task(..., encoder_input="luma")`) and applies it right before
+the encoder; its checkpoints save the name, and transfer, the benchmark and any export apply the same
+function (`front_end`), so an encoder is never probed on input it did not train on. A video front end
+maps the normalised model input float [N, 3, T, H, W] (`to_model_input`) to the same shape: every
+video encoder takes three channels. An audio one maps raw samples [N, samples] to the same.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+from mmssl.registry import ENCODER_INPUTS, register_encoder_input
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """The input as it is."""
+    return x
+
+
+register_encoder_input("rgb")(identity)  # the colour frames
+register_encoder_input("waveform")(identity)  # the raw audio samples
+
+
+@register_encoder_input("luma")
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """Luminance only (ITU-R BT.601 weights, torchvision's `rgb_to_grayscale`), copied to the three
+    channels. The weights sum to 1 (up to 1e-4) and the normalisation is the same for every channel,
+    so it commutes with the normalisation: the luma of the model input is the model input of the luma."""
+    return rgb_to_grayscale(x.transpose(1, 2), num_output_channels=3).transpose(1, 2)
+
+
+def front_end(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The front end registered as `name` (UnknownNameError naming the known ones)."""
+    return ENCODER_INPUTS.get(name)
