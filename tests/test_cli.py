@@ -13,7 +13,7 @@ import pytest
 from mmssl import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["build-manifest", "eval-av", "make-synthetic", "pretrain", "transfer", "visualize"]
+COMMANDS = ["build-manifest", "eval-av", "make-synthetic", "plot-run", "pretrain", "transfer", "visualize"]
 
 
 def mmssl(*args: str) -> subprocess.CompletedProcess:
