@@ -95,6 +95,24 @@ class TrainConfig:
     keep_last: int = 2
 
 
+@dataclass
+class MonitorConfig:
+    """The online kNN monitor: weighted-kNN video top-1 (%) of the encoder being trained, on a labeled
+    manifest's train/test splits, every `every` optimizer steps (cost: docs/training.md#online-knn-monitor).
+    Frames are data.frame_size; clips are uniform, as transfer's (`TransferConfig`)."""
+
+    every: int = 0  # optimizer steps between measurements (also before the first step and at the last); 0: off
+    manifest: str = ""  # empty: SynthAV under data.synthav_dir
+    train_split: str = "train"  # the videos that vote
+    test_split: str = "test"  # the videos scored
+    label_column: str = "label"
+    num_clips: int = 1  # uniform clips per video: 1 costs half of transfer's 4
+    clip_len: int = 8
+    stride: int = 2
+    k: int = 20
+    temperature: float = 0.07
+
+
 def task_config_class() -> type:
     """The `task` section's dataclass: `name`, then one section per registered task with settings."""
     return _task_config_class(tuple((name, cls.config_class) for name, cls in TASKS.items()
@@ -134,6 +152,7 @@ class Config:
     task: Any = field(default_factory=lambda: task_config_class()())  # assembled from the registry
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     # the settings with a range, checked when a config is loaded (one line naming the key)
     BOUNDS: ClassVar[dict[str, Bound]] = {
@@ -142,7 +161,9 @@ class Config:
         "optim.momentum": SHARE, "optim.warmup_epochs": NON_NEGATIVE, "optim.min_lr": NON_NEGATIVE,
         "optim.grad_clip": NON_NEGATIVE, "optim.accumulate": AT_LEAST_1, "train.epochs": AT_LEAST_1,
         "train.max_steps": NON_NEGATIVE, "train.log_every": AT_LEAST_1, "train.checkpoint_every": AT_LEAST_1,
-        "train.keep_last": AT_LEAST_1,
+        "train.keep_last": AT_LEAST_1, "monitor.every": NON_NEGATIVE, "monitor.num_clips": AT_LEAST_1,
+        "monitor.clip_len": AT_LEAST_1, "monitor.stride": AT_LEAST_1, "monitor.k": AT_LEAST_1,
+        "monitor.temperature": POSITIVE,
     }
 
 

@@ -11,7 +11,9 @@ from mmssl.config import ConfigError, TransferConfig, load_config
 
 OUT_OF_RANGE = [("data.batch_size=0", ">= 1"), ("data.batch_size=-4", ">= 1"), ("data.num_workers=-1", ">= 0"),
                 ("train.max_steps=-5", ">= 0"), ("train.checkpoint_every=0", ">= 1"), ("train.keep_last=0", ">= 1"),
-                ("optim.lr=0", "> 0"), ("optim.accumulate=0", ">= 1"), ("data.max_skip_share=1.5", ">= 0 and <= 1")]
+                ("optim.lr=0", "> 0"), ("optim.accumulate=0", ">= 1"), ("data.max_skip_share=1.5", ">= 0 and <= 1"),
+                ("monitor.every=-1", ">= 0"), ("monitor.num_clips=0", ">= 1"), ("monitor.k=0", ">= 1"),
+                ("monitor.temperature=0", "> 0")]
 
 
 @pytest.mark.parametrize(("override", "rule"), OUT_OF_RANGE)

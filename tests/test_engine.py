@@ -364,7 +364,8 @@ def test_a_named_checkpoint_resumes_with_the_changed_optimizer_settings(tiny_syn
 def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
     """Two ranks, a loss that gathers the batch over them (NT-Xent) and a corrupt file listed twice
     in the manifest: the failed samples are replaced, so both ranks keep gathering batches of one
-    size, and the epoch's skip counts are those of both ranks."""
+    size, and the epoch's skip counts are those of both ranks. The kNN monitor runs on rank 0 alone
+    while rank 1 waits."""
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00" * 5000)
     rows = read_manifest(tiny_synthav / "manifest.csv", "pretrain")
@@ -373,7 +374,7 @@ def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", *_pretrain_cmd(tiny_synthav, tmp_path)[1:],
            f"data.manifest={manifest}", "data.split=pretrain", "task.name=clip_contrastive",
-           "task.clip_contrastive.clip_len=4", "train.epochs=1"]
+           "task.clip_contrastive.clip_len=4", "train.epochs=1", "monitor.every=2", "monitor.clip_len=4"]
     cmd[cmd.index("train.max_steps=30")] = "train.max_steps=3"
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=300, check=False)
@@ -382,6 +383,7 @@ def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
     assert state["step"] == 3
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # rank 0 alone logs
+    assert [r["step"] for r in records if "knn_top1" in r] == [0, 2, 3]
     # the file comes up once on each rank (rank 0 alone reported 1): counted over both ranks
     assert records[-1]["skipped"] == {"corrupt": 2}
 

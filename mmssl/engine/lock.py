@@ -24,22 +24,21 @@ class RunLock:
         self.path = Path(out_dir) / LOCK_NAME
 
     def __enter__(self) -> Self:
-        self.acquire()
-        return self
+        return self.acquire()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.release()
 
-    def acquire(self) -> None:
-        """Create the lock (taking over a stale one); ConfigError when a live run holds it."""
+    def acquire(self) -> Self:
+        """Create the lock (taking over a stale one) and return it; ConfigError when a live run holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         while True:
             try:
                 with open(self.path, "x") as f:  # exclusive create: one of two racing runs wins
                     json.dump(owner, f)
-                return
+                return self
             except FileExistsError:
                 held = self._owner()
                 if held is not None and _alive(held, owner["host"]):

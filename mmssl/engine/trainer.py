@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from mmssl.engine.checkpoint import (
 from mmssl.engine.data import pretraining_data
 from mmssl.engine.distributed import DistInfo, global_batchnorm, init_distributed, wrap_ddp
 from mmssl.engine.lock import RunLock
+from mmssl.engine.monitor import MONITOR_KEYS, KnnMonitor, monitor_transfer
 from mmssl.engine.optim import build_optimizer, cosine_schedule, set_lr
 from mmssl.engine.precision import mixed_precision, to_channels_last_3d
 from mmssl.tasks import build_task
@@ -52,8 +53,9 @@ log = logging.getLogger(__name__)
 REFERENCE_BATCH = 32  # optim.lr is the rate for this total batch; scaled linearly otherwise
 # settings that change how a run executes or logs, not what it computes: free to change on resume
 RESUME_FREE_KEYS = frozenset({"data.num_workers", "train.compile", "train.log_every", "train.checkpoint_every",
-                              "train.keep_last"})
+                              "train.keep_last"}) | MONITOR_KEYS
 LOG_FILE_REDRAW_S = 60.0  # progress-bar redraws when stderr is a log file (nohup, batch jobs), not a terminal
+T = TypeVar("T")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,21 +68,26 @@ def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> 
     (a fresh run) refuses an out_dir that holds checkpoints already: pruning would delete this run's."""
     out_dir = Path(out_dir)
     dist = init_distributed()
-    lock = RunLock(out_dir) if dist.is_main else None  # rank 0 owns the folder for the whole run
-    refused = None
-    if lock is not None:
-        try:
-            lock.acquire()
-        except ConfigError as e:
-            refused = str(e)
-    refused = distributed.broadcast_from_main(refused)
-    if refused is not None:  # every rank stops, with rank 0's reason
-        raise ConfigError(refused)
+    lock = on_main(lambda: RunLock(out_dir).acquire(), dist.is_main)  # rank 0 owns the folder for the whole run
     try:
         return _train(config, out_dir, resume, dist)
     finally:
         if lock is not None:
             lock.release()
+
+
+def on_main(build: Callable[[], T], is_main: bool) -> T | None:
+    """`build()` on rank 0, None on the others; a ConfigError it raises stops every rank, with its message."""
+    built, refused = None, None
+    if is_main:
+        try:
+            built = build()
+        except ConfigError as e:
+            refused = str(e)
+    refused = distributed.broadcast_from_main(refused)
+    if refused is not None:
+        raise ConfigError(refused)
+    return built
 
 
 def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) -> Path:
@@ -144,12 +151,16 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     skips = SkipCounter(config.data.max_skip_share, dataset.excluded)
+    monitor = KnnMonitor(config.monitor.every, on_main(lambda: monitor_transfer(config, dist.device),
+                                                       dist.is_main and config.monitor.every > 0))
     run_log = RunLog(out_dir, dist.is_main, f"pretrain {task.name}", total_steps, step)
     window = LogWindow()
+    if step == 0:  # the encoder at random init: the level its training starts from
+        monitor(model, step, total_steps, 0, run_log, window)
     while step < total_steps:
         step = train_one_epoch(model, ddp, forward, optimizer, batches, step, lr_schedule=lr_schedule,
                                steps_per_epoch=steps_per_epoch, config=config, dist=dist, skips=skips,
-                               window=window, run_log=run_log, out_dir=out_dir)
+                               window=window, run_log=run_log, out_dir=out_dir, monitor=monitor)
     run_log.close()
     distributed.barrier()
     return checkpoint_path(out_dir, total_steps)
@@ -158,12 +169,13 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
 def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], dict[str, torch.Tensor]],
                     optimizer: torch.optim.Optimizer, batches: RecoveringLoader, step: int, *,
                     lr_schedule: np.ndarray, steps_per_epoch: int, config: Config, dist: DistInfo,
-                    skips: SkipCounter, window: LogWindow, run_log: RunLog, out_dir: Path) -> int:
+                    skips: SkipCounter, window: LogWindow, run_log: RunLog, out_dir: Path, monitor: KnnMonitor) -> int:
     """Train the epoch that optimizer step `step` falls in, from that step to the epoch's end (or the
     run's, at `len(lr_schedule)` steps); return the step reached. Each step accumulates the gradient
     of `optim.accumulate` micro-batches (DDP syncs on the last one only); `model` is what `ddp` wraps
-    and `forward` runs (compiled or not). Logs every `train.log_every` steps, checkpoints every
-    `train.checkpoint_every` and at the run's end, and reports the epoch's skipped samples."""
+    and `forward` runs (compiled or not). Logs every `train.log_every` steps, runs `monitor` at its
+    steps, checkpoints every `train.checkpoint_every` and at the run's end, and reports the epoch's
+    skipped samples."""
     total_steps, accumulate, batch_size = len(lr_schedule), config.optim.accumulate, config.data.batch_size
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
     autocast = mixed_precision(dist.device, config.train.amp)
@@ -196,6 +208,7 @@ def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], 
             run_log.bar.update(1)
             if step % config.train.log_every == 0 or step == total_steps:
                 log_window(run_log, window, step, epoch, float(lr_schedule[step - 1]), dist.device)
+            monitor(model, step, total_steps, epoch, run_log, window)
             if step % config.train.checkpoint_every == 0 or step == total_steps:
                 _save(out_dir, step, model, optimizer, config, dist.is_main)
             if step == total_steps or step % steps_per_epoch == 0:
@@ -222,6 +235,7 @@ class RunLog:
 
     def __init__(self, out_dir: Path, is_main: bool, desc: str, total_steps: int, step: int) -> None:
         self.is_main = is_main
+        self.postfix: dict[str, str] = {}  # what the progress bar shows after its count
         self.metrics = out_dir / "metrics.jsonl" if is_main else None
         self.tensorboard: SummaryWriter | None = _tensorboard(out_dir) if is_main else None
         self.bar = tqdm(total=total_steps, initial=step, disable=not is_main, dynamic_ncols=True, desc=desc,
@@ -232,6 +246,19 @@ class RunLog:
         if self.metrics:
             with open(self.metrics, "a") as f:  # a line at a time: a killed run leaves whole records
                 f.write(json.dumps(record) + "\n")
+
+    def report(self, record: dict) -> None:
+        """`write` a record of `step`, and its other values as TensorBoard scalars `pretrain/<key>`."""
+        self.write(record)
+        if self.tensorboard:
+            for key, value in record.items():
+                if key != "step":
+                    self.tensorboard.add_scalar(f"pretrain/{key}", value, record["step"])
+
+    def show(self, **values: str) -> None:
+        """Set these values on the progress bar (drawn at its next redraw), keeping the others."""
+        self.postfix |= values
+        self.bar.set_postfix(self.postfix, refresh=False)
 
     def close(self) -> None:
         self.bar.close()
@@ -245,12 +272,9 @@ def log_window(run_log: RunLog, window: LogWindow, step: int, epoch: int, lr: fl
     elapsed = time.perf_counter() - window.start
     record = {"step": step, "epoch": epoch, "lr": lr, **window_means(window.values, device),
               "samples_per_s": window.samples / elapsed, "data_wait_share": window.data_wait / elapsed}
-    run_log.bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}",
-                            wait=f"{record['data_wait_share']:.0%}", refresh=False)
-    run_log.write(record)
-    if run_log.tensorboard:
-        for key, value in record.items():
-            run_log.tensorboard.add_scalar(f"pretrain/{key}", value, step)
+    run_log.show(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}",
+                 wait=f"{record['data_wait_share']:.0%}")
+    run_log.report(record)
     window.reset()
 
 
