@@ -191,7 +191,7 @@ class TransferConfig:
     linear_lr: float = 0.01
     linear_weight_decay: float = 1e-3
     finetune_epochs: int = 30
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 3e-4
     finetune_weight_decay: float = 0.05
     finetune_layer_decay: float = 1.0  # layer-wise lr decay of a ViT (VideoMAE: 0.75); 1: off
     knn_k: int = 20  # weighted kNN: neighbours that vote (DINO's 20)

@@ -432,7 +432,13 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
          "train.max_steps=2", "task.avc.clip_len=4"], capture_output=True, text=True, check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    recipes = {name: load_config(ROOT / f"configs/transfer/{name}.yaml", root=TransferConfig)
+               for name in ("linear", "finetune")}  # the supervised rows train with the fine-tune recipe
+    assert [report["recipes"]["finetune"][key] for key in ("stride", "finetune_lr")] == [
+        recipes["finetune"].stride, recipes["finetune"].finetune_lr] != [TransferConfig.stride, TransferConfig.finetune_lr]
+    assert report["recipes"]["frozen"]["linear_lr"] == recipes["linear"].linear_lr
     frozen = {f"{row} ({probe})" for probe in ("linear probe", "kNN") for row in ("order", "avc")} | {
         f"random init tiny3d ({probe}, {kind}, rgb)" for probe in ("linear probe", "kNN")
         for kind in ("frames, action", "clip, object")} | {

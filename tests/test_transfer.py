@@ -198,7 +198,7 @@ def test_layer_decay_scales_each_vit_layer_from_the_top_and_spares_norms_from_we
     assert lr[id(encoder.blocks[1].qkv.weight)] == pytest.approx(0.05)
     assert lr[id(classifier.weight)] == lr[id(classifier.bias)] == pytest.approx(0.1)
     assert decay[id(classifier.weight)] == 0.05 and decay[id(classifier.bias)] == decay[id(encoder.norm.weight)] == 0
-    assert {group["lr"] for group in finetune_optimizer(encoder, classifier, TransferConfig()).param_groups} == {1e-3}
+    assert {group["lr"] for group in finetune_optimizer(encoder, classifier, TransferConfig()).param_groups} == {TransferConfig.finetune_lr}
     with pytest.raises(ValueError, match="needs an encoder with layers"):
         layer_decay_scale(random_encoder("tiny3d", 0), 0.75)
     with pytest.raises(ValueError, match="must lie in"):

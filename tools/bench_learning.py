@@ -6,7 +6,8 @@ on the labels of the family its task declares (action: SynthAV's classes, the `l
 the main shape, `shape`), through the input front end its checkpoint saved; against the same encoder
 at random init (linear probe, same labels and input) and supervised training from random init on the
 labeled train split (the fine-tune protocol, action labels); with --finetune, also the pretrained
-encoder fine-tuned the same way; with --knn, also the weighted kNN on the frozen features. An audio-only
+encoder fine-tuned the same way. The frozen-feature rows follow configs/transfer/linear.yaml, the
+fine-tune and supervised rows configs/transfer/finetune.yaml (--transfer overrides apply to both); with --knn, also the weighted kNN on the frozen features. An audio-only
 method (wav2vec 2.0) is probed on its audio encoder's features of each labeled video's audio. The
 audio towers of the audio-visual methods get the same audio probes, on --audio-label: the action by
 default (heard in SynthAV as a pitch path, loudness and impact clicks), or another manifest column
@@ -37,6 +38,7 @@ from mmssl.eval.transfer import Transfer, load_audio_encoder, load_encoder, rand
 from mmssl.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "configs/transfer"
 METHODS = {path.stem: path for path in sorted((ROOT / "configs/pretrain").glob("*.yaml"))}  # one per shipped config
 PROBE_NAMES = {"linear": "linear probe", "knn": "kNN"}
 FAMILY_COLUMNS = {"action": "label", "object": "shape"}  # the SynthAV manifest column each label family probes
@@ -64,10 +66,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining config overrides")
     args = parser.parse_args(argv)
 
-    transfer_config = load_config(None, [f"synthav_dir={args.synthav_dir}", *args.transfer], root=TransferConfig)
-    transfers = {family: Transfer(dataclasses.replace(transfer_config, label_column=column))
-                 for family, column in FAMILY_COLUMNS.items()}
-    transfer = transfers["action"]  # the supervised rows' and the table's header
+    transfer_config, finetune_config = (
+        load_config(RECIPES / f"{recipe}.yaml", [f"synthav_dir={args.synthav_dir}", *args.transfer], root=TransferConfig)
+        for recipe in ("linear", "finetune"))
+    transfers, finetunes = ({family: Transfer(dataclasses.replace(base, label_column=column))
+                             for family, column in FAMILY_COLUMNS.items()} for base in (transfer_config, finetune_config))
+    transfer = transfers["action"]  # the table's header
     audio_transfer = Transfer(dataclasses.replace(transfer_config, label_column=args.audio_label))
     audio_family = next((f for f, column in FAMILY_COLUMNS.items() if column == args.audio_label), args.audio_label)
     audio_kind = {"feature_mode": "audio", "label_family": audio_family, "encoder_input": "waveform"}
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             encoder, name, _, encoder_input = load_encoder(checkpoint)
             family = task.label_family
             own = transfers[family]  # the labels of the method's family
-            for each in (*transfers.values(), audio_transfer):
+            for each in (*transfers.values(), *finetunes.values(), audio_transfer):
                 each.config.seed = seed
             kind = {"feature_mode": mode, "label_family": family, "encoder_input": encoder_input}
             # the audio encoder on --audio-label, unless the rows below are that already (audio-only, same column)
@@ -119,10 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             if args.finetune:
                 _add(rows, f"{method} (fine-tune)", {**kind, "feature_mode": "clip"},
-                     own.finetune(encoder, "clip", encoder_input))
+                     finetunes[family].finetune(encoder, "clip", encoder_input))
             baseline(f"supervised {name} (train split, from scratch)", seed,
                      {"feature_mode": "clip", "label_family": "action", "encoder_input": "rgb"}, name,
-                     partial(transfer.finetune, mode="clip"))
+                     partial(finetunes["action"].finetune, mode="clip"))
 
     table = {label: _summary(row) for label, row in rows.items()}
     print(f"\nSynthAV: {len(transfer.classes)} action and {len(transfers['object'].classes)} object (shape) classes, "
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{s['video_top1_mean']:>7.1f} ± {s['video_top1_std']:<5.1f}"
               f" {s['clip_top1_mean']:>7.1f} ± {s['clip_top1_std']:<5.1f}  "
               + " ".join(f"{v:.1f}" for v in s["video_top1"]))
-    report = {"classes": transfer.classes, "seeds": args.seeds, "overrides": args.overrides, "rows": table}
+    report = {"classes": transfer.classes, "seeds": args.seeds, "overrides": args.overrides, "rows": table,
+              "recipes": {"frozen": dataclasses.asdict(transfer_config), "finetune": dataclasses.asdict(finetune_config)}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
