@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _add(rows: dict[str, dict], label: str, mode: str, result: dict, **extra: float) -> None:
     row = rows.setdefault(label, {"feature_mode": mode, "results": []})
-    keys = ("clip_top1", "clip_top5", "video_top1", "video_top5", "retrieval")  # retrieval: kNN rows only
+    keys = ("clip_top1", "clip_top5", "video_top1", "video_top5", "retrieval", "probe")  # kNN rows; linear rows
     row["results"].append({k: result[k] for k in keys if k in result} | extra)
 
 
