@@ -187,9 +187,10 @@ class TransferConfig:
     batch_size: int = 16
     num_workers: int = 2
     seed: int = 0
-    linear_epochs: int = 300  # full-batch steps of the linear probe on frozen features
-    linear_lr: float = 0.01
-    linear_weight_decay: float = 1e-3
+    linear_normalise: Literal["shared", "per_feature", "l2", "none"] = "shared"  # linear probe: mmssl/eval/probe.py
+    linear_penalty: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 0.1, 1.0])  # its L2 penalty: of several,
+    linear_folds: int = 5  # the best by video top-1 on this many stratified folds of the train videos (drawn by seed)
+    linear_epochs: int = 100  # at most this many full-batch L-BFGS iterations per fit
     finetune_epochs: int = 30
     finetune_lr: float = 3e-4
     finetune_weight_decay: float = 0.05
@@ -200,7 +201,7 @@ class TransferConfig:
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "num_clips": AT_LEAST_1, "audio_s": POSITIVE,
         "frame_size": AT_LEAST_1, "batch_size": AT_LEAST_1, "num_workers": NON_NEGATIVE,
-        "linear_epochs": AT_LEAST_1, "linear_lr": POSITIVE, "linear_weight_decay": NON_NEGATIVE,
+        "linear_penalty": NON_NEGATIVE, "linear_folds": Bound(2), "linear_epochs": AT_LEAST_1,
         "finetune_epochs": AT_LEAST_1, "finetune_lr": POSITIVE, "finetune_weight_decay": NON_NEGATIVE,
         "finetune_layer_decay": Bound(0, 1, strict=True), "knn_k": AT_LEAST_1, "knn_temperature": POSITIVE,
     }
@@ -239,7 +240,8 @@ def check_bounds(config: Any) -> None:
         value = config
         for part in key.split("."):
             value = getattr(value, part)
-        if not bound.admits(value):
+        values = value if isinstance(value, list) else [value]  # a list: each item, and at least one
+        if not values or not all(map(bound.admits, values)):
             raise ConfigError(f"{key}={value!r} is out of range: it must be {bound}")
 
 

@@ -438,7 +438,7 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
                for name in ("linear", "finetune")}  # the supervised rows train with the fine-tune recipe
     assert [report["recipes"]["finetune"][key] for key in ("stride", "finetune_lr")] == [
         recipes["finetune"].stride, recipes["finetune"].finetune_lr] != [TransferConfig.stride, TransferConfig.finetune_lr]
-    assert report["recipes"]["frozen"]["linear_lr"] == recipes["linear"].linear_lr
+    assert report["recipes"]["frozen"]["linear_penalty"] == recipes["linear"].linear_penalty
     frozen = {f"{row} ({probe})" for probe in ("linear probe", "kNN") for row in ("order", "avc")} | {
         f"random init tiny3d ({probe}, {kind}, rgb)" for probe in ("linear probe", "kNN")
         for kind in ("frames, action", "clip, object")} | {

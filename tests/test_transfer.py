@@ -1,4 +1,5 @@
-"""Transfer protocols: the weighted kNN vote, nearest-neighbour video retrieval, the recipes in configs/transfer."""
+"""Transfer protocols: the linear probe and its cross-validation, the weighted kNN vote, nearest-neighbour
+video retrieval, the recipes in configs/transfer."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from mmssl.config import ConfigError, TransferConfig, load_config
 from mmssl.data.clip import Skipped
 from mmssl.data.manifest import ManifestError, read_manifest, write_manifest
 from mmssl.engine.optim import set_lr
+from mmssl.eval.probe import NORMALISATIONS, cross_validate, fit_linear_probe, video_folds
 from mmssl.eval.transfer import (
     PROTOCOLS,
     Transfer,
@@ -95,6 +97,78 @@ def test_retrieval_recall_ranks_videos_by_their_mean_clip_feature() -> None:
     assert recall == pytest.approx({"R@1": 200 / 3, "R@2": 200 / 3, "R@3": 100.0})  # k = 5 > 3 videos: not reported
 
 
+def separable(num_videos: int, clips: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, K, dim] of 10 classes around their own centres (ReLU-like: non-negative), labels [N]."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_videos) % 10
+    centres = 2 * torch.rand(10, dim, generator=torch.Generator().manual_seed(99))
+    return (centres[labels][:, None] + 0.3 * torch.rand(num_videos, clips, dim, generator=g)), labels
+
+
+@pytest.mark.parametrize("normalise", NORMALISATIONS)
+def test_a_feature_dead_on_every_training_clip_does_not_decide_test_predictions(normalise: str) -> None:
+    """A feature zero on every training clip and large on test clips (a ReLU unit that fires only
+    there) is dropped: the test logits are those of the test clips without it."""
+    train_x, train_y = separable(40, 2, 16, seed=0)
+    test_x, test_y = separable(30, 2, 16, seed=1)
+    dead = torch.zeros(40, 2, 1)
+    awake = torch.rand(30, 2, 1, generator=torch.Generator().manual_seed(2)) * 5  # std + 1e-6 made this ~5e6
+    config = TransferConfig(linear_normalise=normalise, linear_penalty=[0.01])
+    logits, probe = fit_linear_probe(torch.cat([train_x, dead], -1), train_y, torch.cat([test_x, awake], -1), 10,
+                                     config)
+    without, _ = fit_linear_probe(train_x, train_y, test_x, 10, config)
+    assert probe["dead_features"] == 1
+    torch.testing.assert_close(logits, without)
+    assert (logits.softmax(-1).mean(1).argmax(-1) == test_y).float().mean() > 0.9
+
+
+def test_validation_folds_are_stratified_over_whole_training_videos() -> None:
+    labels = torch.cat([torch.arange(10).repeat(10), torch.full((3,), 10)])  # 10 classes of 10, one of 3
+    folds = video_folds(labels, 5, seed=0)
+    assert folds.bincount().tolist() == [21, 21, 21, 20, 20]  # every video in one fold
+    per_class = torch.zeros(11, 5, dtype=torch.long).index_put_((labels, folds), torch.ones_like(labels),
+                                                                accumulate=True)
+    assert (per_class[:10] == 2).all() and per_class[10].max() == 1  # the 3 videos of class 10 in 3 folds
+    assert not torch.equal(folds, video_folds(labels, 5, seed=1))  # the seed draws the videos of a fold
+
+
+def test_validation_holds_out_whole_videos_and_never_sees_the_test_split() -> None:
+    """Every clip of a video is the same random vector, and labels are random: a split by clip would
+    let the probe recognise held-out clips (near 100%), a split by video leaves it at chance."""
+    g = torch.Generator().manual_seed(0)
+    train_x = torch.randn(100, 1, 256, generator=g).expand(100, 3, 256)
+    train_y = torch.randint(0, 10, (100,), generator=g)
+    config = TransferConfig(linear_penalty=[1e-3, 1.0])
+    assert max(cross_validate(train_x, train_y, 10, config).values()) < 30
+    by_clip = cross_validate(train_x.reshape(300, 1, 256), train_y.repeat_interleave(3), 10, config)
+    assert max(by_clip.values()) > 90  # the control: each clip as its own video
+    # the choice is the same whatever the test split holds
+    choices = [fit_linear_probe(train_x, train_y, test_x, 10, config)[1]
+               for test_x in (torch.randn(7, 3, 256, generator=g), 1e4 * torch.rand(50, 3, 256, generator=g))]
+    assert choices[0] == choices[1]
+
+
+def test_cross_validation_picks_the_penalty_that_generalises() -> None:
+    """Each class is a small clean offset in 10 features and a large noisy one in 10 others: a strong
+    penalty keeps the weights near the class means, where the noisy features dominate; a weak one finds
+    the clean features. The weak one is chosen wherever it stands in the grid; of tied penalties, the stronger."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 10
+    onehot = torch.eye(10)[labels][:, None]
+    x = torch.cat([0.5 * onehot + 0.1 * torch.randn(60, 2, 10, generator=g),
+                   2 * onehot + 3 * torch.randn(60, 2, 10, generator=g)], -1)
+    for grid in ([1e-3, 10.0], [10.0, 1e-3]):
+        _, probe = fit_linear_probe(x, labels, x[:3], 10, TransferConfig(linear_penalty=grid))
+        assert probe["penalty"] == 1e-3
+        assert probe["validation_top1"]["0.001"] > probe["validation_top1"]["10"] + 20
+    train_x, train_y = separable(30, 2, 8, seed=0)
+    _, probe = fit_linear_probe(train_x, train_y, train_x[:3], 10, TransferConfig(linear_penalty=[1e-3, 1e-2]))
+    assert probe["validation_top1"] == {"0.001": 100.0, "0.01": 100.0} and probe["penalty"] == 1e-2
+    for grid in ("[0.1, -1]", "[]"):
+        with pytest.raises(ConfigError, match=r"linear_penalty=\[.*\] is out of range: it must be >= 0"):
+            load_config(None, [f"linear_penalty={grid}"], root=TransferConfig)
+
+
 def test_knn_protocol_on_real_clips_and_from_the_command_line(tiny_synthav: Path, tmp_path: Path) -> None:
     config = TransferConfig(synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4, num_clips=2, num_workers=0)
     transfer = Transfer(config, torch.device("cpu"))
@@ -113,6 +187,14 @@ def test_knn_protocol_on_real_clips_and_from_the_command_line(tiny_synthav: Path
     assert report["feature_mode"] == "audio"
     (audio_result,) = report["results"].values()
     assert audio_result["skipped"]["no_audio"] > 0 and "R@1" in audio_result["retrieval"]
+
+
+def test_linear_protocol_on_real_clips_reports_the_penalty_chosen_on_the_train_split(tiny_synthav: Path) -> None:
+    config = TransferConfig(synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4, num_clips=2, num_workers=0,
+                            linear_epochs=20)
+    result = Transfer(config, torch.device("cpu")).frozen_protocol(random_encoder("tiny3d", 0), "clip", "linear")
+    assert list(result["probe"]["validation_top1"]) == ["0.001", "0.01", "0.1", "1"]
+    assert result["probe"]["penalty"] in config.linear_penalty and 0 <= result["video_top1"] <= 100
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/transfer").glob("*.yaml")), ids=lambda path: path.stem)

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _add(rows: dict[str, dict], label: str, kind: dict[str, str], result: dict, **extra: float) -> None:
     """One seed's `result` in row `label`; `kind`: the row's features, label family and encoder input."""
     row = rows.setdefault(label, {**kind, "results": []})
-    keys = ("clip_top1", "clip_top5", "video_top1", "video_top5", "retrieval")  # retrieval: kNN rows only
+    keys = ("clip_top1", "clip_top5", "video_top1", "video_top5", "retrieval", "probe")  # kNN rows; linear rows
     row["results"].append({k: result[k] for k in keys if k in result} | extra)
 
 

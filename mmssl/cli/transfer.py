@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     for label, r in results.items():
         if "retrieval" in r:
             print(f"{label:<40} retrieval " + " ".join(f"{k} {v:.1f}" for k, v in r["retrieval"].items()))
+        if r.get("probe", {}).get("validation_top1"):
+            print(f"{label:<40} probe penalty {r['probe']['penalty']:g} (held-out top-1 by penalty: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in r["probe"]["validation_top1"].items()) + ")")
     skipped = next(iter(results.values())).get("skipped")
     if skipped:
         print(f"videos left out: {skipped}")

@@ -34,6 +34,7 @@ from mmssl.data.sampling import random_clip, uniform_clips
 from mmssl.data.synthetic import ensure_synthav
 from mmssl.engine.optim import cosine_schedule, param_groups, set_lr
 from mmssl.engine.precision import mixed_precision
+from mmssl.eval.probe import fit_linear_probe
 from mmssl.models import AudioEncoder, VideoEncoder, build_encoder
 from mmssl.tasks.model import checkpoint_encoder_input, encoder_name, load_task_model
 from mmssl.transforms.inputs import front_end
@@ -155,24 +156,6 @@ def encode_audio(encoder: AudioEncoder, audio: torch.Tensor, encoder_input: str 
     return rearrange(encoder(x), "(b k) d -> b k d", b=len(audio))
 
 
-def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
-                     config: TransferConfig) -> torch.Tensor:
-    """Multinomial logistic regression on standardised frozen features (full batch, AdamW): train
-    features [N, K, F] (each of a video's K clips a sample) and labels [N] -> test logits [M, K, classes]."""
-    k = train_x.shape[1]
-    train_x, train_y = train_x.flatten(0, 1), train_y.repeat_interleave(k)
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    torch.manual_seed(config.seed)
-    classifier = nn.Linear(train_x.shape[1], num_classes)
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=config.linear_lr, weight_decay=config.linear_weight_decay)
-    for _ in range(config.linear_epochs):
-        optimizer.zero_grad()
-        F.cross_entropy(classifier((train_x - mean) / std), train_y).backward()
-        optimizer.step()
-    with torch.no_grad():
-        return classifier((test_x - mean) / std)
-
-
 def knn_classify(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
                  k: int = 20, temperature: float = 0.07) -> torch.Tensor:
     """Weighted k-nearest-neighbour vote (Wu et al., CVPR 2018, Sec. 3.4; DINO's k = 20, T = 0.07):
@@ -284,13 +267,14 @@ class Transfer:
     def frozen_protocol(self, encoder: VideoEncoder | AudioEncoder, mode: str, protocol: str,
                         encoder_input: str | None = None) -> dict:
         """A protocol on frozen features (through the front end `encoder_input`) of the train split,
-        scored on the test split: "linear" (`fit_linear_probe`) or "knn" (`knn_classify`, plus
-        `retrieval_recall` under "retrieval"); "skipped" counts the videos left out by reason."""
+        scored on the test split: "linear" (`fit_linear_probe`, its choices chosen on the train split
+        under "probe") or "knn" (`knn_classify`, plus `retrieval_recall` under "retrieval"); "skipped"
+        counts the videos left out by reason."""
         train_x, train_y, train_skipped = self.features(encoder, self.train_rows, mode, encoder_input)
         test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode, encoder_input)
         extra = {}
         if protocol == "linear":
-            logits = fit_linear_probe(train_x, train_y, test_x, len(self.classes), self.config)
+            logits, extra["probe"] = fit_linear_probe(train_x, train_y, test_x, len(self.classes), self.config)
         elif protocol == "knn":
             logits = knn_classify(train_x, train_y, test_x, len(self.classes), self.config.knn_k,
                                   self.config.knn_temperature)
