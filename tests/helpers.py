@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,11 +36,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def shipped_config_batches(path: Path, synthav: Path, count: int = 1,
+def shipped_config_batches(path: Path, synthav: Path, count: int = 1, overrides: Sequence[str] = (),
                            ) -> tuple[TaskModel, list[dict[str, Tensor]]]:
-    """A shipped pretraining config on tiny SynthAV (32 px): its seeded TaskModel and `count` batches
-    of 4 decoded samples (batch k: epoch k's samples 4k .. 4k + 3)."""
-    overrides = [f"data.synthav_dir={synthav}", "data.frame_size=32"]
+    """A shipped pretraining config on tiny SynthAV (32 px; or what `overrides` say, e.g. another
+    data.manifest): its seeded TaskModel and `count` batches of 4 decoded samples (batch k: epoch k's
+    samples 4k .. 4k + 3)."""
+    overrides = [f"data.synthav_dir={synthav}", "data.frame_size=32", *overrides]
     config = load_config(path, overrides)
     config = load_config(path, [*overrides, *task_class(config.task.name).smoke_overrides])
     task = build_task(config)

@@ -12,17 +12,13 @@ Coordinates are in frame units: x right and y down in [0, 1]; angles grow clockw
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
-from itertools import repeat
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from mmssl.data.manifest import ManifestRow, write_manifest
+from mmssl.data.generated import MANIFEST_NAME, generate_dataset, read_stamp
+from mmssl.data.manifest import ManifestRow
 from mmssl.io import probe, write_media
 
 CLASSES = (
@@ -31,7 +27,6 @@ CLASSES = (
 )
 SHAPES = ("circle", "square", "triangle", "star")
 SPLITS = ("pretrain", "train", "test")
-MANIFEST_NAME = "manifest.csv"
 CONFIG_NAME = "synthav.json"
 GENERATOR_VERSION = 2  # bump whenever the rendered content changes, to invalidate old folders (2: layouts)
 
@@ -270,31 +265,8 @@ def generate(out_dir: str | Path, config: SynthAVConfig | None = None,
     return the manifest path. Does nothing when the folder already holds a complete dataset made
     with the same config. `workers` processes encode in parallel (default: all cores; 1 runs
     in this process); the result does not depend on it."""
-    config = config or SynthAVConfig()
-    out_dir = Path(out_dir)
-    manifest, stamp = out_dir / MANIFEST_NAME, out_dir / CONFIG_NAME
-    wanted = {"generator_version": GENERATOR_VERSION, **asdict(config)}
-    if manifest.exists() and _read_stamp(stamp) == wanted:
-        return manifest
-    if out_dir.exists() and any(out_dir.iterdir()) and _read_stamp(stamp) is None:
-        raise FileExistsError(f"{out_dir} is not empty and holds no SynthAV dataset; "
-                              "choose an empty or new folder")
-    # Claim the folder first: a crash leaves a stamp without manifest, so the next call redoes it.
-    manifest.unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "videos", ignore_errors=True)
-    for split in SPLITS:
-        (out_dir / "videos" / split).mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(wanted, indent=2) + "\n")
-
-    specs = plan(config)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
-    if workers == 1:
-        rows = [make_video(config, spec, out_dir) for spec in specs]
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            chunk = max(1, len(specs) // (4 * workers))
-            rows = list(pool.map(make_video, repeat(config), specs, repeat(out_dir), chunksize=chunk))
-    return write_manifest(rows, manifest)
+    return generate_dataset(out_dir, config or SynthAVConfig(), GENERATOR_VERSION, CONFIG_NAME, "SynthAV", plan,
+                            make_video, workers)
 
 
 def ensure_synthav(out_dir: str | Path, config: SynthAVConfig | None = None,
@@ -304,19 +276,12 @@ def ensure_synthav(out_dir: str | Path, config: SynthAVConfig | None = None,
     older generator made (or left incomplete) is made again with its settings, and an empty folder
     gets the default dataset. With a config, the folder is (re)generated unless it matches it."""
     manifest = Path(out_dir) / MANIFEST_NAME
-    stamp = _read_stamp(Path(out_dir) / CONFIG_NAME)
+    stamp = read_stamp(Path(out_dir) / CONFIG_NAME)
     if config is None and stamp:
         if manifest.exists() and stamp.get("generator_version") == GENERATOR_VERSION:
             return manifest
         config = SynthAVConfig(**{f.name: stamp[f.name] for f in fields(SynthAVConfig) if f.name in stamp})
     return generate(out_dir, config, workers)
-
-
-def _read_stamp(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _pick_share(rng: np.random.Generator, count: int, share: float, strata: np.ndarray | None = None,

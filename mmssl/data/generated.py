@@ -1,0 +1,60 @@
+"""Writing a generated dataset's folder (SynthAV, PhysAV): the config stamp that caches it, the
+videos made in parallel processes, the manifest last."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+from mmssl.data.manifest import ManifestRow, write_manifest
+
+MANIFEST_NAME = "manifest.csv"
+
+
+def generate_dataset(out_dir: str | Path, config: Any, version: int, stamp_name: str, dataset: str,
+                     plan: Callable[[Any], Sequence[Any]], make_video: Callable[[Any, Any, Path], ManifestRow],
+                     workers: int | None = None) -> Path:
+    """Make the videos `plan(config)` lists with `make_video(config, spec, out_dir)` (each spec has
+    a `split`: videos/<split>/ is made for it) and write their manifest; return its path. Does
+    nothing when the folder already holds a complete dataset made with the same config and
+    generator `version` (the stamp `stamp_name`, written first: a crash leaves a stamp without
+    manifest, so the next call redoes it). `workers` processes make the videos (default: all cores;
+    1 runs in this process); the result must not depend on it."""
+    out_dir = Path(out_dir)
+    manifest, stamp = out_dir / MANIFEST_NAME, out_dir / stamp_name
+    wanted = {"generator_version": version, **asdict(config)}
+    if manifest.exists() and read_stamp(stamp) == wanted:
+        return manifest
+    if out_dir.exists() and any(out_dir.iterdir()) and read_stamp(stamp) is None:
+        raise FileExistsError(f"{out_dir} is not empty and holds no {dataset} dataset; "
+                              "choose an empty or new folder")
+    manifest.unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "videos", ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(wanted, indent=2) + "\n")
+    specs = plan(config)
+    for split in {spec.split for spec in specs}:
+        (out_dir / "videos" / split).mkdir(parents=True, exist_ok=True)
+
+    workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
+    if workers == 1:
+        rows = [make_video(config, spec, out_dir) for spec in specs]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            chunk = max(1, len(specs) // (4 * workers))
+            rows = list(pool.map(make_video, repeat(config), specs, repeat(out_dir), chunksize=chunk))
+    return write_manifest(rows, manifest)
+
+
+def read_stamp(path: Path) -> dict | None:
+    """The config stamp of a generated dataset's folder, or None when there is none (or it is broken)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

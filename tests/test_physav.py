@@ -1,0 +1,142 @@
+"""PhysAV: determinism, label rules, the manifest, audio-contact sync, and pretraining configs reading it."""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import PRETRAINING_CONFIGS, one_config_per_task, shipped_config_batches  # tests/ is on sys.path
+
+from mmssl.cli.make_synthetic import main
+from mmssl.data.manifest import read_manifest
+from mmssl.data.physav import (
+    CATEGORIES,
+    CLASSES,
+    MATERIALS,
+    PhysAVConfig,
+    generate,
+    plan,
+    render_video,
+)
+from mmssl.io import VideoReader, load_audio, probe
+
+TINY = PhysAVConfig(seed=5, size=32, duration=1.5, num_pretrain=4, train_per_class=1, test_per_class=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset, generated once in parallel processes; returns its manifest."""
+    return generate(tmp_path_factory.mktemp("physav") / "tiny", TINY, workers=2)
+
+
+def decode(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """All frames (uint8 [T, H, W, 3]) and the whole audio of a file, via mmssl.io."""
+    with VideoReader(path) as reader:
+        frames = reader.get_frames(np.arange(reader.num_frames)).numpy()
+    return frames, load_audio(path, 0.0, probe(path).duration).numpy()
+
+
+def test_plan_balances_labels_and_draws_material_apart_from_category() -> None:
+    config = PhysAVConfig()
+    specs = plan(config)
+    assert Counter(s.split for s in specs) == config.split_sizes()
+    for split in ("pretrain", "train", "test"):
+        in_split = [s for s in specs if s.split == split]
+        for column, names in (("action", CLASSES), ("category", CATEGORIES), ("material", MATERIALS)):
+            counts = Counter(getattr(s, column) for s in in_split)
+            assert set(counts) == set(names) and max(counts.values()) - min(counts.values()) <= 1, (split, column)
+    # independence: a chi-square test of category x material, far below its 99.9% quantile (df 35: 66.6)
+    table = np.zeros((len(CATEGORIES), len(MATERIALS)))
+    for s in specs:
+        table[list(CATEGORIES).index(s.category), list(MATERIALS).index(s.material)] += 1
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    assert table.min() > 0 and ((table - expected) ** 2 / expected).sum() < 66.6
+    with pytest.raises(ValueError):
+        PhysAVConfig(fps=7.0)  # frames must fall on physics steps
+
+
+def test_manifest_columns_labels_and_media(tiny: Path) -> None:
+    with open(tiny, newline="") as f:
+        header = next(csv.reader(f))
+    assert {"path", "label", "split", "num_frames", "has_audio", "action", "object", "material",
+            "impacts"} <= set(header)
+    rows = read_manifest(tiny)
+    assert Counter(r.split for r in rows) == {"pretrain": 4, "train": 8, "test": 8}
+    for split in ("train", "test"):
+        assert Counter(r.label for r in rows if r.split == split) == Counter(CLASSES)
+    assert all(r.label == ("" if r.split == "pretrain" else r.extra["action"]) for r in rows)
+    assert {r.extra["object"] for r in rows} == set(CATEGORIES)
+    assert {r.extra["material"] for r in rows} == set(MATERIALS)
+    for row in rows:
+        assert row.has_audio and row.num_frames == 24 and row.duration == pytest.approx(1.5, abs=1e-3)
+        assert probe(row.path).width == 32
+        impacts = [int(k) for k in row.extra["impacts"].split(";") if k]
+        assert all(0 <= k < row.num_frames for k in impacts)
+    dropped = [r for r in rows if r.extra["action"] in ("drop", "stack")]
+    assert all(r.extra["impacts"] for r in dropped)  # what falls at the first frame lands in view of the clip
+
+
+def test_same_seed_same_media_different_seed_different(tiny: Path, tmp_path: Path) -> None:
+    again = generate(tmp_path / "again", TINY, workers=1)  # other worker count, same result
+    assert again.read_text() == tiny.read_text()
+    for first, second in zip(read_manifest(tiny), read_manifest(again), strict=True):
+        for a, b in zip(decode(first.path), decode(second.path), strict=True):
+            np.testing.assert_array_equal(a, b)
+    other = replace(TINY, seed=TINY.seed + 1, num_pretrain=2, train_per_class=0, test_per_class=0)
+    for first, second in zip(read_manifest(tiny), read_manifest(generate(tmp_path / "other", other, workers=1))):
+        frames_a, audio_a = decode(first.path)
+        frames_b, audio_b = decode(second.path)
+        assert np.abs(frames_a.astype(int) - frames_b.astype(int)).mean() > 5
+        assert not np.allclose(audio_a, audio_b, atol=1e-3)
+
+
+def test_contact_clicks_are_in_sync_with_contact_frames(tiny: Path) -> None:
+    """The decoded audio's short-time energy peaks within one frame of every isolated contact of
+    the main object (no other of its contacts within 3 frames)."""
+    checked = 0
+    for row in read_manifest(tiny):
+        impacts = [int(k) for k in row.extra["impacts"].split(";") if k]
+        audio = load_audio(row.path, 0.0, row.duration, sample_rate=16000).numpy()
+        energy = np.convolve(audio ** 2, np.ones(32), mode="valid")  # 2 ms windows starting at n
+        frame_samples = round(16000 / row.fps)
+        for frame in impacts:
+            if any(0 < abs(other - frame) <= 3 for other in impacts):
+                continue
+            centre = frame * frame_samples
+            lo = max(centre - 2 * frame_samples, 0)
+            peak = lo + int(np.argmax(energy[lo:centre + 2 * frame_samples]))
+            assert abs(peak - centre) <= frame_samples, (row.path, frame, peak - centre)
+            checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("action", CLASSES)
+def test_every_event_is_seen_and_heard(action: str) -> None:
+    """The main object is in view on most frames, and the event makes a sound."""
+    config = replace(TINY, duration=2.0)
+    frames, audio, info = render_video(config, action, "box", "wood", np.random.default_rng(1))
+    assert frames.shape == (32, 32, 32, 3) and audio.shape == (32000,)
+    assert info["visible"] >= 0.5, info
+    assert np.abs(audio).max() > 0.02 and np.abs(audio).max() <= 1.0
+    if action in ("drop", "throw", "stack"):
+        assert info["impacts"], info
+
+
+@pytest.mark.parametrize("path", one_config_per_task(PRETRAINING_CONFIGS), ids=lambda p: p.stem)
+def test_pretraining_configs_read_physav(path: Path, tiny: Path) -> None:
+    model, (batch,) = shipped_config_batches(path, tiny.parent, overrides=[f"data.manifest={tiny}",
+                                                                           "data.split=pretrain"])
+    assert model(batch)["loss"].isfinite()
+
+
+def test_cli_makes_physav(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--dataset", "physav", "--out", str(tmp_path / "cli"), "--size", "32", "--duration", "0.5",
+                 "--num-pretrain", "2", "--train-per-class", "0", "--test-per-class", "0", "--workers", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["pretrain", "2", "0", "0"] and lines[4].split() == ["all", "2", "0", "0"]
+    assert (tmp_path / "cli" / "physav.json").is_file()
+    with pytest.raises(SystemExit):
+        main(["--dataset", "physav", "--out", str(tmp_path / "x"), "--layout", "shared"])  # a SynthAV knob
