@@ -42,8 +42,8 @@ FRAMES, FPS = 8, 8.0
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One clip with audio, one without, one whose audio track holds no packet, and an unreadable
-    and an empty file, to copy around."""
+    """One clip with audio, one without, one whose audio track holds no packet, one garbled near its
+    end (its first frames decode), and an unreadable and an empty file, to copy around."""
     folder = tmp_path_factory.mktemp("media")
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (FRAMES, 32, 32, 3), dtype=np.uint8)
@@ -57,13 +57,28 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for frame in frames:
             container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(video.encode(None))
+    garbled = bytearray(write_media(folder / "garbled.mp4", rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8),
+                                    FPS, gop=4).read_bytes())
+    start = garbled.find(b"mdat") + int((len(garbled) - garbled.find(b"mdat")) * 0.9)
+    garbled[start:start + 200] = rng.bytes(200)
+    (folder / "garbled.mp4").write_bytes(bytes(garbled))
     return {
         "av": write_media(folder / "av.mp4", frames, FPS, audio=audio),
         "silent": write_media(folder / "silent.mp4", frames, FPS),
         "empty_audio": folder / "empty_audio.mkv",
+        "garbled": folder / "garbled.mp4",
         "corrupt": folder / "corrupt.mp4",
         "empty": folder / "empty.mp4",
     }
+
+
+@pytest.fixture(scope="module")
+def tool():
+    """tools/build_manifest.py as a module, to call its main in this process."""
+    spec = importlib.util.spec_from_file_location("build_manifest", REPO / "tools" / "build_manifest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def put(media: dict[str, Path], kind: str, path: Path) -> Path:
@@ -209,6 +224,44 @@ def test_a_probe_that_crashes_or_hangs_costs_only_its_file(media: dict[str, Path
         ("hang.mp4", "timeout", "probe still running after 3 s; stopped"),
     ]
     assert "  crashed: 1\n  timeout: 1" in result.summary()
+
+
+def test_verify_decodes_every_frame_and_leaves_out_a_file_damaged_in_the_middle(
+        media: dict[str, Path], tmp_path: Path, tool, capsys: pytest.CaptureFixture[str]) -> None:
+    """The probe decodes only the first frame, so a file garbled near its end is listed usable; with
+    verify (in the probing processes, and through the tool) it is reported as corrupt and left out."""
+    root = tmp_path / "videos"
+    put(media, "av", root / "climb" / "good.mp4")
+    garbled = put(media, "garbled", root / "climb" / "garbled.mp4")
+    assert rel_rows(probe_candidates(list_folder(root), workers=1), root) == [
+        ("climb/garbled.mp4", "climb", "train", False), ("climb/good.mp4", "climb", "train", True)]
+
+    result = probe_candidates(list_folder(root), workers=2, timeout_s=30, verify=True)
+    assert rel_rows(result, root) == [("climb/good.mp4", "climb", "train", True)]
+    assert [(s.path, s.kind) for s in result.skipped] == [(str(garbled), "corrupt")]
+    assert result.skipped[0].detail.startswith("decoding every frame (--verify): ")
+    assert "verified: every frame of the 1 usable files decoded" in result.summary()
+    assert "verified" not in probe_candidates(list_folder(root), workers=1).summary()
+
+    out = root / "manifest.csv"
+    assert tool.main([str(root), "--format", "folder", "--out", str(out), "--workers", "1", "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert "  corrupt: 1\n" in printed and f"[corrupt] {garbled}: decoding every frame (--verify): " in printed
+    assert [Path(r.path).name for r in read_manifest(out)] == ["good.mp4"]
+
+
+def test_the_builders_output_reads_back_when_the_videos_lie_outside_the_manifests_folder(
+        media: dict[str, Path], tmp_path: Path) -> None:
+    """Videos beside or above the manifest's folder are written by their absolute paths (never `../`,
+    which read_manifest refuses), so the manifest reads back the files that were built."""
+    root = tmp_path / "videos"
+    put(media, "av", root / "climb" / "c1.mp4")
+    put(media, "silent", root / "swim" / "s1.mp4")
+    result = build_folder(root, workers=1)
+    for out in (root / "lists" / "manifest.csv", tmp_path / "manifests" / "manifest.csv"):
+        write_manifest(result.rows, out)
+        assert "../" not in out.read_text()
+        assert [r.path for r in read_manifest(out)] == [r.path for r in result.rows]
 
 
 def as_unprivileged_user(task: Callable[[], object]) -> object:
@@ -516,11 +569,8 @@ def test_build_manifest_tool(media: dict[str, Path], tmp_path: Path) -> None:
     assert [(r.label, r.has_audio) for r in rows] == [("climb", True), ("swim", False)]
 
 
-def test_build_manifest_tool_usage_errors(media: dict[str, Path], tmp_path: Path,
+def test_build_manifest_tool_usage_errors(media: dict[str, Path], tmp_path: Path, tool,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("build_manifest", REPO / "tools" / "build_manifest.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     root = tmp_path / "videos"
     put(media, "av", root / "climb" / "c1.mp4")
     (tmp_path / "nothing").mkdir()

@@ -1,6 +1,7 @@
 """Manifest read/write: the CSV format."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,24 @@ def test_read_manifest_names_what_is_wrong(tmp_path: Path, text: str | None, mes
         bad.write_text(text)
     with pytest.raises(ManifestError, match=message):
         read_manifest(bad)
+
+
+HEADER = "path,label,split,duration,fps,num_frames,has_audio\n"
+
+
+@pytest.mark.parametrize("climbing", ["../x.mp4", "a/../../x.mp4", "./../data2/x.mp4"])
+def test_read_manifest_refuses_a_relative_path_that_climbs_out_of_its_folder(tmp_path: Path, climbing: str) -> None:
+    bad = tmp_path / "data" / "manifest.csv"
+    bad.parent.mkdir()
+    bad.write_text(f"{HEADER}v.mp4,a,train,1.0,25,25,1\n{climbing},a,train,1.0,25,25,1\n")
+    with pytest.raises(ManifestError, match=re.escape(f"{bad}, line 3: path '{climbing}' climbs out of the "
+                                                      f"manifest's folder with '..'")):
+        read_manifest(bad)
+
+
+def test_read_manifest_keeps_absolute_paths_anywhere_and_dot_dots_that_stay_inside(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "w.mp4"
+    good = tmp_path / "data" / "manifest.csv"
+    good.parent.mkdir()
+    good.write_text(f"{HEADER}{elsewhere},a,train,1.0,25,25,1\na/../v.mp4,a,train,1.0,25,25,1\n")
+    assert [r.path for r in read_manifest(good)] == [str(elsewhere), str(good.parent / "a/../v.mp4")]

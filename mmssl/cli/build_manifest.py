@@ -1,8 +1,8 @@
 """Build a manifest CSV from a video dataset on disk.
 
-Every file is probed (in parallel processes); unreadable files are reported with their reason
-and left out, never fatal. Exit status 0 when a manifest was written, 2 for usage errors (no
-ROOT, no split files, no candidate videos).
+Every file is probed (in parallel processes; with --verify every frame is decoded); unreadable
+files are reported with their reason and left out, never fatal. Exit status 0 when a manifest was
+written, 2 for usage errors (no ROOT, no split files, no candidate videos).
 """
 from __future__ import annotations
 
@@ -60,6 +60,10 @@ def parse_args(argv: list[str] | None = None,
     parser.add_argument("--probe-timeout", type=float, default=PROBE_TIMEOUT_S, metavar="S",
                         help="seconds one file's probe may take before it is stopped and the file skipped "
                              f"(with --workers > 1; default {PROBE_TIMEOUT_S:g})")
+    parser.add_argument("--verify", action="store_true",
+                        help="also decode every frame of each file (within --probe-timeout), so files "
+                             "damaged past their first frame are left out too; slower: raise --probe-timeout "
+                             "for long videos")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser, parser.parse_args(argv)
 
@@ -89,14 +93,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     listed = len(listing.candidates) + len(listing.skipped)
     if not listed:
         parser.error(f"no candidate videos found for --format {args.format} under {args.root}")
-    print(f"{args.format}: {listed} listed, {len(listing.candidates)} on disk; probing")
+    print(f"{args.format}: {listed} listed, {len(listing.candidates)} on disk; probing"
+          + (" and decoding every frame" if args.verify else ""))
 
     def report(done: int, total: int) -> None:
         if done == total or done % 500 == 0:
             print(f"\rprobed {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
                   flush=True)
 
-    result = probe_candidates(listing, args.workers, None if args.quiet else report, args.probe_timeout)
+    result = probe_candidates(listing, args.workers, None if args.quiet else report, args.probe_timeout,
+                              args.verify)
     print(result.summary())
     write_manifest(result.rows, args.out)
     print(f"wrote {args.out} ({result.usable} rows)")

@@ -66,7 +66,8 @@ class ManifestError(ValueError):
 
 
 def read_manifest(path: str | Path, split: str | None = None) -> list[ManifestRow]:
-    """Read a manifest; relative paths are resolved against its folder. `split` filters rows, and a
+    """Read a manifest; relative paths are resolved against its folder, and one that climbs out of it
+    with `..` is a `ManifestError` (absolute paths may point anywhere). `split` filters rows, and a
     split without rows is a `ManifestError` that lists the splits the manifest has."""
     path = Path(path)
     if not path.is_file():
@@ -86,8 +87,8 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[ManifestRo
 
 
 def _parse_row(path: Path, line: int, d: dict[str, str]) -> ManifestRow:
-    """One CSV row (`line` of the file, for the error) as a ManifestRow with a positive frame rate
-    and frame count."""
+    """One CSV row (`line` of the file, for the error) as a ManifestRow with a relative path that stays
+    in the manifest's folder, a positive frame rate and frame count."""
     try:
         row = ManifestRow(
             path=str(path.parent / d["path"]) if not os.path.isabs(d["path"]) else d["path"],
@@ -98,6 +99,9 @@ def _parse_row(path: Path, line: int, d: dict[str, str]) -> ManifestRow:
         )
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{path}, line {line}: unreadable row ({e})") from e
+    if not os.path.isabs(d["path"]) and os.path.normpath(d["path"]).split(os.sep)[0] == os.pardir:
+        raise ManifestError(f"{path}, line {line}: path {d['path']!r} climbs out of the manifest's folder with "
+                            f"'..'; name the file relative to {path.parent} without '..', or by its absolute path")
     if not row.fps > 0 or row.num_frames < 1:
         raise ManifestError(f"{path}, line {line}: {row.path} needs fps > 0 and num_frames >= 1, got fps "
                             f"{row.fps} and num_frames {row.num_frames} (tools/build_manifest.py measures both)")
@@ -110,7 +114,8 @@ def class_names(rows: Iterable[ManifestRow]) -> list[str]:
 
 
 def _relative(file: str, folder: Path) -> str:
-    """`file` relative to `folder` when it lies under it (as named, or with links resolved), else absolute."""
+    """`file` relative to `folder` when it lies under it (as named, or with links resolved), else absolute:
+    never a path with `..`, which `read_manifest` refuses."""
     for path, base in ((Path(os.path.abspath(file)), Path(os.path.abspath(folder))),
                        (Path(file).resolve(), folder.resolve())):
         try:

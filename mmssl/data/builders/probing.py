@@ -10,14 +10,17 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pebble
 
 from mmssl.data.clip import Skipped
 from mmssl.data.isolation import isolated_map
 from mmssl.data.manifest import AUDIO_ERROR, ManifestRow
-from mmssl.io import MediaError, PermissionDeniedError, probe
+from mmssl.io import MediaError, PermissionDeniedError, VideoReader, probe
 
 DUPLICATE = "duplicate"  # Skipped kind: a file or folder listed already, or another file of a clip listed
 # already (once in a manifest, never in two splits)
@@ -65,6 +68,7 @@ class BuildResult:
     skipped: list[Skipped]
     excluded: int = 0
     not_videos: Counter = field(default_factory=Counter)
+    verified: bool = False  # every frame of each usable file was decoded (`probe_candidates(verify=True)`)
 
     @property
     def usable(self) -> int:
@@ -86,6 +90,8 @@ class BuildResult:
                  + (f", of which an audio track that does not decode: {len(bad_audio)}" if bad_audio else "")
                  + (f", unlabeled: {unlabeled}" if unlabeled else "") + ")",
                  f"unreadable: {len(self.skipped)}"]
+        if self.verified:
+            lines.insert(1, f"verified: every frame of the {self.usable} usable files decoded")
         lines += [f"  {kind}: {n}" for kind, n in self.skipped_by_kind().items()]
         if self.excluded:
             lines.append(f"excluded by the split (unused): {self.excluded}")
@@ -102,33 +108,37 @@ class BuildResult:
 
 
 PROBE_TIMEOUT_S = 300.0  # a probe demuxes the whole file: seconds for a film, far less for a clip
+VERIFY_SIZE = (8, 8)  # --verify scales each decoded frame to this: only the decode is checked, memory stays small
 
 
 def probe_candidates(listing: Listing, workers: int | None = None,
                      progress: Callable[[int, int], None] | None = None,
-                     timeout_s: float = PROBE_TIMEOUT_S) -> BuildResult:
+                     timeout_s: float = PROBE_TIMEOUT_S, verify: bool = False) -> BuildResult:
     """Probe every candidate in `workers` processes (default: all cores; 1 probes in this
     process) and keep the order of the listing. A bad file becomes a Skipped entry, never an
     exception; in worker processes so does a probe that runs past `timeout_s` ("timeout") or
     kills its process ("crashed", e.g. a segfault in a decoder library), and the build goes on.
-    A file listed a second time (the same file after links are resolved) is left out as DUPLICATE
-    and probed once. `progress(done, total)` is called after each file."""
+    With `verify` the probe also decodes every video frame (`_decode_every_frame`, within the same
+    timeout), so a file damaged past its first frame is left out too. A file listed a second time
+    (the same file after links are resolved) is left out as DUPLICATE and probed once.
+    `progress(done, total)` is called after each file."""
     candidates, duplicates = _first_listings(listing.candidates)
     total = len(candidates)
     workers = min(workers or os.cpu_count() or 1, total)
     rows: list[ManifestRow] = []
     skipped = listing.skipped + duplicates
+    probe_one = partial(_probe_one, verify=verify)
     with ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(pebble.ProcessPool(max_workers=workers))
-            results = isolated_map(pool, _probe_one, candidates, _probe_failed, 4 * workers, timeout_s, "probe")
+            results = isolated_map(pool, probe_one, candidates, _probe_failed, 4 * workers, timeout_s, "probe")
         else:
-            results = map(_probe_one, candidates)
+            results = map(probe_one, candidates)
         for done, result in enumerate(results, 1):
             (rows if isinstance(result, ManifestRow) else skipped).append(result)
             if progress is not None:
                 progress(done, total)
-    return BuildResult(rows, skipped, listing.excluded, listing.not_videos)
+    return BuildResult(rows, skipped, listing.excluded, listing.not_videos, verify)
 
 
 def _first_listings(candidates: list[Candidate]) -> tuple[list[Candidate], list[Skipped]]:
@@ -148,13 +158,29 @@ def _probe_failed(candidate: Candidate, kind: str, detail: str) -> Skipped:
     return Skipped(candidate.path, kind, detail)
 
 
-def _probe_one(candidate: Candidate) -> ManifestRow | Skipped:
-    """Worker: probe one file; every failure is returned as Skipped, never raised."""
+def _decode_every_frame(path: str | Path) -> None:
+    """Decode every frame of `path`'s video with the reader training uses, one keyframe interval per
+    read (a read seeks to its first frame's keyframe, so each frame is decoded once); raises the
+    `MediaError` of the first frame that fails."""
+    with VideoReader(path, size=VERIFY_SIZE) as reader:
+        starts = np.searchsorted(reader.index.pts, reader.index.keyframe_pts)
+        bounds = np.unique(np.r_[0, starts, reader.num_frames])  # searchsorted: each within 0..num_frames
+        for start, stop in pairwise(bounds):
+            reader.get_frames(np.arange(start, stop))
+
+
+def _probe_one(candidate: Candidate, verify: bool = False) -> ManifestRow | Skipped:
+    """Worker: probe one file (with `verify`, then decode all its frames); every failure is returned
+    as Skipped, never raised."""
+    stage = ""  # a failure past the probe says so in its detail
     try:
         info = probe(candidate.path)
+        stage = "decoding every frame (--verify): "
+        if verify:
+            _decode_every_frame(candidate.path)
     except MediaError as e:
-        return Skipped(candidate.path, e.kind, e.detail)
+        return Skipped(candidate.path, e.kind, stage + e.detail)
     except Exception as e:  # noqa: BLE001 - a bad file must not abort the build
-        return Skipped(candidate.path, "error", f"{type(e).__name__}: {e}")
+        return Skipped(candidate.path, "error", f"{stage}{type(e).__name__}: {e}")
     return ManifestRow.from_info(candidate.path, info, candidate.label, candidate.split,
                                  **candidate.extra)
