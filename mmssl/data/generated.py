@@ -7,7 +7,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,26 @@ from typing import Any
 from mmssl.data.manifest import ManifestRow, write_manifest
 
 MANIFEST_NAME = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class GeneratedVideo:
+    """What one video of a generated dataset is, before rendering (each dataset adds its own fields)."""
+
+    index: int  # position in the whole dataset; seeds the video's generator
+    split: str
+    name: str
+    action: str
+
+    @property
+    def label(self) -> str:
+        """Class name for labeled splits, empty for pretraining."""
+        return "" if self.split == "pretrain" else self.action
+
+
+def split_sizes(num_pretrain: int, train_per_class: int, test_per_class: int, num_classes: int) -> dict[str, int]:
+    """Number of videos per split: unlabeled pretraining videos, then so many per class."""
+    return {"pretrain": num_pretrain, "train": train_per_class * num_classes, "test": test_per_class * num_classes}
 
 
 def generate_dataset(out_dir: str | Path, config: Any, version: int, stamp_name: str, dataset: str,

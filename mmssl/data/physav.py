@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmssl.data.generated import generate_dataset
+from mmssl.data.generated import GeneratedVideo, generate_dataset, split_sizes
 from mmssl.data.manifest import ManifestRow
 from mmssl.io import probe, write_media
 
@@ -116,25 +116,15 @@ class PhysAVConfig:
 
     def split_sizes(self) -> dict[str, int]:
         """Number of videos per split."""
-        return {"pretrain": self.num_pretrain, "train": self.train_per_class * len(CLASSES),
-                "test": self.test_per_class * len(CLASSES)}
+        return split_sizes(self.num_pretrain, self.train_per_class, self.test_per_class, len(CLASSES))
 
 
 @dataclass(frozen=True)
-class VideoSpec:
+class VideoSpec(GeneratedVideo):
     """What one video of the dataset is, before rendering."""
 
-    index: int  # position in the whole dataset; seeds the video's generator
-    split: str
-    name: str
-    action: str
     category: str
     material: str
-
-    @property
-    def label(self) -> str:
-        """Class name for labeled splits, empty for pretraining."""
-        return "" if self.split == "pretrain" else self.action
 
 
 def plan(config: PhysAVConfig) -> list[VideoSpec]:

@@ -310,7 +310,8 @@ class Transfer:
         step = trained = 0
         for epoch in range(c.finetune_epochs):
             loader.dataset.set_epoch(epoch)
-            hits = seen = 0  # the epoch's training accuracy: does the recipe fit?
+            # the epoch's training accuracy (does the recipe fit?), counted on the device: no sync per step
+            hits, seen = torch.zeros((), dtype=torch.long, device=self.device), 0
             for batch in loader:
                 set_lr(optimizer, float(schedule[step]))
                 step += 1
@@ -323,7 +324,7 @@ class Transfer:
                                       encoder_input=encoder_input)
                     logits = classifier(features[:, 0])
                     loss = F.cross_entropy(logits, labels := batch["label"].to(self.device))
-                hits += int((logits.argmax(-1) == labels).sum())
+                hits += (logits.argmax(-1) == labels).sum()
                 seen += len(labels)
                 optimizer.zero_grad()
                 loss.backward()
@@ -335,7 +336,7 @@ class Transfer:
         test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode, encoder_input)
         with torch.no_grad():
             logits = classifier(test_x.to(self.device)).cpu()
-        return {**self.scores(logits, test_y), "train_clip_top1": 100.0 * hits / max(seen, 1),
+        return {**self.scores(logits, test_y), "train_clip_top1": 100.0 * hits.item() / max(seen, 1),
                 "num_train_videos": len(self.train_rows) - train_skipped.total(),
                 "num_test_videos": len(test_y), "skipped": dict(train_skipped + test_skipped)}
 
