@@ -175,7 +175,7 @@ class TransferConfig:
     protocol: str = "linear"  # linear (probe on frozen features), knn (and retrieval), or finetune
     manifest: str = ""  # empty: SynthAV under synthav_dir
     synthav_dir: str = "data/synthav"
-    train_split: str = "train"
+    train_split: str = "train"  # "a+b": the rows of both splits
     test_split: str = "test"
     label_column: str = "label"  # the manifest column to predict: label, or another (SynthAV: shape, heard as timbre)
     feature_mode: str = "auto"  # auto (the pretext task's), clip, or frames (T=1 each, concatenated)

@@ -24,6 +24,7 @@ from mmssl.eval.transfer import (
     _topk,
     finetune_optimizer,
     knn_classify,
+    labeled_rows,
     layer_decay_scale,
     random_encoder,
     retrieval_recall,
@@ -211,6 +212,14 @@ def test_unknown_protocols_keys_and_missing_manifests_are_refused(tiny_synthav: 
         Transfer(TransferConfig(manifest=str(tmp_path / "ucf101_split1.csv")))
     with pytest.raises(ConfigError, match="knn_neighbours"):
         load_config(None, ["knn_neighbours=5"], root=TransferConfig)
+
+
+def test_a_plus_joins_the_labeled_rows_of_several_splits(tiny_synthav: Path) -> None:
+    manifest = tiny_synthav / "manifest.csv"
+    train, test = (labeled_rows(manifest, split) for split in ("train", "test"))
+    assert labeled_rows(manifest, "train+test") == train + test
+    with pytest.raises(ManifestError, match="no rows in split 'val'"):
+        labeled_rows(manifest, "train+val")
 
 
 def test_a_split_with_no_usable_video_is_a_manifest_error(tiny_synthav: Path, tmp_path: Path) -> None:

@@ -90,9 +90,10 @@ class LabeledAudio:
 
 
 def labeled_rows(manifest: str | Path, split: str, column: str = "label") -> list[ManifestRow]:
-    """The rows of `split` that have a value in `column` ("label" or an extra column such as
-    SynthAV's "shape"), with that value as their label."""
-    rows = read_manifest(manifest, split)
+    """The rows of `split` ("a+b" joins splits, e.g. PhysAV's "pretrain+train" for the full-label
+    ceiling) that have a value in `column` ("label" or an extra column such as SynthAV's "shape"),
+    with that value as their label."""
+    rows = [row for part in split.split("+") for row in read_manifest(manifest, part)]
     if column != "label":
         rows = [replace(r, label=r.extra.get(column, "")) for r in rows]
     return [r for r in rows if r.label]
