@@ -36,7 +36,7 @@ bench: setup  ## benchmarks (tables + JSON under runs/): decoders, losses, train
 	$(PY) tools/bench_loader.py --out $(RUNS)/bench_loader.json
 	$(PY) tools/bench_losses.py --out $(RUNS)/bench_losses.json
 	$(PY) tools/bench_train.py --synthav-dir $(DATA) --out $(RUNS)/bench_train.json
-	$(PY) tools/bench_learning.py --synthav-dir $(DATA) --out $(RUNS)/bench_learning.json
+	$(PY) tools/bench_learning.py --data-dir $(DATA) --out $(RUNS)/bench_learning.json
 
 clean:  ## delete the runs and the generated SynthAV (runs/, data/synthav)
 	rm -rf $(RUNS) $(DATA)

@@ -426,7 +426,7 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools/bench_learning.py"), "--methods", "order", "avc", "--seeds", "2",
-         "--knn", "--synthav-dir", str(tiny_synthav),
+         "--knn", "--ceiling", "--data-dir", str(tiny_synthav),
          "--work", str(tmp_path / "runs"), "--out", str(out), "--transfer", "frame_size=32", "clip_len=4",
          "num_clips=2", "num_workers=0", "linear_epochs=10", "finetune_epochs=1", "--", *FAST,
          "train.max_steps=2", "task.avc.clip_len=4"], capture_output=True, text=True, check=False,
@@ -439,18 +439,29 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
     assert [report["recipes"]["finetune"][key] for key in ("stride", "finetune_lr")] == [
         recipes["finetune"].stride, recipes["finetune"].finetune_lr] != [TransferConfig.stride, TransferConfig.finetune_lr]
     assert report["recipes"]["frozen"]["linear_penalty"] == recipes["linear"].linear_penalty
-    frozen = {f"{row} ({probe})" for probe in ("linear probe", "kNN") for row in ("order", "avc")} | {
-        f"random init tiny3d ({probe}, {kind}, rgb)" for probe in ("linear probe", "kNN")
-        for kind in ("frames, action", "clip, object")} | {
-        f"{encoder} (label, {probe})" for probe in ("linear probe", "kNN")
-        for encoder in ("avc audio encoder", "random init tiny_audio")}
-    assert set(rows) == frozen | {"supervised tiny3d (train split, from scratch)"}
+    probes, families = ("linear probe", "kNN"), ("action", "object")
+    frozen = {f"{method} ({family}, {probe})" for probe in probes for family in families for method in ("order", "avc")} | {
+        f"random init tiny3d ({family}, {probe}, {mode}, rgb)" for probe in probes for family in families
+        for mode in ("frames", "clip")} | {
+        f"{encoder} (label, {probe})" for probe in probes for encoder in ("avc audio encoder", "random init tiny_audio")}
+    supervised = {f"supervised tiny3d ({family}, {split})" for family in families
+                  for split in ("train split, from scratch", "pretrain+train, ceiling")}
+    assert set(rows) == frozen | supervised
     assert rows["avc audio encoder (label, kNN)"]["feature_mode"] == "audio"
-    assert (rows["order (kNN)"]["label_family"], rows["avc (kNN)"]["label_family"]) == ("action", "object")
-    assert "R@1" in rows["order (kNN)"]["runs"][0]["retrieval"]
+    assert (rows["order (object, kNN)"]["task_family"], rows["avc (action, kNN)"]["task_family"]) == ("action", "object")
+    assert "R@1" in rows["order (action, kNN)"]["runs"][0]["retrieval"]
     for row in rows.values():
         assert len(row["video_top1"]) == 2 and row["video_top1_std"] >= 0
-    assert "order (linear probe)" in result.stdout
+    # judged on their own family: order on the action, avc on the object
+    assert {method: set(probes) for method, probes in report["headline"].items()} == {
+        "order": set(probes), "avc": set(probes)}
+    gain = rows["order (action, kNN)"]["video_top1_mean"] - rows[
+        "random init tiny3d (action, kNN, frames, rgb)"]["video_top1_mean"]
+    assert report["headline"]["order"]["kNN"]["gain"] == pytest.approx(gain)
+    assert set(report["gate"]) == {f"supervised tiny3d ({family}, pretrain+train, ceiling)" for family in families}
+    assert set(report["pretext"]) == {"order", "avc"}
+    assert all(m["chance"] is not None and 0 <= m["mean"] <= 1 for m in report["pretext"]["order"].values())
+    assert "order (action, linear probe)" in result.stdout and "headline:" in result.stdout
 
 
 @pytest.mark.parametrize("task", ["order", "avc", "wav2vec2", "multitask"])

@@ -1,21 +1,26 @@
 #!/usr/bin/env python
-"""Learning benchmark on SynthAV: does pretraining help?
+"""Learning benchmark on a generated dataset (SynthAV or PhysAV): does pretraining help?
 
-For each method (a pretraining config) and seed: pretrain, then a linear probe on frozen features,
-on the labels of the family its task declares (action: SynthAV's classes, the `label` column; object:
-the main shape, `shape`), through the input front end its checkpoint saved; against the same encoder
-at random init (linear probe, same labels and input) and supervised training from random init on the
-labeled train split (the fine-tune protocol, action labels); with --finetune, also the pretrained
-encoder fine-tuned the same way. The frozen-feature rows follow configs/transfer/linear.yaml, the
-fine-tune and supervised rows configs/transfer/finetune.yaml (--transfer overrides apply to both); with --knn, also the weighted kNN on the frozen features. An audio-only
-method (wav2vec 2.0) is probed on its audio encoder's features of each labeled video's audio. The
-audio towers of the audio-visual methods get the same audio probes, on --audio-label: the action by
-default (heard in SynthAV as a pitch path, loudness and impact clicks), or another manifest column
-(SynthAV's shape, heard as timbre, is separable even by a random-init audio encoder). Mean and
-std over seeds, as a table and JSON.
+For each method (a pretraining config) and seed: pretrain on the dataset's unlabeled `pretrain`
+split; its task's held-out pretext metric on the test split, beside chance; then a linear probe (and
+with --knn a weighted kNN) on frozen features, through the input front end its checkpoint saved, on
+the labels of both label families (action, object; the family its task declares is the one it is
+judged on), against the same encoder at random init (same probe, labels and input). Beside them:
+supervised training from random init on the few labels of the `train` split (the fine-tune recipe),
+for each family; with --ceiling, the full-label supervised ceiling (the same recipe on the labels of
+pretrain + train), the dataset's own gate: ceiling minus random init should be >= 35 points on both
+families, or the dataset cannot tell a method that learns from one that does not. With --finetune,
+also each pretrained encoder fine-tuned the same way on its family's labels. The frozen-feature rows
+follow configs/transfer/linear.yaml, the fine-tune, supervised and ceiling rows
+configs/transfer/finetune.yaml (--transfer overrides apply to both). An audio-only method (wav2vec
+2.0) is probed on its audio encoder's features of each labeled video's audio; the audio towers of
+the audio-visual methods get the same audio probes, on --audio-label (default: the action; e.g.
+PhysAV's material, heard as timbre). Mean and std over seeds, as a table and JSON; the headline
+counts the methods >= 10 points above random init on their family's labels.
 
-  python tools/bench_learning.py [--methods order ...] [--seeds 3] [--finetune] [--knn] [--out FILE.json]
-                                 [--resume] [--audio-label label|shape] [--transfer key=value ...] [-- key=value ...]
+  python tools/bench_learning.py [--dataset synthav|physav] [--data-dir DIR] [--methods order ...] [--seeds 3]
+                                 [--knn] [--ceiling] [--finetune] [--out FILE.json] [--resume]
+                                 [--audio-label COLUMN] [--transfer key=value ...] [-- key=value ...]
 
 Overrides apply to every pretraining config (e.g. train.max_steps=300 for a quick look).
 """
@@ -33,7 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from mmssl.config import TransferConfig, load_config
+from mmssl.data import physav
+from mmssl.data.synthetic import ensure_synthav
 from mmssl.engine.trainer import pretrain
+from mmssl.eval.pretext import evaluate_pretext
 from mmssl.eval.transfer import Transfer, load_audio_encoder, load_encoder, random_encoder
 from mmssl.tasks import build_task
 
@@ -41,55 +49,82 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "configs/transfer"
 METHODS = {path.stem: path for path in sorted((ROOT / "configs/pretrain").glob("*.yaml"))}  # one per shipped config
 PROBE_NAMES = {"linear": "linear probe", "knn": "kNN"}
-FAMILY_COLUMNS = {"action": "label", "object": "shape"}  # the SynthAV manifest column each label family probes
+FULL_LABELS = "pretrain+train"  # the ceiling's training videos: every video's label
+GATE_POINTS, HEADLINE_POINTS = 35.0, 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchDataset:
+    """A generated dataset: which manifest column each label family reads, and how it is made."""
+
+    columns: dict[str, str]  # label family -> manifest column
+    ensure: Callable[[str], Path]  # its folder -> the manifest, generated (default config) on first use
+
+
+DATASETS = {
+    "synthav": BenchDataset({"action": "label", "object": "shape"}, ensure_synthav),
+    "physav": BenchDataset({"action": "action", "object": "object"}, physav.generate),
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="synthav", choices=list(DATASETS))
+    parser.add_argument("--data-dir", help="the dataset's folder (default data/<dataset>), made on first use")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--synthav-dir", default="data/synthav")
     parser.add_argument("--work", default="runs/bench_learning", help="folder for the pretraining runs")
     parser.add_argument("--out", default="runs/bench_learning.json")
     parser.add_argument("--resume", action="store_true",
                         help="continue the pretraining runs already in --work (a finished one is reused) "
                              "instead of starting them again (pretrain_minutes: this call's share); without it, "
                              "each run's folder in --work is deleted first")
-    parser.add_argument("--finetune", action="store_true",
-                        help="also fine-tune each pretrained video encoder on the train split")
     parser.add_argument("--knn", action="store_true",
                         help="also the weighted kNN (k = knn_k, T = knn_temperature) on the same frozen features")
+    parser.add_argument("--ceiling", action="store_true",
+                        help=f"also the full-label supervised ceiling (trained on {FULL_LABELS}) and its gate")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also fine-tune each pretrained video encoder on its family's labels")
     parser.add_argument("--transfer", nargs="*", default=[], metavar="key=value",
                         help="TransferConfig overrides (mmssl/config.py), e.g. finetune_epochs=10")
-    parser.add_argument("--audio-label", default="label",
-                        help="manifest column the audio-encoder probes predict (label, or e.g. SynthAV's shape)")
+    parser.add_argument("--audio-label", help="manifest column the audio-encoder probes predict "
+                                              "(default: the action's; e.g. PhysAV's material or SynthAV's shape)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining config overrides")
     args = parser.parse_args(argv)
 
+    dataset = DATASETS[args.dataset]
+    manifest = str(dataset.ensure(args.data_dir or f"data/{args.dataset}"))
+    audio_label = args.audio_label or dataset.columns["action"]
     transfer_config, finetune_config = (
-        load_config(RECIPES / f"{recipe}.yaml", [f"synthav_dir={args.synthav_dir}", *args.transfer], root=TransferConfig)
+        load_config(RECIPES / f"{recipe}.yaml", [f"manifest={manifest}", *args.transfer], root=TransferConfig)
         for recipe in ("linear", "finetune"))
-    transfers, finetunes = ({family: Transfer(dataclasses.replace(base, label_column=column))
-                             for family, column in FAMILY_COLUMNS.items()} for base in (transfer_config, finetune_config))
-    transfer = transfers["action"]  # the table's header
-    audio_transfer = Transfer(dataclasses.replace(transfer_config, label_column=args.audio_label))
-    audio_family = next((f for f, column in FAMILY_COLUMNS.items() if column == args.audio_label), args.audio_label)
+
+    def transfers(base: TransferConfig, **changes: str) -> dict[str, Transfer]:
+        return {family: Transfer(dataclasses.replace(base, label_column=column, **changes))
+                for family, column in dataset.columns.items()}
+
+    frozen, finetunes = transfers(transfer_config), transfers(finetune_config)
+    ceilings = transfers(finetune_config, train_split=FULL_LABELS) if args.ceiling else {}
+    audio_transfer = Transfer(dataclasses.replace(transfer_config, label_column=audio_label))
+    audio_family = next((f for f, column in dataset.columns.items() if column == audio_label), audio_label)
     audio_kind = {"feature_mode": "audio", "label_family": audio_family, "encoder_input": "waveform"}
     protocols = ["linear", "knn"] if args.knn else ["linear"]
     rows: dict[str, dict] = {}
+    pretext: dict[str, list[dict]] = {}
     measured: set[tuple[str, int]] = set()
 
     def baseline(label: str, seed: int, kind: dict[str, str], encoder: str, evaluate: Callable[..., dict]) -> None:
-        """A random-init or supervised row, `evaluate` of `encoder` at random init: measured once per seed,
-        however many methods share it."""
+        """A random-init, supervised or ceiling row, `evaluate` of `encoder` at random init: measured once
+        per seed, however many methods share it."""
         if (label, seed) not in measured:
             measured.add((label, seed))
             _add(rows, label, kind, evaluate(random_encoder(encoder, seed)))
 
     for method in args.methods:
         for seed in range(args.seeds):
-            config = load_config(METHODS[method], [*args.overrides, f"train.seed={seed}",
-                                                   f"data.synthav_dir={args.synthav_dir}"])
+            config = load_config(METHODS[method], [
+                *args.overrides, f"train.seed={seed}", f"data.manifest={manifest}", "data.split=pretrain",
+                f"monitor.manifest={manifest}", f"monitor.label_column={dataset.columns['action']}"])
             task = build_task(config)  # the run's: its feature mode and audio follow the overrides
             mode = task.feature_mode
             run = Path(args.work) / f"{method}_seed{seed}"
@@ -98,53 +133,117 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             checkpoint = pretrain(config, run, "auto" if args.resume else None)
             minutes = (time.perf_counter() - start) / 60
+            pretext.setdefault(method, []).append(evaluate_pretext(checkpoint, manifest, "test", seed=seed)["metrics"])
             encoder, name, _, encoder_input = load_encoder(checkpoint)
-            family = task.label_family
-            own = transfers[family]  # the labels of the method's family
-            for each in (*transfers.values(), *finetunes.values(), audio_transfer):
+            for each in (*frozen.values(), *finetunes.values(), *ceilings.values(), audio_transfer):
                 each.config.seed = seed
-            kind = {"feature_mode": mode, "label_family": family, "encoder_input": encoder_input}
-            # the audio encoder on --audio-label, unless the rows below are that already (audio-only, same column)
-            audio_probes = task.needs_audio and (mode != "audio" or args.audio_label != FAMILY_COLUMNS[family])
+            # the audio encoder on the audio label, unless the rows below are that already (audio-only, same column)
+            audio_probes = task.needs_audio and (mode != "audio" or audio_label not in dataset.columns.values())
             if audio_probes:
                 audio_encoder, audio_name = load_audio_encoder(checkpoint)
             for protocol in protocols:
                 probe = PROBE_NAMES[protocol]
-                _add(rows, f"{method} ({probe})", kind, own.frozen_protocol(encoder, mode, protocol, encoder_input),
-                     pretrain_minutes=minutes)
-                baseline(f"random init {name} ({probe}, {', '.join(kind.values())})", seed, kind, name,
-                         partial(own.frozen_protocol, mode=mode, protocol=protocol, encoder_input=encoder_input))
+                for family, transfer in frozen.items():
+                    kind = {"feature_mode": mode, "label_family": family, "encoder_input": encoder_input}
+                    _add(rows, f"{method} ({family}, {probe})",
+                         kind | {"task_family": task.label_family, "encoder": name, "probe": probe},
+                         transfer.frozen_protocol(encoder, mode, protocol, encoder_input), pretrain_minutes=minutes)
+                    baseline(_random_row(name, family, probe, kind), seed, kind, name,
+                             partial(transfer.frozen_protocol, mode=mode, protocol=protocol, encoder_input=encoder_input))
                 if audio_probes:
-                    _add(rows, f"{method} audio encoder ({args.audio_label}, {probe})", audio_kind,
+                    _add(rows, f"{method} audio encoder ({audio_label}, {probe})", audio_kind,
                          audio_transfer.frozen_protocol(audio_encoder, "audio", protocol))
-                    baseline(f"random init {audio_name} ({args.audio_label}, {probe})", seed, audio_kind, audio_name,
+                    baseline(f"random init {audio_name} ({audio_label}, {probe})", seed, audio_kind, audio_name,
                              partial(audio_transfer.frozen_protocol, mode="audio", protocol=protocol))
             if mode == "audio":  # an audio encoder: the probe is on its features of the videos' audio
                 continue
             if args.finetune:
-                _add(rows, f"{method} (fine-tune)", {**kind, "feature_mode": "clip"},
-                     finetunes[family].finetune(encoder, "clip", encoder_input))
-            baseline(f"supervised {name} (train split, from scratch)", seed,
-                     {"feature_mode": "clip", "label_family": "action", "encoder_input": "rgb"}, name,
-                     partial(finetunes["action"].finetune, mode="clip"))
+                _add(rows, f"{method} ({task.label_family}, fine-tune)",
+                     {"feature_mode": "clip", "label_family": task.label_family, "encoder_input": encoder_input},
+                     finetunes[task.label_family].finetune(encoder, "clip", encoder_input))
+            for family in dataset.columns:
+                kind = {"feature_mode": "clip", "label_family": family, "encoder_input": "rgb"}
+                baseline(f"supervised {name} ({family}, train split, from scratch)", seed, kind, name,
+                         partial(finetunes[family].finetune, mode="clip"))
+                if args.ceiling:
+                    baseline(f"supervised {name} ({family}, {FULL_LABELS}, ceiling)", seed, kind, name,
+                             partial(ceilings[family].finetune, mode="clip"))
+                    baseline(_random_row(name, family, PROBE_NAMES["linear"], kind), seed, kind, name,
+                             partial(frozen[family].frozen_protocol, mode="clip", protocol="linear"))
 
     table = {label: _summary(row) for label, row in rows.items()}
-    print(f"\nSynthAV: {len(transfer.classes)} action and {len(transfers['object'].classes)} object (shape) classes, "
-          f"{len(transfer.train_rows)} labeled train / {len(transfer.test_rows)} test videos, {args.seeds} seeds; "
-          f"audio probes: {len(audio_transfer.classes)} {args.audio_label} classes")
-    print(f"{'method':<60} {'features':<8} {'family':<6} {'input':<8} {'video top-1':>15} {'clip top-1':>15}"
+    action = frozen["action"]
+    print(f"\n{args.dataset} ({manifest}): {len(action.classes)} action and {len(frozen['object'].classes)} object classes, "
+          f"{len(action.train_rows)} labeled train / {len(action.test_rows)} test videos, {args.seeds} seeds; "
+          f"audio probes: {len(audio_transfer.classes)} {audio_label} classes")
+    print(f"{'row':<66} {'features':<8} {'family':<6} {'input':<8} {'video top-1':>15} {'clip top-1':>15}"
           "  per seed (video)")
     for label, s in table.items():
-        print(f"{label:<60} {s['feature_mode']:<8} {s['label_family']:<6} {s['encoder_input']:<8} "
+        print(f"{label:<66} {s['feature_mode']:<8} {s['label_family']:<6} {s['encoder_input']:<8} "
               f"{s['video_top1_mean']:>7.1f} ± {s['video_top1_std']:<5.1f}"
               f" {s['clip_top1_mean']:>7.1f} ± {s['clip_top1_std']:<5.1f}  "
               + " ".join(f"{v:.1f}" for v in s["video_top1"]))
-    report = {"classes": transfer.classes, "seeds": args.seeds, "overrides": args.overrides, "rows": table,
+    summary = {"pretext": {method: _pretext_summary(runs) for method, runs in pretext.items()},
+               "headline": _headline(table), "gate": _gate(table) if args.ceiling else {}}
+    _print_summary(summary)
+    report = {"dataset": args.dataset, "manifest": manifest, "classes": {f: t.classes for f, t in frozen.items()},
+              "seeds": args.seeds, "overrides": args.overrides, "rows": table, **summary,
               "recipes": {"frozen": dataclasses.asdict(transfer_config), "finetune": dataclasses.asdict(finetune_config)}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
     return report
+
+
+def _random_row(name: str, family: str, probe: str, kind: dict[str, str]) -> str:
+    """The label of the random-init row a method's row `kind` (features, input) is compared with."""
+    return f"random init {name} ({family}, {probe}, {kind['feature_mode']}, {kind['encoder_input']})"
+
+
+def _headline(table: dict[str, dict]) -> dict[str, dict]:
+    """Per method and probe, on its task's family: pretrained minus random init (video top-1 means),
+    and whether that is at least HEADLINE_POINTS."""
+    headline: dict[str, dict] = {}
+    for label, row in table.items():
+        if row.get("task_family") != row["label_family"]:
+            continue
+        random = table[_random_row(row["encoder"], row["label_family"], row["probe"], row)]
+        gain = row["video_top1_mean"] - random["video_top1_mean"]
+        headline.setdefault(label.split(" (")[0], {})[row["probe"]] = {"gain": gain, "beats_random": gain >= HEADLINE_POINTS}
+    return headline
+
+
+def _gate(table: dict[str, dict]) -> dict[str, dict]:
+    """Per ceiling row: ceiling minus random init (linear probe on clip features), against GATE_POINTS."""
+    gate = {}
+    for label, row in table.items():
+        if label.endswith("ceiling)"):
+            name = label.split()[1]
+            chance = table[_random_row(name, row["label_family"], PROBE_NAMES["linear"], row)]["video_top1_mean"]
+            gate[label] = {"gap": row["video_top1_mean"] - chance, "passed": row["video_top1_mean"] - chance >= GATE_POINTS}
+    return gate
+
+
+def _pretext_summary(runs: list[dict]) -> dict[str, dict]:
+    """Each held-out pretext metric's mean and std over seeds, and its chance level."""
+    return {key: {"mean": float(np.mean([r[key]["value"] for r in runs])),
+                  "std": float(np.std([r[key]["value"] for r in runs])),
+                  "chance": runs[0][key]["chance"], "higher_is_better": runs[0][key]["higher_is_better"]}
+            for key in runs[0]}
+
+
+def _print_summary(summary: dict) -> None:
+    print("\nheld-out pretext metrics (test split): mean ± std over seeds, chance")
+    for method, metrics in summary["pretext"].items():
+        for key, m in metrics.items():
+            chance = "-" if m["chance"] is None else f"{m['chance']:.3f}"
+            print(f"  {method:<16} {key:<24} {m['mean']:.3f} ± {m['std']:.3f}  chance {chance}")
+    beating = sorted(m for m, probes in summary["headline"].items() if any(p["beats_random"] for p in probes.values()))
+    print(f"\nheadline: {len(beating)} of {len(summary['headline'])} methods >= {HEADLINE_POINTS:g} points above "
+          f"random init on their family's labels: {', '.join(beating) or 'none'}")
+    for label, g in summary["gate"].items():
+        print(f"gate: {label}: {g['gap']:+.1f} points over random init "
+              f"({'passed' if g['passed'] else 'FAILED'}, >= {GATE_POINTS:g} asked)")
 
 
 def _add(rows: dict[str, dict], label: str, kind: dict[str, str], result: dict, **extra: float) -> None:
