@@ -1,6 +1,7 @@
 """The pretraining spine: configs, dataset seeding and skipping, trainer, resume, DDP, transfer."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -16,9 +17,13 @@ import pytest
 import torch
 from helpers import PRETRAINING_CONFIGS, shipped_config_batches  # tests/ is on sys.path under pytest
 
+from mmssl.cli import visualize
 from mmssl.config import ABSENT, Config, ConfigError, TransferConfig, config_changes, from_dict, load_config, to_dict
+from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import EpochSampler, PretextDataset, SkipCounter, SkipLimitExceeded, collate, kinds
 from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
+from mmssl.data.physav import PhysAVConfig
+from mmssl.data.physav import generate as generate_physav
 from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.engine.data import load_rows, pretraining_data
 from mmssl.engine.optim import build_optimizer, cosine_schedule
@@ -484,3 +489,36 @@ def test_visualize_reports_failed_decodes_and_stops_when_none_is_left(tmp_path: 
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "skipped videos that failed to decode: {'corrupt': 2}" in result.stdout
     assert "none of the 2 videos could be decoded for order" in result.stderr
+
+
+def test_visualize_draws_a_manifests_videos_with_their_contacts_marked(tmp_path: Path) -> None:
+    tiny = PhysAVConfig(seed=5, size=16, duration=1.0, num_pretrain=0, train_per_class=0, test_per_class=1)
+    manifest = generate_physav(tmp_path / "physav", tiny, workers=1)
+    out = visualize.main(["--manifest", str(manifest), "--num", "2", "--out", str(tmp_path / "physav.png")])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000
+    with open(manifest, newline="") as f:  # the main object's contact frames, as the manifest gives them
+        contacts = {Path(r["path"]).name: [int(k) for k in r["impacts"].split(";") if k] for r in csv.DictReader(f)}
+    assert sum(map(bool, contacts.values())) >= 2
+    clips = [visualize.decode_video(row) for row in read_manifest(manifest)]
+    fig = visualize.draw_videos(clips, "tiny")
+    for subfig, clip in zip(fig.subfigs, clips, strict=True):
+        *frames, spectrogram = subfig.axes
+        expected = contacts[Path(clip.row.path).name]
+        lines = sorted(line.get_xdata()[0] for line in spectrogram.lines)
+        assert lines == pytest.approx([k / clip.row.fps for k in expected])  # seconds: frame / fps
+        framed = [frame for ax, frame in zip(frames, clip.window.frames) if ax.axison]
+        assert set(expected[:visualize.VIDEO_FRAMES // 2]) <= set(framed) <= set(expected)  # first contacts shown
+        assert clip.video.shape[0] == len(clip.window.frames) and len(clip.audio) == 16000
+
+
+def test_visualize_marks_a_contact_where_its_click_is_on_the_spectrogram() -> None:
+    audio = torch.zeros(16000)
+    audio[8000:8040] = 1.0  # a click at 0.5 s: frame 8 at 16 fps
+    row = ManifestRow("click.mp4", split="test", duration=1.0, fps=16.0, num_frames=16, has_audio=True,
+                      extra={"impacts": "8"})
+    clip = DecodedClip(torch.zeros(1, 16, 16, 3, dtype=torch.uint8), audio, Window(np.array([8]), 0.0, 1.0), row)
+    spectrogram = visualize.draw_videos([clip], "click").subfigs[0].axes[-1]
+    left, right, _, _ = spectrogram.images[0].get_extent()
+    energy = spectrogram.images[0].get_array().sum(0)
+    peak = left + (np.argmax(energy) + 0.5) * (right - left) / len(energy)  # the loudest column's centre, in s
+    assert spectrogram.lines[0].get_xdata()[0] == 0.5 and peak == pytest.approx(0.5, abs=0.005)

@@ -14,8 +14,15 @@ patches kept, masked ones from the decoder, with its MSE on the masked tubelets)
 With normalised targets a predicted tubelet is drawn with the true tubelet's mean and std, as in
 VideoMAE's visualisation: the pattern inside it is the model's, its colour and contrast are the clip's.
 
+--manifest draws a dataset's videos as they are instead: one row per video, titled with its labels
+(every column the manifest has beyond the standard ones), 6 frames across it captioned with frame
+number and time, and the log-mel spectrogram of its whole audio against seconds. Where the manifest
+has an `impacts` column (PhysAV: the main object's contact frames), each contact is a line on the
+spectrogram at frame / fps, and a contact frame is among the frames shown, with a border.
+
   mmssl visualize --task order [--config FILE] [--num 8] [--out FILE.png] [--import MODULE] [key=value ...]
   mmssl visualize --task masked_video [--checkpoint CKPT|RUN_DIR] [...]
+  mmssl visualize --manifest data/physav/manifest.csv [--split test] [--num 8] [--out FILE.png]
 (`python tools/visualize.py ...` is the same.)
 """
 from __future__ import annotations
@@ -23,7 +30,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -32,8 +41,9 @@ import torch
 
 from mmssl.cli import add_import_option, import_user_modules
 from mmssl.config import ConfigError, apply_overrides, load_config
-from mmssl.data.clip import DecodedClip
-from mmssl.data.dataset import PretextDataset
+from mmssl.data.clip import DecodedClip, Window
+from mmssl.data.dataset import PretextDataset, decode_window
+from mmssl.data.manifest import AUDIO_ERROR, ManifestError, ManifestRow, read_manifest
 from mmssl.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mmssl.engine.data import load_rows
 from mmssl.io import MediaError
@@ -49,22 +59,42 @@ from mmssl.transforms.video import to_model_input
 SR = 16000
 LOG_MEL = LogMel(sample_rate=SR)
 AUDIO_TASK_FRAMES = 4  # frames drawn per clip beside the spectrograms
+VIDEO_FRAMES = 6  # frames drawn per video of a manifest
+IMPACTS = "impacts"  # manifest column: contact frame indices, semicolon-separated (PhysAV)
+IMPACT_COLOUR = "cyan"
 Row = tuple[str, DecodedClip, dict, PretextTask]  # label, the clip, its sample, the task that made it
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, help=f"a registered task: {', '.join(TASKS)}, or your own")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help=f"a registered task: {', '.join(TASKS)}, or your own")
+    source.add_argument("--manifest", help="draw this manifest's videos as they are (frames, spectrogram, contacts)")
+    parser.add_argument("--split", help="--manifest: only this split's videos (default: all)")
     parser.add_argument("--config", help="pretraining YAML (default: configs/pretrain/<task>.yaml if present)")
     parser.add_argument("--num", type=int, default=8, help="samples to draw")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="PNG path (default runs/visualize_<task>.png)")
+    parser.add_argument("--out", help="PNG path (default runs/visualize_<task or manifest's folder>.png)")
     parser.add_argument("--checkpoint", help="masked_video: pretraining checkpoint (or run folder) whose encoder "
                                              "and decoder reconstruct; default: random init")
     add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
+    matplotlib.use("Agg")  # drawn to a file, never to a window
+    if args.manifest:
+        if args.config or args.checkpoint or args.imports or args.overrides:
+            parser.error("--manifest draws the files as they are: no --config, --checkpoint, --import or key=value")
+        try:
+            rows = read_manifest(args.manifest, args.split)
+        except ManifestError as e:
+            parser.error(str(e))
+        clips = _decodable(len(rows), args.num, args.seed, lambda i: decode_video(rows[i]), args.manifest)
+        out = args.out or f"runs/visualize_{Path(args.manifest).parent.name}.png"
+        return _save(draw_videos(clips, args.manifest), out)
+    if args.split:
+        parser.error("--split picks a --manifest's videos; a task's split is data.split=NAME")
     import_user_modules(parser, args.imports)
     try:
         task_class(args.task)
@@ -85,32 +115,44 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
 
     dataset = PretextDataset(load_rows(config), build_task(config), config.data.frame_size,
                              config.data.backend, seed=args.seed)
-    samples, skipped = [], Counter()
-    for index in np.random.default_rng(args.seed).permutation(len(dataset)):
-        rng = dataset.rng(int(index))
+
+    def sample(index: int) -> tuple[DecodedClip, dict]:
+        rng = dataset.rng(index)
+        clip = dataset.decode(index, rng)
+        return clip, dataset.task.make_sample(clip, rng)
+
+    samples = _decodable(len(dataset), args.num, args.seed, sample, args.task)
+    fig = (_draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
+           if isinstance(dataset.task, MaskedVideo) else _draw_samples(_rows(dataset.task, samples), args.task))
+    return _save(fig, args.out or f"runs/visualize_{args.task}.png")
+
+
+def _decodable(total: int, num: int, seed: int, decode: Callable[[int], T], what: str) -> list[T]:
+    """`decode(index)` of up to `num` of `total` videos in a random order, skipping (and counting)
+    those that fail to decode; exits when none decodes."""
+    decoded, skipped = [], Counter()
+    for index in np.random.default_rng(seed).permutation(total):
         try:
-            clip = dataset.decode(int(index), rng)
+            decoded.append(decode(int(index)))
         except MediaError as e:
             skipped[e.kind] += 1
             continue
-        samples.append((clip, dataset.task.make_sample(clip, rng)))
-        if len(samples) == args.num:
+        if len(decoded) == num:
             break
     if skipped:
         print(f"skipped videos that failed to decode: {dict(skipped)}")
-    if not samples:
-        sys.exit(f"error: none of the {len(dataset)} videos could be decoded for {args.task}")
+    if not decoded:
+        sys.exit(f"error: none of the {total} videos could be decoded for {what}")
+    return decoded
 
-    matplotlib.use("Agg")  # drawn to a file, never to a window
-    fig = (_draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
-           if isinstance(dataset.task, MaskedVideo) else _draw_samples(_rows(dataset.task, samples), args.task))
-    fig.tight_layout()
-    out = Path(args.out or f"runs/visualize_{args.task}.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+
+def _save(fig: plt.Figure, out: str) -> Path:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    print(f"wrote {out}")
-    return out
+    print(f"wrote {path}")
+    return path
 
 
 def _rows(task: PretextTask, samples: list[tuple[DecodedClip, dict]]) -> list[Row]:
@@ -129,22 +171,21 @@ def _draw_samples(rows: list[Row], task: str) -> plt.Figure:
         return _shown(clip.window.frames, AUDIO_TASK_FRAMES if clip.audio is not None else None)
 
     width = max(len(frames_shown(clip)) + len(_audio_panels(clip, sample, t)) for _, clip, sample, t in rows)
-    fig, axes = plt.subplots(len(rows), width, figsize=(max(1.3 * width, 4), 1.5 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), width, figsize=(max(1.3 * width, 4), 1.5 * len(rows)), squeeze=False,
+                             layout="tight")
     for row_axes, (label, clip, sample, row_task) in zip(axes, rows):
         targets = ", ".join(f"{k}={v}" for k, v in clip.window.targets.items() if clip.audio is None)
         prefix = label + (f"{targets}  " if targets else "")
         shown = frames_shown(clip)
         for position, (ax, index) in enumerate(zip(row_axes, shown)):
-            ax.imshow(clip.video[index].numpy())
-            ax.set_title((prefix if position == 0 else "") + f"#{clip.window.frames[index]}", fontsize=7, loc="left")
+            _frame(ax, clip.video[index].numpy(), (prefix if position == 0 else "") + f"#{clip.window.frames[index]}")
         panels = _audio_panels(clip, sample, row_task)
         for position, (ax, (title, waveform, mask)) in enumerate(zip(row_axes[len(shown):], panels)):
-            spectrogram = LOG_MEL(waveform[None].float())[0, 0].numpy()
-            ax.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma")
-            if mask is not None:  # the masked feature frames, on the spectrogram's time axis
-                step = spectrogram.shape[1] / len(mask)
+            columns = _spectrogram(ax, waveform)
+            if mask is not None:  # the masked feature frames, on the spectrogram's time axis (s)
+                step, hop = columns / len(mask), LOG_MEL.mel.hop_length / SR
                 for start, stop in _runs(mask):
-                    ax.axvspan(start * step - 0.5, stop * step - 0.5, color="white", alpha=0.4, lw=0)
+                    ax.axvspan((start * step - 0.5) * hop, (stop * step - 0.5) * hop, color="white", alpha=0.4, lw=0)
             ax.set_title((prefix if position == 0 and not shown else "") + title, fontsize=6, loc="left")
         for ax in row_axes:
             ax.axis("off")
@@ -175,20 +216,93 @@ def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, di
              "reconstruction": reconstruct(prediction, pixels, masked, task.tubelet, task.config.norm_target)}
     shown = _shown(samples[0][0].window.frames, AUDIO_TASK_FRAMES)
     width = len(clips) * len(shown)
-    fig, axes = plt.subplots(len(samples), width, figsize=(1.3 * width, 1.5 * len(samples)), squeeze=False)
+    fig, axes = plt.subplots(len(samples), width, figsize=(1.3 * width, 1.5 * len(samples)), squeeze=False,
+                             layout="tight")
     for i, (row_axes, (clip, _)) in enumerate(zip(axes, samples)):
         error = float(masked_mse(prediction[i:i + 1], target[i:i + 1], masked[i:i + 1]))
         for k, (label, video) in enumerate(clips.items()):
             for position, (ax, index) in enumerate(zip(row_axes[k * len(shown):], shown)):
-                ax.imshow(video[i, :, index].permute(1, 2, 0).numpy())
                 title = f"{label}{f' (MSE {error:.3f})' if label == 'reconstruction' else ''}" if position == 0 else ""
-                ax.set_title(f"{title}\n#{clip.window.frames[index]}", fontsize=6, loc="left")
+                _frame(ax, video[i, :, index].permute(1, 2, 0).numpy(), f"{title}\n#{clip.window.frames[index]}", 6)
         for ax in row_axes:
             ax.axis("off")
     weights = f"weights of {checkpoint}" if checkpoint else "random init"
     fig.suptitle(f"masked_video ({encoder_name}, {weights}): input, masked input, reconstruction "
                  f"(#n: frame number)", fontsize=8)
     return fig
+
+
+def decode_video(row: ManifestRow) -> DecodedClip:
+    """VIDEO_FRAMES frames across the video (its contact frames among them), at their size, and its whole audio."""
+    contacts = impact_frames(row)[:VIDEO_FRAMES // 2]  # the rest spread over the video
+    spread = _shown(np.arange(row.num_frames), VIDEO_FRAMES - len(contacts))
+    window = Window(np.union1d(spread, contacts), 0.0 if row.has_audio else None, row.duration)
+    return decode_window(row, window)
+
+
+def impact_frames(row: ManifestRow) -> np.ndarray:
+    """The contact frame indices of a manifest row (its `impacts` column; none without one)."""
+    return np.array([int(k) for k in row.extra.get(IMPACTS, "").split(";") if k], dtype=int)
+
+
+def draw_videos(clips: list[DecodedClip], manifest: str) -> plt.Figure:
+    """One row per video: its frames (contact frames framed), then the spectrogram of its audio with
+    the contacts as lines at frame / fps, the row titled with the manifest's labels."""
+    width, audio = max(len(clip.window.frames) for clip in clips), any(clip.audio is not None for clip in clips)
+    fig = plt.figure(figsize=(1.2 * width + 5 * audio, 1.9 * len(clips)), layout="constrained")
+    for subfig, clip in zip(np.atleast_1d(fig.subfigures(len(clips))), clips):
+        contacts = impact_frames(clip.row)
+        subfig.suptitle(_video_title(clip.row), x=0.01, ha="left", fontsize=8)
+        axes = subfig.subplots(1, width + audio, width_ratios=[1] * width + [4] * audio)
+        for ax in axes:
+            ax.axis("off")
+        for ax, frame, image in zip(axes, clip.window.frames, clip.video):
+            _frame(ax, image.numpy(), f"#{frame} {frame / clip.row.fps:.2f}s",
+                   edge=IMPACT_COLOUR if frame in contacts else None)
+        if clip.audio is not None:
+            ax = axes[-1]
+            ax.axis("on")
+            _spectrogram(ax, clip.audio)
+            for time in contacts / clip.row.fps:
+                ax.axvline(time, color=IMPACT_COLOUR, lw=1, ls=(0, (3, 3)))  # dashed: the onset shows through
+            ax.set(xlim=(0, clip.row.duration), yticks=[])
+            ax.tick_params(labelsize=6)
+            ax.set_xlabel("s", fontsize=6, labelpad=0)
+    marks = any(IMPACTS in clip.row.extra for clip in clips)
+    fig.suptitle(f"{manifest}: frames (#n: frame number, time), log-mel of the audio"
+                 + (f"; {IMPACT_COLOUR}: contacts (column '{IMPACTS}')" if marks else ""), fontsize=8)
+    return fig
+
+
+def _video_title(row: ManifestRow) -> str:
+    """File, split, labels (every extra column but the contacts, which are listed last)."""
+    labels = {"label": row.label} | {k: v for k, v in row.extra.items() if k not in (IMPACTS, AUDIO_ERROR)}
+    title = f"{Path(row.path).name} ({row.split}): " + ", ".join(f"{k}={v}" for k, v in labels.items() if v)
+    if IMPACTS in row.extra:
+        title += f"; contacts at frames {', '.join(map(str, impact_frames(row))) or '(none)'}"
+    return title
+
+
+def _frame(ax: plt.Axes, image: np.ndarray, title: str, fontsize: int = 7, edge: str | None = None) -> None:
+    """A frame with its caption; `edge`: a border of that colour."""
+    ax.imshow(image)
+    ax.set_title(title, fontsize=fontsize, loc="left")
+    if edge:
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set(color=edge, linewidth=3)
+
+
+def _spectrogram(ax: plt.Axes, waveform: torch.Tensor) -> int:
+    """Draw the log-mel of `waveform` against time in seconds (each column at its window's centre);
+    returns its number of columns."""
+    spectrogram = LOG_MEL(waveform[None].float())[0, 0].numpy()
+    hop = LOG_MEL.mel.hop_length / SR
+    ax.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma",
+              extent=(-hop / 2, (spectrogram.shape[1] - 0.5) * hop, 0, spectrogram.shape[0]))
+    return spectrogram.shape[1]
 
 
 def _checkpoint(path: Path, parser: argparse.ArgumentParser) -> Path:
