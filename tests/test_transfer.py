@@ -190,6 +190,23 @@ def test_knn_protocol_on_real_clips_and_from_the_command_line(tiny_synthav: Path
     assert audio_result["skipped"]["no_audio"] > 0 and "R@1" in audio_result["retrieval"]
 
 
+def test_a_feature_cache_serves_other_protocols_and_label_columns_with_their_own_labels(tiny_synthav: Path) -> None:
+    config = TransferConfig(synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4, num_clips=2, num_workers=0)
+    by_label, by_shape = (Transfer(replace(config, label_column=column), torch.device("cpu"))
+                          for column in ("label", "shape"))
+    encoder, calls = random_encoder("tiny3d", 0), []
+    encoder.register_forward_hook(lambda *_: calls.append(1))
+    cache: dict = {}
+    knn = by_label.frozen_protocol(encoder, "clip", "knn", cache=cache)
+    passes = len(calls)
+    shape_x, shape_y, _ = by_shape.features(encoder, by_shape.test_rows, "clip", cache=cache)
+    assert len(calls) == passes  # served from the cache: the encoder did not run again
+    fresh_x, fresh_y, _ = by_shape.features(encoder, by_shape.test_rows, "clip")
+    assert torch.equal(shape_x, fresh_x) and torch.equal(shape_y, fresh_y)  # the shape's labels, not the action's
+    assert not torch.equal(shape_y, by_label.features(encoder, by_label.test_rows, "clip", cache=cache)[1])
+    assert by_label.frozen_protocol(encoder, "clip", "knn", cache=cache) == knn
+
+
 def test_linear_protocol_on_real_clips_reports_the_penalty_chosen_on_the_train_split(tiny_synthav: Path) -> None:
     config = TransferConfig(synthav_dir=str(tiny_synthav), frame_size=32, clip_len=4, num_clips=2, num_workers=0,
                             linear_epochs=20)

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, dict] = {}
     pretext: dict[str, list[dict]] = {}
     measured: set[tuple[str, int]] = set()
+    random_features: dict[tuple[str, int], dict] = {}  # frozen features of each random-init encoder (by seed)
 
     def baseline(label: str, seed: int, kind: dict[str, str], encoder: str, evaluate: Callable[..., dict]) -> None:
         """A random-init, supervised or ceiling row, `evaluate` of `encoder` at random init: measured once
@@ -141,20 +142,25 @@ def main(argv: list[str] | None = None) -> dict:
             audio_probes = task.needs_audio and (mode != "audio" or audio_label not in dataset.columns.values())
             if audio_probes:
                 audio_encoder, audio_name = load_audio_encoder(checkpoint)
+            features: dict = {}  # this encoder's frozen features, shared by the probes and label families
+            audio_features: dict = {}  # its audio encoder's
             for protocol in protocols:
                 probe = PROBE_NAMES[protocol]
                 for family, transfer in frozen.items():
                     kind = {"feature_mode": mode, "label_family": family, "encoder_input": encoder_input}
                     _add(rows, f"{method} ({family}, {probe})",
                          kind | {"task_family": task.label_family, "encoder": name, "probe": probe},
-                         transfer.frozen_protocol(encoder, mode, protocol, encoder_input), pretrain_minutes=minutes)
+                         transfer.frozen_protocol(encoder, mode, protocol, encoder_input, features),
+                         pretrain_minutes=minutes)
                     baseline(_random_row(name, family, probe, kind), seed, kind, name,
-                             partial(transfer.frozen_protocol, mode=mode, protocol=protocol, encoder_input=encoder_input))
+                             partial(transfer.frozen_protocol, mode=mode, protocol=protocol, encoder_input=encoder_input,
+                                     cache=random_features.setdefault((name, seed), {})))
                 if audio_probes:
                     _add(rows, f"{method} audio encoder ({audio_label}, {probe})", audio_kind,
-                         audio_transfer.frozen_protocol(audio_encoder, "audio", protocol))
+                         audio_transfer.frozen_protocol(audio_encoder, "audio", protocol, cache=audio_features))
                     baseline(f"random init {audio_name} ({audio_label}, {probe})", seed, audio_kind, audio_name,
-                             partial(audio_transfer.frozen_protocol, mode="audio", protocol=protocol))
+                             partial(audio_transfer.frozen_protocol, mode="audio", protocol=protocol,
+                                     cache=random_features.setdefault((audio_name, seed), {})))
             if mode == "audio":  # an audio encoder: the probe is on its features of the videos' audio
                 continue
             if args.finetune:
@@ -169,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
                     baseline(f"supervised {name} ({family}, {FULL_LABELS}, ceiling)", seed, kind, name,
                              partial(ceilings[family].finetune, mode="clip"))
                     baseline(_random_row(name, family, PROBE_NAMES["linear"], kind), seed, kind, name,
-                             partial(frozen[family].frozen_protocol, mode="clip", protocol="linear"))
+                             partial(frozen[family].frozen_protocol, mode="clip", protocol="linear",
+                                     cache=random_features.setdefault((name, seed), {})))
 
     table = {label: _summary(row) for label, row in rows.items()}
     action = frozen["action"]

@@ -63,7 +63,7 @@ class LabeledClips:
 
     def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         frames = rearrange(clip.video, "(k t) h w c -> k t h w c", t=self.clip_len)
-        return {"frames": frames, "label": torch.tensor(clip.window.targets["label"])}
+        return {"frames": frames, "label": torch.tensor(clip.window.targets["label"]), "path": clip.row.path}
 
 
 class LabeledAudio:
@@ -86,7 +86,7 @@ class LabeledAudio:
 
     def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         windows = uniform_clips(len(clip.audio), round(self.audio_s * self.sample_rate), 1, self.num_windows)
-        return {"audio": clip.audio[windows], "label": torch.tensor(clip.window.targets["label"])}
+        return {"audio": clip.audio[windows], "label": torch.tensor(clip.window.targets["label"]), "path": clip.row.path}
 
 
 def labeled_rows(manifest: str | Path, split: str, column: str = "label") -> list[ManifestRow]:
@@ -246,33 +246,42 @@ class Transfer:
 
     @torch.no_grad()
     def features(self, encoder: VideoEncoder | AudioEncoder, rows: list[ManifestRow], mode: str,
-                 encoder_input: str | None = None) -> tuple[torch.Tensor, torch.Tensor, Counter]:
+                 encoder_input: str | None = None, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, Counter]:
         """Frozen features [N, K, F] of every video's uniform clips (or audio windows) through the
         front end `encoder_input`, the labels [N], and the videos left out by reason (no audio
-        track, failed decodes)."""
-        encoder.eval().to(self.device)
-        loader = self.loader(rows, random=False, shuffle=False, audio=mode == "audio")
-        features, labels, skipped = [], [], Counter(loader.dataset.excluded)
-        for batch in loader:
-            skipped.update(kinds(batch.pop("skipped")))
-            if "label" in batch:
-                with mixed_precision(self.device):
-                    x = (encode_audio(encoder, batch["audio"].to(self.device), encoder_input) if mode == "audio"
-                         else encode(encoder, batch["frames"].to(self.device), mode, encoder_input=encoder_input))
-                features.append(x.float().cpu())
-                labels.append(batch["label"])
-        if not features:
-            raise none_usable(rows, skipped)
-        return torch.cat(features), torch.cat(labels), skipped
+        track, failed decodes). `cache`, a dict the caller keeps for one encoder, holds the features
+        of each set of videos, so that other protocols and other label columns reuse them."""
+        key = (tuple(row.path for row in rows), mode, encoder_input, self.config.clip_len, self.config.stride,
+               self.config.num_clips, self.config.frame_size, self.config.audio_s)
+        cache = {} if cache is None else cache
+        if key not in cache:
+            encoder.eval().to(self.device)
+            loader = self.loader(rows, random=False, shuffle=False, audio=mode == "audio")
+            features, paths, skipped = [], [], Counter(loader.dataset.excluded)
+            for batch in loader:
+                skipped.update(kinds(batch.pop("skipped")))
+                if "label" in batch:
+                    with mixed_precision(self.device):
+                        x = (encode_audio(encoder, batch["audio"].to(self.device), encoder_input) if mode == "audio"
+                             else encode(encoder, batch["frames"].to(self.device), mode, encoder_input=encoder_input))
+                    features.append(x.float().cpu())
+                    paths += batch["path"]
+            if not features:
+                raise none_usable(rows, skipped)
+            cache[key] = torch.cat(features), paths, skipped
+        features, paths, skipped = cache[key]
+        index = {name: i for i, name in enumerate(self.classes)}
+        label = {row.path: index[row.label] for row in rows}  # this transfer's labels (label_column) of the videos
+        return features, torch.tensor([label[path] for path in paths]), Counter(skipped)
 
     def frozen_protocol(self, encoder: VideoEncoder | AudioEncoder, mode: str, protocol: str,
-                        encoder_input: str | None = None) -> dict:
+                        encoder_input: str | None = None, cache: dict | None = None) -> dict:
         """A protocol on frozen features (through the front end `encoder_input`) of the train split,
         scored on the test split: "linear" (`fit_linear_probe`, its choices chosen on the train split
         under "probe") or "knn" (`knn_classify`, plus `retrieval_recall` under "retrieval"); "skipped"
-        counts the videos left out by reason."""
-        train_x, train_y, train_skipped = self.features(encoder, self.train_rows, mode, encoder_input)
-        test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode, encoder_input)
+        counts the videos left out by reason. `cache`: as `features`' (one per encoder)."""
+        train_x, train_y, train_skipped = self.features(encoder, self.train_rows, mode, encoder_input, cache)
+        test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode, encoder_input, cache)
         extra = {}
         if protocol == "linear":
             logits, extra["probe"] = fit_linear_probe(train_x, train_y, test_x, len(self.classes), self.config)
