@@ -17,6 +17,7 @@ from mmssl.data.physav import (
     CLASSES,
     MATERIALS,
     PhysAVConfig,
+    ensure_physav,
     generate,
     plan,
     render_video,
@@ -91,6 +92,13 @@ def test_same_seed_same_media_different_seed_different(tiny: Path, tmp_path: Pat
         frames_b, audio_b = decode(second.path)
         assert np.abs(frames_a.astype(int) - frames_b.astype(int)).mean() > 5
         assert not np.allclose(audio_a, audio_b, atol=1e-3)
+
+
+def test_ensure_takes_a_physav_folder_as_it_is_and_fills_an_empty_one(tiny: Path, tmp_path: Path) -> None:
+    made = tiny.stat().st_mtime_ns
+    assert ensure_physav(tiny.parent) == tiny and tiny.stat().st_mtime_ns == made  # TINY, not the default config
+    small = replace(TINY, num_pretrain=1, train_per_class=0, test_per_class=0)
+    assert len(read_manifest(ensure_physav(tmp_path / "d", small, workers=1))) == 1
 
 
 def test_contact_clicks_are_in_sync_with_contact_frames(tiny: Path) -> None:

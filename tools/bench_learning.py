@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mmssl.config import TransferConfig, load_config
-from mmssl.data import physav
+from mmssl.data.physav import ensure_physav
 from mmssl.data.synthetic import ensure_synthav
 from mmssl.engine.trainer import pretrain
 from mmssl.eval.pretext import evaluate_pretext
@@ -58,12 +58,12 @@ class BenchDataset:
     """A generated dataset: which manifest column each label family reads, and how it is made."""
 
     columns: dict[str, str]  # label family -> manifest column
-    ensure: Callable[[str], Path]  # its folder -> the manifest, generated (default config) on first use
+    ensure: Callable[[str], Path]  # its folder -> the manifest; a folder holding the dataset is taken as it is
 
 
 DATASETS = {
     "synthav": BenchDataset({"action": "label", "object": "shape"}, ensure_synthav),
-    "physav": BenchDataset({"action": "action", "object": "object"}, physav.generate),
+    "physav": BenchDataset({"action": "action", "object": "object"}, ensure_physav),
 }
 
 

@@ -7,7 +7,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,22 @@ def generate_dataset(out_dir: str | Path, config: Any, version: int, stamp_name:
             chunk = max(1, len(specs) // (4 * workers))
             rows = list(pool.map(make_video, repeat(config), specs, repeat(out_dir), chunksize=chunk))
     return write_manifest(rows, manifest)
+
+
+def ensure_dataset(out_dir: str | Path, config: Any, config_type: type, version: int, stamp_name: str,
+                   generate: Callable[..., Path], workers: int | None = None) -> Path:
+    """The manifest of a generated dataset in `out_dir`, made on first use by `generate(out_dir,
+    config, workers)`. Without `config` a complete dataset of this generator `version` already there
+    is accepted, whatever its settings; one an older generator made (or left incomplete) is made
+    again with its settings, and an empty folder gets the default dataset (`config_type()`). With a
+    config, the folder is (re)generated unless it matches it."""
+    manifest = Path(out_dir) / MANIFEST_NAME
+    stamp = read_stamp(Path(out_dir) / stamp_name)
+    if config is None and stamp:
+        if manifest.exists() and stamp.get("generator_version") == version:
+            return manifest
+        config = config_type(**{f.name: stamp[f.name] for f in fields(config_type) if f.name in stamp})
+    return generate(out_dir, config or config_type(), workers)
 
 
 def read_stamp(path: Path) -> dict | None:

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mmssl.data.generated import GeneratedVideo, generate_dataset, split_sizes
+from mmssl.data.generated import GeneratedVideo, ensure_dataset, generate_dataset, split_sizes
 from mmssl.data.manifest import ManifestRow
 from mmssl.io import probe, write_media
 
 CLASSES = ("drop", "throw", "push", "spin", "topple", "collide", "hit", "stack")
 SPLITS = ("pretrain", "train", "test")
 CONFIG_NAME = "physav.json"
-GENERATOR_VERSION = 1  # bump whenever the rendered content changes, to invalidate old folders
+GENERATOR_VERSION = 2  # bump whenever the rendered content changes, to invalidate old folders
 _VIDEO_STREAM, _PLAN_STREAM = 0, 1  # seed sequences: [seed, stream, ...]
 
 
@@ -86,6 +86,7 @@ CLICK_GAIN = 0.5  # peak modal amplitude, reached at a velocity change of FULL_D
 FULL_DV = 2.0
 NOISE_GAIN = 0.05  # sliding / rolling noise RMS at FULL_SLIDE speed
 FULL_SLIDE = 1.0  # m/s
+MIN_SLIDE = 0.05  # m/s: slower is resting (a settling object rocks)
 FLOOR_TEXTURES = 6
 
 
@@ -96,6 +97,8 @@ class PhysAVConfig:
     seed: int = field(default=0, metadata={"help": "random seed; same seed, same videos"})
     size: int = field(default=64, metadata={"help": "frame width and height in pixels"})
     fps: float = field(default=16.0, metadata={"help": "frames per second"})
+    slow_motion: int = field(default=3, metadata={"help": "video seconds per simulated second: events of a "
+                                                          "fraction of a second span frames a clip can see"})
     duration: float = field(default=4.0, metadata={"help": "seconds per video"})
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate (Hz), mono"})
     num_pretrain: int = field(default=320, metadata={"help": "unlabeled pretraining videos"})
@@ -105,8 +108,9 @@ class PhysAVConfig:
     def __post_init__(self) -> None:
         if self.size < 16 or self.fps <= 0 or self.sample_rate <= 0 or self.num_frames() < 2:
             raise ValueError(f"bad size/fps/sample_rate/duration in {self}")
-        if PHYSICS_HZ % self.fps:
-            raise ValueError(f"fps must divide the physics rate {PHYSICS_HZ} Hz, got {self.fps}")
+        if self.slow_motion < 1 or PHYSICS_HZ % (self.fps * self.slow_motion):
+            raise ValueError(f"fps x slow_motion must divide the physics rate {PHYSICS_HZ} Hz, "
+                             f"got {self.fps} x {self.slow_motion}")
         if min(self.num_pretrain, self.train_per_class, self.test_per_class) < 0:
             raise ValueError(f"video counts must be >= 0, got {self}")
 
@@ -180,15 +184,16 @@ def render_video(config: PhysAVConfig, action: str, category: str, material: str
 
     main = _add_object(rng, client, category, material, (0.0, 0.0))
     others = [_add_object(rng, client, str(rng.choice(list(CATEGORIES))), str(rng.choice(list(MATERIALS))),
-                          _ring_point(rng, 0.18, 0.35)) for _ in range(int(rng.integers(1, 3)))]
+                          _ring_point(rng, 0.13, 0.25)) for _ in range(int(rng.integers(1, 3)))]
     bodies = [main, *others]
     for _ in range(round(SETTLE_SECONDS * PHYSICS_HZ)):
         pb.stepSimulation(physicsClientId=client)
-    onset = round(rng.uniform(0.2, 1.2) * PHYSICS_HZ)  # steps before the event (drop/stack: at 0)
+    onset = round(rng.uniform(0.2, 1.2) / config.slow_motion * PHYSICS_HZ)  # steps before the event, 0.2-1.2 s
+    # of video (drop/stack: at 0)
     start = _stage(action, rng, client, main, others)
 
     view, projection, light = _camera(rng, start)
-    steps_per_frame = round(PHYSICS_HZ / config.fps)
+    steps_per_frame = round(PHYSICS_HZ / (config.fps * config.slow_motion))
     num_frames = config.num_frames()
     frames = np.empty((num_frames, config.size, config.size, 3), np.uint8)
     visible = 0
@@ -204,7 +209,7 @@ def render_video(config: PhysAVConfig, action: str, category: str, material: str
         _listen(client, bodies, (step + 1) / PHYSICS_HZ)
 
     audio = _soundtrack(bodies, config, num_frames, rng)
-    times = [t for t, _ in main.impacts]
+    times = [t * config.slow_motion for t, _ in main.impacts]  # simulated -> video time
     impacts = sorted({min(round(t * config.fps), num_frames - 1) for t in times})
     info = {"action": action, "object": category, "material": material, "impacts": impacts,
             "impact_times": times, "visible": visible / num_frames}
@@ -336,7 +341,7 @@ def _stage(action: str, rng: np.random.Generator, client: int, main: _Body, othe
     if action in ("drop", "stack"):  # released in the air at the first frame, above the floor or another object
         below = _position(client, others[0]) if action == "stack" else here
         lifted = [below[0] + rng.uniform(-0.02, 0.02), below[1] + rng.uniform(-0.02, 0.02),
-                  below[2] + rng.uniform(0.15, 0.3)]
+                  below[2] + rng.uniform(0.1, 0.2)]
         tilt = pb.getQuaternionFromEuler(list(rng.uniform(-0.5, 0.5, 2)) + [rng.uniform(0, 2 * np.pi)])
         pb.resetBasePositionAndOrientation(main.uid, lifted, tilt, physicsClientId=client)
         return np.array([below[0], below[1], 0.05])
@@ -353,7 +358,7 @@ def _kick(action: str, rng: np.random.Generator, client: int, main: _Body, other
     heading = rng.uniform(0, 2 * np.pi)
     ahead = [np.cos(heading), np.sin(heading)]
     if action == "throw":
-        launch(main, [*(rng.uniform(-0.2, 0.2, 2)), rng.uniform(1.8, 2.4)], list(rng.uniform(-4, 4, 3)))
+        launch(main, [*(rng.uniform(-0.15, 0.15, 2)), rng.uniform(1.2, 1.8)], list(rng.uniform(-4, 4, 3)))
     elif action == "push":
         speed = rng.uniform(0.6, 1.1)
         launch(main, [speed * ahead[0], speed * ahead[1], 0.0])
@@ -377,8 +382,8 @@ def _camera(rng: np.random.Generator, target: np.ndarray) -> tuple[list, list, d
     a random light."""
     import pybullet as pb
 
-    aim = target + np.array([*rng.uniform(-0.04, 0.04, 2), 0.0])
-    view = pb.computeViewMatrixFromYawPitchRoll(list(aim), rng.uniform(0.6, 1.1), rng.uniform(0, 360),
+    aim = target + np.array([*rng.uniform(-0.02, 0.02, 2), 0.0])
+    view = pb.computeViewMatrixFromYawPitchRoll(list(aim), rng.uniform(0.35, 0.6), rng.uniform(0, 360),
                                                 rng.uniform(-45, -15), 0, 2)
     projection = pb.computeProjectionMatrixFOV(40, 1.0, 0.05, 10)
     light = {"lightDirection": [*rng.uniform(-1, 1, 2), rng.uniform(0.5, 1.5)],
@@ -421,16 +426,17 @@ def _listen(client: int, bodies: list[_Body], time: float) -> None:
 
 def _soundtrack(bodies: list[_Body], config: PhysAVConfig, num_frames: int,
                 rng: np.random.Generator) -> np.ndarray:
-    """Mono audio of every body: at each impact, its material's modes (damped sinusoids, random
-    phase) starting at the impact's exact sample, amplitude following the velocity change; while it
-    slides or rolls, noise in its material's band, loudness following the speed."""
+    """Mono audio of every body, in video time (simulated time x slow_motion): at each impact, its
+    material's modes (damped sinusoids, random phase) starting at the impact's exact sample, amplitude
+    following the velocity change; while it slides or rolls faster than MIN_SLIDE, noise in its
+    material's band, loudness following the speed."""
     rate = config.sample_rate
     num_samples = round(num_frames / config.fps * rate)
     audio = np.zeros(num_samples)
     sample_times = np.arange(num_samples) / rate
     for body in bodies:
         for time, dv in body.impacts:
-            start = round(time * rate)
+            start = round(time * config.slow_motion * rate)
             if start >= num_samples:
                 continue
             t = sample_times[:num_samples - start]
@@ -438,8 +444,9 @@ def _soundtrack(bodies: list[_Body], config: PhysAVConfig, num_frames: int,
                        for hz, weight, decay in body.material.modes)
             audio[start:] += CLICK_GAIN * min(dv / FULL_DV, 1.0) * ring
         speeds = np.asarray(body.slide)
-        if speeds.max(initial=0) > 0.02:
-            step_times = np.arange(1, len(speeds) + 1) / PHYSICS_HZ
+        speeds[speeds < MIN_SLIDE] = 0.0  # a resting object's jitter is silent
+        if speeds.any():
+            step_times = np.arange(1, len(speeds) + 1) / PHYSICS_HZ * config.slow_motion
             loudness = NOISE_GAIN * np.clip(np.interp(sample_times, step_times, speeds) / FULL_SLIDE, 0, 1)
             audio += loudness * _band_noise(rng, num_samples, rate, body.material.noise_hz)
     return np.clip(audio, -1, 1).astype(np.float32)
@@ -472,3 +479,9 @@ def generate(out_dir: str | Path, config: PhysAVConfig | None = None, workers: i
     1 runs in this process); the result does not depend on it."""
     return generate_dataset(out_dir, config or PhysAVConfig(), GENERATOR_VERSION, CONFIG_NAME, "PhysAV", plan,
                             make_video, workers)
+
+
+def ensure_physav(out_dir: str | Path, config: PhysAVConfig | None = None, workers: int | None = None) -> Path:
+    """The manifest of the PhysAV dataset in `out_dir`, generated on first use (`ensure_dataset`:
+    without `config`, a complete PhysAV folder is accepted whatever its settings)."""
+    return ensure_dataset(out_dir, config, PhysAVConfig, GENERATOR_VERSION, CONFIG_NAME, generate, workers)

@@ -12,12 +12,12 @@ Coordinates are in frame units: x right and y down in [0, 1]; angles grow clockw
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mmssl.data.generated import MANIFEST_NAME, GeneratedVideo, generate_dataset, read_stamp, split_sizes
+from mmssl.data.generated import GeneratedVideo, ensure_dataset, generate_dataset, split_sizes
 from mmssl.data.manifest import ManifestRow
 from mmssl.io import probe, write_media
 
@@ -261,17 +261,9 @@ def generate(out_dir: str | Path, config: SynthAVConfig | None = None,
 
 def ensure_synthav(out_dir: str | Path, config: SynthAVConfig | None = None,
                    workers: int | None = None) -> Path:
-    """The manifest of the SynthAV dataset in `out_dir`, generated on first use. Without `config`
-    a complete dataset of this generator already there is accepted, whatever its settings; one an
-    older generator made (or left incomplete) is made again with its settings, and an empty folder
-    gets the default dataset. With a config, the folder is (re)generated unless it matches it."""
-    manifest = Path(out_dir) / MANIFEST_NAME
-    stamp = read_stamp(Path(out_dir) / CONFIG_NAME)
-    if config is None and stamp:
-        if manifest.exists() and stamp.get("generator_version") == GENERATOR_VERSION:
-            return manifest
-        config = SynthAVConfig(**{f.name: stamp[f.name] for f in fields(SynthAVConfig) if f.name in stamp})
-    return generate(out_dir, config, workers)
+    """The manifest of the SynthAV dataset in `out_dir`, generated on first use (`ensure_dataset`:
+    without `config`, a complete SynthAV folder is accepted whatever its settings)."""
+    return ensure_dataset(out_dir, config, SynthAVConfig, GENERATOR_VERSION, CONFIG_NAME, generate, workers)
 
 
 def _pick_share(rng: np.random.Generator, count: int, share: float, strata: np.ndarray | None = None,
