@@ -60,7 +60,7 @@ class DataConfig:
     flip: bool = True
     batch_size: int = 32
     num_workers: int = 2
-    max_skip_share: float = 0.05  # stop when more of an epoch's samples than this fail to decode
+    max_skip_share: float = 0.05  # of the dataset's files (rows): more distinct files failing to decode stop the run
 
 
 @dataclass

@@ -85,13 +85,19 @@ def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def gather_objects(value: T) -> list[T]:
+    """Every rank's `value` (any picklable object), in rank order (every rank must call this);
+    [value] on one process."""
+    if get_world_size() == 1:
+        return [value]
+    parts: list[T | None] = [None] * get_world_size()
+    dist.all_gather_object(parts, value)
+    return parts
+
+
 def sum_counters(counter: Counter) -> Counter:
     """`counter` summed over ranks (every rank must call this); itself on one process."""
-    if get_world_size() == 1:
-        return counter
-    parts: list[Counter | None] = [None] * get_world_size()
-    dist.all_gather_object(parts, counter)
-    return sum(parts, Counter())
+    return counter if get_world_size() == 1 else sum(gather_objects(counter), Counter())
 
 
 def count_weight(count: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mmssl import distributed as mdist
+from mmssl.data.clip import Skipped
+from mmssl.data.dataset import SkipCounter, SkipLimitExceeded
 from mmssl.engine.distributed import DistInfo, cleanup, has_layer_drop, init_distributed, wrap_ddp
 from mmssl.engine.trainer import NonFiniteLossError, check_finite_loss, window_means
 from mmssl.models.audio import Wav2Vec2Encoder
@@ -30,6 +32,9 @@ SPAWN_TIMEOUT_S = 60.0
 SHUFFLE_SEED = 3  # every rank seeds this before `shuffled_forward`: rank 0's permutation is reproducible
 LAYER_DROP_STEPS = 6
 
+# each rank's batches: (files that failed, samples that gave up); "a" fails on both ranks
+SKIP_UNION = [[(["a"], 0), (["b", "b"], 0), ([], 0)], [(["a"], 0), ([], 0), (["c"], 0)]]
+SKIP_GIVE_UP = [[([], 0), ([], 0)], [([], 0), ([], 1)]]
 RANK_ITEMS = ([1.0, 2.0, 3.0], [7.0])  # per-item losses of rank 0 and rank 1 (masked steps, say)
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
@@ -97,6 +102,7 @@ def _run(info: DistInfo) -> dict[str, object]:
     # the window's mean on each rank (2 and 7), then their mean: the micro-batches are not weighted
     result["window_means"] = window_means({"loss": RANK_ITEMS[rank],
                                            "accuracy": [0.25 + 0.5 * rank]}, torch.device("cpu"))
+    result["skip_stops"] = [_skip_stop(batches[rank]) for batches in (SKIP_UNION, SKIP_GIVE_UP)]
     result["stopped"] = []
     for bad_rank in (None, 1):  # a non-finite loss on rank 1 stops rank 0 too (not left waiting in DDP)
         try:
@@ -106,6 +112,18 @@ def _run(info: DistInfo) -> dict[str, object]:
             result["stopped"].append(str(error))
     mdist.barrier()
     return result
+
+
+def _skip_stop(batches: list[tuple[list[str], int]]) -> tuple[int, str, list[str]] | None:
+    """Feed a SkipCounter this rank's (failed files, samples that gave up) of each batch: at which
+    batch it stops, saying what, with which bad files."""
+    counter = SkipCounter(0.05, 40)  # the run goes on with 2 bad files
+    for step, (files, unreplaced) in enumerate(batches):
+        try:
+            counter.update([Skipped(f"{name}.mp4", "corrupt", "") for name in files], unreplaced)
+        except SkipLimitExceeded as stop:
+            return step, str(stop), sorted(counter.bad)
+    return None
 
 
 class _MaskedContext(nn.Module):
@@ -199,6 +217,15 @@ def test_logged_metrics_are_the_mean_over_the_window_then_over_ranks(results: li
 def test_skip_counts_are_summed_over_ranks(results: list[dict]) -> None:
     for r in results:
         assert r["skips"] == Counter(corrupt=3, empty=1)
+
+
+def test_bad_files_are_a_union_over_ranks_and_every_rank_stops_at_the_same_batch(results: list[dict]) -> None:
+    union, gave_up = results[0]["skip_stops"]
+    assert results[1]["skip_stops"] == [union, gave_up]
+    assert union[0] == 2 and union[2] == ["a.mp4", "b.mp4", "c.mp4"]  # "a" failed on both ranks: one bad file
+    assert union[1].startswith("stopping: 3 distinct files failed to decode (corrupt: 3; 5 failed decodes in all) "
+                               "of the 40 in the dataset")  # attempts summed over the ranks
+    assert gave_up[0] == 1 and gave_up[1].startswith("stopping: 1 sample(s) and their 10 replacements all failed")
 
 
 def test_count_weighted_rank_means_average_to_the_mean_over_all_items(results: list[dict]) -> None:

@@ -167,11 +167,14 @@ def test_corrupt_files_are_skipped_counted_and_limited(tiny_synthav: Path, tmp_p
     assert batch["frames"].shape[0] == 10
     assert [(Path(s.path).name, s.kind) for s in batch["skipped"]] == [("corrupt.mp4", "corrupt"),
                                                                        ("gone.mp4", "missing")]
-    counter = SkipCounter(max_share=0.1)  # checked once 20 samples are seen
-    counter.update(10, batch["skipped"])
-    assert "corrupt: 1" in counter.summary() and "missing: 1" in counter.summary()
-    with pytest.raises(SkipLimitExceeded, match="3 of 20 samples"):
-        counter.update(7, batch["skipped"][:1])
+    counter = SkipCounter(max_share=0.1, size=len(dataset))  # 1.2: the run goes on with 1 bad file
+    counter.update(batch["skipped"][:1])
+    counter.update(batch["skipped"][:1])  # the same file again: an attempt, not another bad file
+    assert counter.attempts == {"corrupt": 2} and counter.bad == {str(corrupt): "corrupt"}
+    with pytest.raises(SkipLimitExceeded, match=r"2 distinct files failed to decode \(corrupt: 1, missing: 1; 3 "):
+        counter.update(batch["skipped"][1:])
+    summary = counter.summary(counter.attempts)
+    assert "corrupt: 2, missing: 1, distinct bad files so far: 2 of 12 (limit 1)" in summary
 
 
 def test_pretraining_replaces_failed_samples_so_batches_stay_whole(tiny_synthav: Path, tmp_path: Path) -> None:
@@ -189,9 +192,9 @@ def test_pretraining_replaces_failed_samples_so_batches_stay_whole(tiny_synthav:
     assert torch.equal(batch["frames"], again["frames"]) and batch["skipped"] == again["skipped"]
     one_good = PretextDataset([bad, rows[0]], task, 32, replace_failed=True)  # never the failed row again
     assert all(len(one_good[(epoch, 0)]["skipped"]) == 1 for epoch in range(20))
-    all_bad = PretextDataset([bad, bad], task, 32, replace_failed=True)
-    with pytest.raises(SkipLimitExceeded, match="11 decodes in a row failed"):
-        all_bad[(0, 0)]
+    all_bad = PretextDataset([bad, bad], task, 32, replace_failed=True)  # gives up after 10 replacements
+    gave_up = collate([all_bad[(0, 0)], dataset[(0, 1)]])
+    assert gave_up["frames"].shape[0] == 1 and kinds(gave_up["skipped"]) == {"corrupt": 11}
 
 
 def test_audio_tasks_exclude_silent_files_and_count_them(tiny_synthav: Path) -> None:
@@ -212,7 +215,7 @@ def test_videos_too_short_for_the_window_are_left_out_and_counted(tiny_synthav: 
     assert task.min_frames(8.0) == 20
     dataset = PretextDataset([*rows, short], task, 32)
     assert dataset.rows == rows and dataset.excluded == {"too_short": 1}
-    assert "too_short (excluded before the run): 1" in SkipCounter(0.05, dataset.excluded).summary()
+    assert "too_short (excluded before the run): 1" in SkipCounter(0.05, len(dataset), dataset.excluded).summary(kinds([]))
 
 
 def test_a_split_no_video_fits_is_refused_naming_what_the_task_needs(tiny_synthav: Path) -> None:
@@ -263,7 +266,8 @@ def test_trainer_steps_and_writes_metrics_and_checkpoint(tiny_synthav: Path, tmp
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and 0 <= r["data_wait_share"] <= 1 for r in steps)
     # 24 videos in batches of 8: 3 steps an epoch, so step 4 is in epoch 1
-    assert [r for r in records if "loss" not in r] == [{"epoch": e, "skipped": {}, "excluded": {}} for e in (0, 1)]
+    assert [r for r in records if "loss" not in r] == [{"epoch": e, "skipped": {}, "bad_files": {}, "excluded": {}}
+                                                       for e in (0, 1)]
     state = torch.load(final, weights_only=True)
     assert state["step"] == 4 and state["config"]["task"]["name"] == "order"
 
@@ -389,8 +393,8 @@ def test_two_process_gloo_ddp_run(tiny_synthav: Path, tmp_path: Path) -> None:
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # rank 0 alone logs
     assert [r["step"] for r in records if "knn_top1" in r] == [0, 2, 3]
-    # the file comes up once on each rank (rank 0 alone reported 1): counted over both ranks
-    assert records[-1]["skipped"] == {"corrupt": 2}
+    # the file comes up once on each rank (rank 0 alone reported 1): counted over both ranks, as one bad file
+    assert records[-1]["skipped"] == {"corrupt": 2} and records[-1]["bad_files"] == {"corrupt": 1}
 
 
 # --- transfer ----------------------------------------------------------------------------------------

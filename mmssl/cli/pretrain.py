@@ -14,11 +14,13 @@ Writes checkpoint_*.pt, metrics.jsonl and config.json under DIR (default runs/pr
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mmssl import distributed
 from mmssl.cli import add_import_option, import_user_modules
 from mmssl.config import ConfigError, load_config
+from mmssl.data.dataset import SkipLimitExceeded
 from mmssl.data.manifest import ManifestError
 from mmssl.engine.distributed import cleanup
 from mmssl.engine.trainer import pretrain
@@ -43,10 +45,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     except ConfigError as e:
         parser.error(str(e))
     out = args.out or f"runs/pretrain_{config.task.name}"
+    stopped = None
     try:
         final = pretrain(config, out, args.resume)
     except (ManifestError, ConfigError) as e:
         parser.error(str(e))
-    if distributed.is_main_process():
+    except SkipLimitExceeded as e:  # raised on every rank at the same batch: rank 0 says it
+        stopped = str(e) if distributed.is_main_process() else ""
+    if stopped is None and distributed.is_main_process():
         print(f"final checkpoint: {final}")
-    cleanup()
+    cleanup()  # out of the except block, whose traceback would keep the DDP model alive past the group
+    if stopped is not None:
+        if stopped:
+            print(f"{parser.prog}: error: {stopped}", file=sys.stderr)
+        sys.exit(2)

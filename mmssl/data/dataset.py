@@ -6,18 +6,21 @@ A file that fails to decode becomes a `Skipped` marker: `collate` drops it and l
 With `replace_failed` (pretraining) the sample is instead replaced by one of another row (any but
 the one that failed), drawn from `default_rng([seed, e, i, attempt])`, and the failure still
 counted: batches keep their size, which DDP's gathers, BatchNorm and gradient accumulation rely on.
+`SkipCounter` stops a run on the distinct files that failed (docs/decoding.md, on MediaError kinds).
 """
 from __future__ import annotations
 
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
+from mmssl import distributed
 from mmssl.data.clip import DecodedClip, Skipped, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.io import CrashedDecodeError, MediaError, VideoReader, load_audio, open_container
@@ -77,10 +80,11 @@ class PretextDataset(Dataset):
             raise CrashedDecodeError(row.path, self.crashed[row.path])
         return decode_window(row, self.task.window(row, rng), self.frame_size, self.backend, self.sample_rate)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, object] | Skipped:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, object] | Skipped | Unreplaced:
         """Sample `key`: a row index (of the epoch set with `set_epoch`) or an (epoch, index) pair,
         as `EpochSampler` yields, so persistent workers need no epoch update. A replacement sample
-        lists the failures before it under "skipped"."""
+        lists the failures before it under "skipped"; after MAX_REPLACEMENTS failed replacements the
+        sample gives up (`Unreplaced`)."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         rng, row, failed = self.rng(index, epoch), index, []
         while True:
@@ -94,11 +98,19 @@ class PretextDataset(Dataset):
                 return skipped
             failed.append(skipped)
             if len(failed) > MAX_REPLACEMENTS:
-                raise SkipLimitExceeded(f"{len(failed)} decodes in a row failed ({dict(kinds(failed))}) for "
-                                        f"sample {index} of epoch {epoch}; the last: {message}")
-            rng = np.random.default_rng([self.seed, epoch, index, len(failed)])
-            row = (row + 1 + int(rng.integers(max(len(self.rows) - 1, 1)))) % len(self.rows)  # another row
+                log.warning("skipping %s; sample %d of epoch %d gives up after %d failed decodes in a row",
+                            message, index, epoch, len(failed))
+                return Unreplaced(tuple(failed))
+            rng, row = replacement(self.seed, epoch, index, len(failed), row, len(self.rows))
             log.warning("skipping %s; sample %d of epoch %d takes row %d instead", message, index, epoch, row)
+
+
+def replacement(seed: int, epoch: int, index: int, failures: int, row: int, length: int,
+                ) -> tuple[np.random.Generator, int]:
+    """The generator and the row (any of `length` but `row`, whose decode was the `failures`-th to
+    fail) of the sample that replaces sample `index` of `epoch`."""
+    rng = np.random.default_rng([seed, epoch, index, failures])
+    return rng, (row + 1 + int(rng.integers(max(length - 1, 1)))) % length
 
 
 def decode_window(row: ManifestRow, window: Window, frame_size: int | None = None, backend: str = "pyav",
@@ -129,11 +141,19 @@ def clock_drift(times: np.ndarray, frames: np.ndarray, fps: float, sample_rate: 
     return round(float(np.mean(times - np.asarray(frames) / fps)) * sample_rate) / sample_rate
 
 
-def collate(items: list[dict[str, object] | Skipped]) -> dict[str, object]:
+@dataclass(frozen=True)
+class Unreplaced:
+    """A sample whose decode and MAX_REPLACEMENTS replacements all failed: no sample, the batch is short."""
+
+    failures: tuple[Skipped, ...]
+
+
+def collate(items: list[dict[str, object] | Skipped | Unreplaced]) -> dict[str, object]:
     """Stack the samples; the batch's "skipped" entry lists the failed decodes as `Skipped`
-    (file, reason): dropped samples, and those a replacement sample stands for."""
-    samples = [item for item in items if not isinstance(item, Skipped)]
+    (file, reason): dropped samples, and those a replacement sample stands for or gave up on."""
+    samples = [item for item in items if isinstance(item, dict)]
     skipped = [item for item in items if isinstance(item, Skipped)]
+    skipped += [failure for item in items if isinstance(item, Unreplaced) for failure in item.failures]
     skipped += [failure for sample in samples for failure in sample.pop("skipped", [])]
     batch: dict[str, object] = default_collate(samples) if samples else {}
     batch["skipped"] = skipped
@@ -146,31 +166,65 @@ def kinds(skipped: Iterable[Skipped]) -> Counter:
 
 
 class SkipLimitExceeded(RuntimeError):
-    pass
+    """The run's bad files passed data.max_skip_share (every rank raises it at the same batch)."""
 
 
 class SkipCounter:
-    """Counts skipped samples by reason; fails the run when their share passes `max_share`."""
+    """A run's failed decodes. A file that failed once is bad: `bad` maps each to its first reason,
+    the union over ranks (every rank calls `update` at every batch: a collective under DDP);
+    `attempts` and `epoch_attempts` count every failed decode by reason on this rank. More bad files
+    than `max_share` of the dataset's `size` files stop the run: a dataset with fewer never stops, one
+    with more stops by the end of the first whole epoch, as an epoch reads every file."""
 
-    def __init__(self, max_share: float, excluded: Counter | None = None) -> None:
-        self.max_share = max_share
+    def __init__(self, max_share: float, size: int, excluded: Counter | None = None) -> None:
+        self.max_share, self.size = max_share, size
+        self.limit = int(max_share * size + 1e-9)  # the most bad files a run goes on with (29 at 0.29 x 100)
         self.excluded = excluded or Counter()
-        self.reset()
+        self.bad: dict[str, str] = {}
+        self.attempts: Counter = Counter()
+        self.start_epoch()
 
-    def reset(self) -> None:
-        self.seen = 0
-        self.skipped: Counter = Counter()
+    def start_epoch(self) -> None:
+        self.epoch_attempts: Counter = Counter()
 
-    def update(self, batch_size: int, skipped: list[Skipped]) -> None:
-        self.seen += batch_size + len(skipped)
-        self.skipped.update(kinds(skipped))
-        total = sum(self.skipped.values())
-        if self.seen >= 20 and total > self.max_share * self.seen:
-            raise SkipLimitExceeded(f"{total} of {self.seen} samples failed to decode ({self.summary()}), "
-                                    f"more than data.max_skip_share={self.max_share}")
+    def update(self, skipped: list[Skipped], unreplaced: int = 0) -> None:
+        """Count a batch's failed decodes, `unreplaced` of its samples having given up (`Unreplaced`).
+        SkipLimitExceeded, on every rank, when the bad files pass the limit or a sample gave up."""
+        self.attempts.update(kinds(skipped))
+        self.epoch_attempts.update(kinds(skipped))
+        new: dict[str, str] = {}
+        for failure in skipped:
+            if failure.path not in self.bad:
+                new.setdefault(failure.path, failure.kind)
+        gave_up = 0
+        for rank_new, rank_unreplaced in distributed.gather_objects((new, unreplaced)):
+            gave_up += rank_unreplaced
+            for path, kind in rank_new.items():
+                self.bad.setdefault(path, kind)
+        if len(self.bad) > self.limit or gave_up:
+            raise SkipLimitExceeded(self.stop_message(distributed.sum_counters(self.attempts), gave_up))
 
-    def summary(self) -> str:
-        parts = [f"{k}: {v}" for k, v in sorted(self.skipped.items())]
+    def bad_kinds(self) -> Counter:
+        """The bad files counted by reason."""
+        return Counter(self.bad.values())
+
+    def stop_message(self, attempts: Counter, gave_up: int) -> str:
+        """One line: why the run stops, the counts, and what to do."""
+        why = (f"{gave_up} sample(s) and their {MAX_REPLACEMENTS} replacements all failed to decode; " if gave_up
+               else "")
+        counts = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.bad_kinds().items()))
+        examples = ", ".join(list(self.bad)[:3])
+        return (f"stopping: {why}{len(self.bad)} distinct files failed to decode ({counts}; "
+                f"{sum(attempts.values())} failed decodes in all) of the {self.size} in the dataset, more than "
+                f"data.max_skip_share={self.max_share} of them allows ({self.limit}); e.g. {examples}. Rebuild the "
+                "manifest with tools/build_manifest.py --verify, which leaves out files that do not decode, or raise "
+                "data.max_skip_share")
+
+    def summary(self, attempts: Counter) -> str:
+        """`attempts` (failed decodes by reason), the run's bad files, and rows left out before the run."""
+        parts = [f"{k}: {v}" for k, v in sorted(attempts.items())]
+        if self.bad:
+            parts.append(f"distinct bad files so far: {len(self.bad)} of {self.size} (limit {self.limit})")
         parts += [f"{k} (excluded before the run): {v}" for k, v in sorted(self.excluded.items())]
         return ", ".join(parts) or "none"
 

@@ -150,7 +150,7 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-    skips = SkipCounter(config.data.max_skip_share, dataset.excluded)
+    skips = SkipCounter(config.data.max_skip_share, len(dataset), dataset.excluded)
     monitor = KnnMonitor(config.monitor.every, on_main(lambda: monitor_transfer(config, dist.device),
                                                        dist.is_main and config.monitor.every > 0))
     run_log = RunLog(out_dir, dist.is_main, f"pretrain {task.name}", total_steps, step)
@@ -179,13 +179,13 @@ def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], 
     total_steps, accumulate, batch_size = len(lr_schedule), config.optim.accumulate, config.data.batch_size
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
     autocast = mixed_precision(dist.device, config.train.amp)
-    skips.reset()
+    skips.start_epoch()
     wait_start = time.perf_counter()
     for micro, batch in enumerate(batches.epoch(epoch, start=step_in_epoch * accumulate * batch_size)):
         window.data_wait += time.perf_counter() - wait_start
         skipped = batch.pop("skipped")  # failed decodes, each replaced by another row's sample
-        size = len(next(iter(batch.values())))
-        skips.update(size, skipped)
+        size = len(next(iter(batch.values()), []))  # short only if a sample gave up: the update then stops the run
+        skips.update(skipped, unreplaced=batch_size - size)
         batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items()}
         set_lr(optimizer, float(lr_schedule[step]))
         model.task.set_step(step, total_steps)
@@ -279,12 +279,13 @@ def log_window(run_log: RunLog, window: LogWindow, step: int, epoch: int, lr: fl
 
 
 def log_skips(run_log: RunLog, skips: SkipCounter, epoch: int) -> None:
-    """Report the samples of `epoch` that failed to decode, summed over the ranks (each decodes its
-    own share; every rank calls this), and those left out before the run."""
-    skips.skipped = distributed.sum_counters(skips.skipped)
-    if skips.skipped and run_log.is_main:
-        run_log.bar.write(f"epoch {epoch}: skipped samples: {skips.summary()}")
-    run_log.write({"epoch": epoch, "skipped": dict(skips.skipped), "excluded": dict(skips.excluded)})
+    """Report the failed decodes of `epoch`, summed over the ranks (each decodes its own share; every
+    rank calls this), the run's distinct bad files, and the rows left out before the run."""
+    attempts = distributed.sum_counters(skips.epoch_attempts)
+    if attempts and run_log.is_main:
+        run_log.bar.write(f"epoch {epoch}: failed decodes: {skips.summary(attempts)}")
+    run_log.write({"epoch": epoch, "skipped": dict(attempts), "bad_files": dict(skips.bad_kinds()),
+                   "excluded": dict(skips.excluded)})
 
 
 def window_means(running: dict[str, list[float]], device: torch.device) -> dict[str, float]:
