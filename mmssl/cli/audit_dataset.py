@@ -3,7 +3,7 @@ random-init encoder features, the motion energy and the audio alone give away (a
 kNN per cue, fitted on a train split and scored on the test split, beside chance).
 
   mmssl audit-dataset --manifest FILE [--labels COLUMN ...] [--train-splits SPLIT ...] [--test-split test]
-                      [--config FILE] [--seed 0] [--workers N] [--out FILE.json] [key=value ...]
+                      [--config FILE] [--workers N] [--out FILE.json] [key=value ...]
 (`python tools/audit_dataset.py ...` is the same.)
 
 Every video is decoded once (all its frames and its whole audio track, with mmssl's readers); the cues:
@@ -20,7 +20,8 @@ encoders' features go to the probes as the transfer protocols take them. Probes:
 folds of the train videos, never the test split, and the weighted kNN (knn_k, knn_temperature).
 Audio cues use the videos with an audio track. --labels defaults to PhysAV's action, object and
 material (those the manifest has), else `label`; --train-splits to pretrain+train ("a+b" joins
-splits; several: one audit each, e.g. `pretrain+train train`). Overrides are TransferConfig keys.
+splits; several: one audit each, e.g. `pretrain+train train`). Overrides are TransferConfig keys, e.g.
+seed=1 (the random frames, the encoders' init, the folds).
 """
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ def decode_cues(rows: list[ManifestRow], config: TransferConfig, workers: int,
     for batch in loader:
         failed = batch.pop("skipped")
         skipped.update(kinds(failed))
-        paths = [r.path for r in dataset.rows[start:start + config.batch_size] if r.path not in {s.path for s in failed}]
+        failed_paths = {s.path for s in failed}
+        paths = [r.path for r in dataset.rows[start:start + config.batch_size] if r.path not in failed_paths]
         start += config.batch_size
         if not paths:
             continue
