@@ -13,8 +13,8 @@ import pytest
 from mmssl import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["build-manifest", "eval-av", "eval-pretext", "make-synthetic", "plot-run", "pretrain", "transfer",
-            "visualize"]
+COMMANDS = ["audit-dataset", "build-manifest", "eval-av", "eval-pretext", "make-synthetic", "plot-run", "pretrain",
+            "transfer", "visualize"]
 
 
 def mmssl(*args: str) -> subprocess.CompletedProcess:

@@ -282,6 +282,13 @@ class Transfer:
         counts the videos left out by reason. `cache`: as `features`' (one per encoder)."""
         train_x, train_y, train_skipped = self.features(encoder, self.train_rows, mode, encoder_input, cache)
         test_x, test_y, test_skipped = self.features(encoder, self.test_rows, mode, encoder_input, cache)
+        return {**self.score_features(train_x, train_y, test_x, test_y, protocol), "num_train_videos": len(train_y),
+                "num_test_videos": len(test_y), "skipped": dict(train_skipped + test_skipped)}
+
+    def score_features(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                       test_y: torch.Tensor, protocol: str) -> dict:
+        """A frozen-feature protocol fitted on train features [N, K, F] (labels [N]) and scored on test
+        features [M, K, F] (labels [M]): the `scores` of "linear" or "knn" (see `frozen_protocol`)."""
         extra = {}
         if protocol == "linear":
             logits, extra["probe"] = fit_linear_probe(train_x, train_y, test_x, len(self.classes), self.config)
@@ -291,8 +298,7 @@ class Transfer:
             extra["retrieval"] = retrieval_recall(train_x, train_y, test_x, test_y)
         else:
             raise ValueError(f"unknown frozen-feature protocol {protocol!r}: linear or knn")
-        return {**self.scores(logits, test_y), **extra, "num_train_videos": len(train_y),
-                "num_test_videos": len(test_y), "skipped": dict(train_skipped + test_skipped)}
+        return {**self.scores(logits, test_y), **extra}
 
     def evaluate(self, encoder: VideoEncoder | AudioEncoder, mode: str, encoder_input: str | None = None) -> dict:
         """The config's protocol: `frozen_protocol` (linear or knn) or `finetune`, through the front
