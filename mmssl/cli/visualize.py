@@ -30,11 +30,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from mmssl.cli import add_import_option, import_user_modules
-from mmssl.config import ConfigError, apply_overrides, load_config
+from mmssl.cli import add_import_option, checkpoint_of, command, import_user_modules
+from mmssl.config import apply_overrides, load_config
 from mmssl.data.clip import DecodedClip
 from mmssl.data.dataset import PretextDataset
-from mmssl.engine.checkpoint import latest_checkpoint, load_checkpoint
+from mmssl.engine.checkpoint import load_checkpoint
 from mmssl.engine.data import load_rows
 from mmssl.io import MediaError
 from mmssl.models import build_video_encoder
@@ -52,6 +52,7 @@ AUDIO_TASK_FRAMES = 4  # frames drawn per clip beside the spectrograms
 Row = tuple[str, DecodedClip, dict, PretextTask]  # label, the clip, its sample, the task that made it
 
 
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,22 +67,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
     import_user_modules(parser, args.imports)
-    try:
-        task_class(args.task)
-    except ConfigError as e:
-        parser.error(str(e))
+    task_class(args.task)
     default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
-    checkpoint = _checkpoint(Path(args.checkpoint), parser) if args.checkpoint else None
+    checkpoint = checkpoint_of(parser, args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and args.task != "masked_video":
         parser.error("--checkpoint draws reconstructions: --task masked_video only")
     overrides = [*args.overrides, f"task.name={args.task}"]
-    try:
-        if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
-            config = apply_overrides(checkpoint_config(checkpoint), overrides)
-        else:
-            config = load_config(args.config or (default if default.exists() else None), overrides)
-    except ConfigError as e:
-        parser.error(str(e))
+    if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
+        config = apply_overrides(checkpoint_config(checkpoint), overrides)
+    else:
+        config = load_config(args.config or (default if default.exists() else None), overrides)
 
     dataset = PretextDataset(load_rows(config), build_task(config), config.data.frame_size,
                              config.data.backend, seed=args.seed)
@@ -189,14 +184,6 @@ def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, di
     fig.suptitle(f"masked_video ({encoder_name}, {weights}): input, masked input, reconstruction "
                  f"(#n: frame number)", fontsize=8)
     return fig
-
-
-def _checkpoint(path: Path, parser: argparse.ArgumentParser) -> Path:
-    """A checkpoint file, or the newest checkpoint of a run folder."""
-    found = latest_checkpoint(path) if path.is_dir() else path
-    if found is None or not found.exists():
-        parser.error(f"no checkpoint at {path}")
-    return found
 
 
 def _shown(frames: np.ndarray, max_frames: int | None) -> list[int]:

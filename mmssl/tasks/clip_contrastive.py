@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, AT_LEAST_2, POSITIVE, SHARE, Bound, Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import cvrl_clips, independent_clips
@@ -95,6 +95,11 @@ class ClipContrastiveConfig:
     contrast: float = 0.8
     hue: float = 0.2
     grayscale: float = 0.2
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "num_clips": AT_LEAST_2, "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "temperature": POSITIVE,
+        "embed_dim": AT_LEAST_1, "hidden_dim": AT_LEAST_1, "queue_size": AT_LEAST_1, "momentum": SHARE,
+        "brightness": SHARE, "contrast": SHARE, "hue": Bound(0, 0.5), "grayscale": SHARE}
 
 
 SAMPLERS = ("cvrl", "uniform")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, NON_NEGATIVE, OPEN_SHARE, Bound, Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import random_clip
@@ -47,6 +48,9 @@ class MaskedVideoConfig:
     mask_ratio: float = 0.9  # share of each frame's patches masked, the same patches in every slot
     decoder_depth: int = 4  # the decoder is half the encoder's width
     norm_target: bool = True  # per-tubelet, per-channel normalised pixels as the target
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "mask_ratio": OPEN_SHARE, "decoder_depth": NON_NEGATIVE}
 
 
 def masked_per_slot(height: int, width: int, ratio: float) -> int:

@@ -11,12 +11,13 @@ one encoder, so they must share its input.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import NON_NEGATIVE, Bound, Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.models import VideoEncoder
@@ -31,6 +32,8 @@ class MultiTaskConfig:
 
     tasks: list[str] = field(default_factory=lambda: ["order", "avc", "masked_video"])
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # of each task's loss
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"weights": NON_NEGATIVE}
 
 
 def task_entries(sample: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, POSITIVE, SHARE, SHARE_BELOW_1, Bound, Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import MotionConfig, MotionWeighting, random_clip
@@ -56,6 +57,9 @@ class OPNConfig:
     hidden_dim: int = 512  # shared pair layer (OPN's fc7) [unverified]
     dropout: float = 0.5  # before the classifier [unverified]
     motion: MotionConfig = field(default_factory=MotionConfig)  # OPN's high-motion windows
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "num_frames": Bound(3), "gap_s": POSITIVE, "jitter": SHARE, "hidden_dim": AT_LEAST_1, "dropout": SHARE_BELOW_1}
 
 
 def sequence_classes(num_frames: int) -> list[tuple[int, ...]]:

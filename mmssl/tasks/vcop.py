@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, AT_LEAST_2, NON_NEGATIVE, SHARE_BELOW_1, Bound, Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import clip_span, random_clip
@@ -45,6 +46,10 @@ class VCOPConfig:
     interval: int = 8  # frames between the end of a clip and the start of the next
     hidden_dim: int = 512
     dropout: float = 0.5
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "num_clips": AT_LEAST_2, "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "interval": NON_NEGATIVE,
+        "hidden_dim": AT_LEAST_1, "dropout": SHARE_BELOW_1}
 
 
 @register_task("vcop", label_family="action", encoder_input="rgb",
