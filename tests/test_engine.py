@@ -338,12 +338,12 @@ def test_resume_checks_the_checkpoint_before_loading_its_weights(tiny_synthav: P
     """Another task's checkpoint, a file that is no checkpoint, and a run past this run's end: one line
     each (a ConfigError naming the file), before any weight is loaded."""
     final = pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path / "order")
-    vcop = fast_config(tiny_synthav, "train.max_steps=3", "task.name=vcop", "task.vcop.interval=0", "task.vcop.clip_len=2")
+    vcop = fast_config(tiny_synthav, "train.max_steps=2", "task.name=vcop", "task.vcop.interval=0", "task.vcop.clip_len=2")
     with pytest.raises(ConfigError, match=r"other settings \(.*task.name: 'order' -> 'vcop'"):
         pretrain(vcop, tmp_path / "order", "auto")
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(final))} holds a model state that does not fit this "
                                               r"run's \(.*\): use it with the settings it was written with"):
-        pretrain(vcop, tmp_path / "vcop", str(final))  # named on purpose: its weights still cannot load
+        pretrain(vcop, tmp_path / "vcop", str(final))  # named on purpose, even at this run's end: its weights do not fit
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(final.read_bytes()[:1000])
     for broken in (truncated, tmp_path / "missing.pt"):

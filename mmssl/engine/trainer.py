@@ -134,15 +134,15 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
         resume_from, state = resumed
         _check_resumed_config(state["config"], config, resume_from, implicit=resume == "auto", warn=dist.is_main)
         step = int(state["step"])
-        if step >= total_steps:  # nothing to train: say so, and name the checkpoint that holds the run's end
-            if step > total_steps:
-                raise ConfigError(f"--resume: {resume_from} is at step {step}, past this run's {total_steps} steps: "
-                                  "raise train.max_steps or train.epochs to train on from it")
+        if step > total_steps:
+            raise ConfigError(f"--resume: {resume_from} is at step {step}, past this run's {total_steps} steps: "
+                              "raise train.max_steps or train.epochs to train on from it")
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        restore_checkpoint(state, resume_from, model=model, optimizer=optimizer)
+        if step == total_steps:  # nothing to train (once its weights are known to fit): it holds the run's end
             if dist.is_main:
                 print(f"--resume: {resume_from} is at step {step}, this run's last: nothing left to train")
             return resume_from
-        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-        restore_checkpoint(state, resume_from, model=model, optimizer=optimizer)
         for group, own in zip(optimizer.param_groups, settings, strict=True):
             group.update(own)  # this config's hyperparameters (weight decay, betas, ...), not the checkpoint's
         rng_states = state["rng"]
