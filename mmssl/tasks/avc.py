@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmssl.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SHARE, Bound, Config
+from mmssl.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SHARE, Bound, Config, ConfigError
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import clip_with_audio, frames_for
@@ -69,7 +69,7 @@ class AVC(PretextTask):
     def __init__(self, config: AVCConfig, audio_encoder: str, augment: VideoAugment | None = None,
                  sample_rate: int = 16000) -> None:
         if config.hard_negatives and config.min_offset_s < config.audio_s:
-            raise ValueError(f"task.avc.min_offset_s={config.min_offset_s} is shorter than audio_s={config.audio_s}: "
+            raise ConfigError(f"task.avc.min_offset_s={config.min_offset_s} is shorter than audio_s={config.audio_s}: "
                              "a hard negative would overlap its positive (AVTS)")
         self.config = config
         self.audio_encoder = audio_encoder

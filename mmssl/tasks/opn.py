@@ -34,7 +34,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import AT_LEAST_1, POSITIVE, SHARE, SHARE_BELOW_1, Bound, Config
+from mmssl.config import AT_LEAST_1, POSITIVE, SHARE, SHARE_BELOW_1, Bound, Config, ConfigError
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import MotionConfig, MotionWeighting, random_clip
@@ -76,7 +76,7 @@ class OPN(PretextTask):
 
     def __init__(self, config: OPNConfig, augment: VideoAugment | None = None) -> None:
         if config.num_frames < 3:
-            raise ValueError(f"OPN needs at least 3 frames per tuple, got {config.num_frames}")
+            raise ConfigError(f"OPN needs at least 3 frames per tuple, got {config.num_frames}")
         self.config = config
         self.augment = augment
         self.classes = sequence_classes(config.num_frames)

@@ -24,7 +24,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import AT_LEAST_1, AT_LEAST_2, NON_NEGATIVE, SHARE_BELOW_1, Bound, Config
+from mmssl.config import AT_LEAST_1, AT_LEAST_2, NON_NEGATIVE, SHARE_BELOW_1, Bound, Config, ConfigError
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import clip_span, random_clip
@@ -61,7 +61,7 @@ class VCOP(PretextTask):
 
     def __init__(self, config: VCOPConfig, augment: VideoAugment | None = None) -> None:
         if config.num_clips < 2 or config.clip_len < 1 or config.stride < 1 or config.interval < 0:
-            raise ValueError(f"VCOP needs num_clips >= 2, clip_len >= 1, stride >= 1 and interval >= 0, "
+            raise ConfigError(f"VCOP needs num_clips >= 2, clip_len >= 1, stride >= 1 and interval >= 0, "
                              f"got {config}")
         self.config = config
         self.augment = augment

@@ -25,7 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SHARE, SHARE_ABOVE_0, SHARE_BELOW_1, Bound, Config
+from mmssl.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    SHARE,
+    SHARE_ABOVE_0,
+    SHARE_BELOW_1,
+    Bound,
+    Config,
+    ConfigError,
+)
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import frames_for
@@ -127,7 +137,7 @@ class Wav2Vec2(PretextTask):
 
     def __init__(self, config: Wav2Vec2Config, audio_encoder: str, sample_rate: int = 16000) -> None:
         if audio_encoder not in WAV2VEC2_SPECS:
-            raise ValueError(f"wav2vec2 needs a wav2vec 2.0 audio encoder ({', '.join(WAV2VEC2_SPECS)}), "
+            raise ConfigError(f"wav2vec2 needs a wav2vec 2.0 audio encoder ({', '.join(WAV2VEC2_SPECS)}), "
                              f"not {audio_encoder!r}: set model.audio_encoder")
         self.config = config
         self.sample_rate = sample_rate
