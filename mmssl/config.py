@@ -17,10 +17,11 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from mmssl.errors import MmsslError
 from mmssl.registry import TASKS
 
 
-class ConfigError(ValueError):
+class ConfigError(MmsslError, ValueError):
     """A config key or value that does not fit the tree."""
 
 
@@ -29,23 +30,27 @@ ABSENT = "<absent>"  # config_changes: the key is not in that tree
 
 @dataclass(frozen=True)
 class Bound:
-    """The range of a numeric setting: at least `low` (above it, when `strict`), at most `high`."""
+    """The range of a numeric setting: at least `low` (above it, when `strict`), at most `high` (below
+    it, when `strict_high`)."""
 
     low: float | None = None
     high: float | None = None
     strict: bool = False
+    strict_high: bool = False
 
     def admits(self, value: float) -> bool:
         above = self.low is None or (value > self.low if self.strict else value >= self.low)
-        return above and (self.high is None or value <= self.high)
+        return above and (self.high is None or (value < self.high if self.strict_high else value <= self.high))
 
     def __str__(self) -> str:
         low = "" if self.low is None else f"{'>' if self.strict else '>='} {self.low:g}"
-        high = "" if self.high is None else f"<= {self.high:g}"
+        high = "" if self.high is None else f"{'<' if self.strict_high else '<='} {self.high:g}"
         return " and ".join(part for part in (low, high) if part)
 
 
 POSITIVE, AT_LEAST_1, NON_NEGATIVE, SHARE = Bound(0, strict=True), Bound(1), Bound(0), Bound(0, 1)
+AT_LEAST_2, OPEN_SHARE = Bound(2), Bound(0, 1, strict=True, strict_high=True)
+SHARE_ABOVE_0, SHARE_BELOW_1 = Bound(0, 1, strict=True), Bound(0, 1, strict_high=True)  # (0, 1] and [0, 1)
 
 
 @dataclass
@@ -157,7 +162,8 @@ class Config:
     # the settings with a range, checked when a config is loaded (one line naming the key)
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "data.frame_size": AT_LEAST_1, "data.batch_size": AT_LEAST_1, "data.num_workers": NON_NEGATIVE,
-        "data.max_skip_share": SHARE, "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
+        "data.max_skip_share": SHARE, "data.crop_scale": SHARE_ABOVE_0, "data.crop_ratio": POSITIVE,
+        "optim.betas": SHARE_BELOW_1, "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
         "optim.momentum": SHARE, "optim.warmup_epochs": NON_NEGATIVE, "optim.min_lr": NON_NEGATIVE,
         "optim.grad_clip": NON_NEGATIVE, "optim.accumulate": AT_LEAST_1, "train.epochs": AT_LEAST_1,
         "train.max_steps": NON_NEGATIVE, "train.log_every": AT_LEAST_1, "train.checkpoint_every": AT_LEAST_1,
@@ -203,7 +209,7 @@ class TransferConfig:
         "frame_size": AT_LEAST_1, "batch_size": AT_LEAST_1, "num_workers": NON_NEGATIVE,
         "linear_penalty": NON_NEGATIVE, "linear_folds": Bound(2), "linear_epochs": AT_LEAST_1,
         "finetune_epochs": AT_LEAST_1, "finetune_lr": POSITIVE, "finetune_weight_decay": NON_NEGATIVE,
-        "finetune_layer_decay": Bound(0, 1, strict=True), "knn_k": AT_LEAST_1, "knn_temperature": POSITIVE,
+        "finetune_layer_decay": SHARE_ABOVE_0, "knn_k": AT_LEAST_1, "knn_temperature": POSITIVE,
     }
 
 
@@ -234,15 +240,19 @@ def apply_overrides(config: Any, overrides: list[str] | tuple[str, ...]) -> Any:
     return config
 
 
-def check_bounds(config: Any) -> None:
-    """ConfigError, naming the key and its range, for the first setting out of its range."""
+def check_bounds(config: Any, prefix: str = "") -> None:
+    """ConfigError, naming the key and its range, for the first setting out of its range: the `BOUNDS`
+    of the tree's root and of each section (a task's settings, ...), keys relative to the section."""
     for key, bound in getattr(type(config), "BOUNDS", {}).items():
         value = config
         for part in key.split("."):
             value = getattr(value, part)
         values = value if isinstance(value, list) else [value]  # a list: each item, and at least one
-        if not values or not all(map(bound.admits, values)):
-            raise ConfigError(f"{key}={value!r} is out of range: it must be {bound}")
+        if value is not None and (not values or not all(map(bound.admits, values))):  # None: the default
+            raise ConfigError(f"{prefix}{key}={value!r} is out of range: it must be {bound}")
+    for section in dataclasses.fields(config):
+        if dataclasses.is_dataclass(value := getattr(config, section.name)):
+            check_bounds(value, f"{prefix}{section.name}.")
 
 
 def _read_yaml(text: str, where: str) -> Any:

@@ -1,8 +1,11 @@
 """Helpers shared by several test files (tests/ is on sys.path under pytest)."""
 from __future__ import annotations
 
+import os
 import socket
+import struct
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +31,20 @@ def one_config_per_task(paths: list[Path]) -> list[Path]:
     for path in sorted(paths):
         first.setdefault(load_config(path).task.name, path)
     return list(first.values())
+
+
+def damage_a_tensor(path: Path) -> None:
+    """Flip a byte in the middle of the first tensor stored in the torch.save file at `path`, as a disk
+    or a copy might: the archive stays whole, and `torch.load` alone would load the wrong value."""
+    with zipfile.ZipFile(path) as archive:
+        record = next(info for info in archive.infolist() if "/data/" in info.filename and info.file_size)
+    with open(path, "r+b") as f:
+        f.seek(record.header_offset + 26)  # the local header's name and extra-field lengths
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        f.seek(record.header_offset + 30 + name_length + extra_length + record.file_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0xFF]))
 
 
 def free_port() -> int:

@@ -2,27 +2,37 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import damage_a_tensor  # tests/ is on sys.path under pytest
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from mmssl.engine.checkpoint import (
     capture_rng_state,
+    checkpoint_entries,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_partial_writes,
     restore_rng_state,
     save_checkpoint,
 )
+from mmssl.errors import CheckpointError
+from mmssl.io.checkpoint import read_checkpoint
 
 
 def _model(seed: int) -> nn.Module:
@@ -135,6 +145,46 @@ def test_crash_during_write_keeps_previous_checkpoint(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001.pt", "last.pt"]
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 1)
     assert load_checkpoint(last, model=_model(seed=3))["step"] == 1
+
+
+def test_a_write_killed_midway_leaves_a_temp_file_that_the_next_run_removes(tmp_path: Path) -> None:
+    """SIGKILL inside torch.save: the half-written temporary file stays (nothing can remove it then), is no
+    checkpoint for --resume auto, and the next run on the folder removes it (`remove_partial_writes`)."""
+    save_checkpoint(checkpoint_path(tmp_path, 1), step=1)
+    killed_in_write = ("import os, signal, sys, torch\n"
+                       "from mmssl.engine.checkpoint import checkpoint_path, save_checkpoint\n"
+                       "def save(obj, f):\n"
+                       "    f.write(b'PK\\x03\\x04 half'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+                       "torch.save = save\n"
+                       "save_checkpoint(checkpoint_path(sys.argv[1], 2), step=2)\n")
+    done = subprocess.run([sys.executable, "-c", killed_in_write, str(tmp_path)], capture_output=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    (partial,) = tmp_path.glob(".checkpoint_000002.pt.*.tmp")
+    assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 1)
+    assert remove_partial_writes(tmp_path) == [partial]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001.pt"]
+
+
+def test_every_unreadable_checkpoint_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """Missing, a folder, empty, truncated, damaged inside a tensor, a pickle of other objects, not a dict:
+    a CheckpointError naming the file, never PyTorch's offer to load with weights_only=False."""
+    good = save_checkpoint(tmp_path / "good.pt", model=_model(seed=0), step=1)
+    data = good.read_bytes()
+    files = {"empty.pt": b"", "truncated.pt": data[: len(data) // 2], "damaged.pt": data}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    damage_a_tensor(tmp_path / "damaged.pt")
+    torch.save({"step": Fraction(1, 2)}, tmp_path / "foreign.pt")
+    torch.save(torch.zeros(2), tmp_path / "tensor.pt")
+    for name in ["missing.pt", ".", *files, "foreign.pt", "tensor.pt"]:
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(tmp_path / name, model=_model(seed=0))
+        message = str(error.value)
+        assert message.startswith(str(tmp_path / name)) and "\n" not in message and "weights_only" not in message
+    assert "damaged" in str(pytest.raises(CheckpointError, read_checkpoint, tmp_path / "damaged.pt").value)
+    with pytest.raises(CheckpointError, match="good.pt has no config "):
+        checkpoint_entries(tmp_path / "good.pt", "config", "step")
 
 
 def test_latest_checkpoint_skips_partial_and_foreign_files(tmp_path: Path) -> None:

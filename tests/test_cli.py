@@ -6,11 +6,14 @@ import re
 import subprocess
 import sys
 import tomllib
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmssl import cli
+from mmssl.io.checkpoint import REMEDY
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["audit-dataset", "build-manifest", "eval-av", "eval-pretext", "make-synthetic", "plot-run", "pretrain",
@@ -81,3 +84,43 @@ def test_import_of_a_missing_module_fails_naming_it(command: str, capsys: pytest
         cli.main([command, *args, "--import", "no_such_tasks_module"])
     assert exited.value.code == 2
     assert "--import no_such_tasks_module: No module named 'no_such_tasks_module'" in capsys.readouterr().err
+
+
+def one_line_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """The stderr of `mmssl ARGV`, which must fail with exit status 2 and print one line."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(list(argv))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_the_projects_own_errors_are_one_line_and_exit_status_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A bad config value, a missing manifest, a file that is no checkpoint (never PyTorch's offer to load it
+    with weights_only=False), a damaged metrics file: each command says so in one line, no traceback."""
+    assert one_line_error(capsys, "pretrain", "task.order.positive_share=1.5") == (
+        "mmssl pretrain: error: task.order.positive_share=1.5 is out of range: it must be >= 0 and <= 1")
+    missing = tmp_path / "missing.csv"
+    assert one_line_error(capsys, "transfer", "--random-init", "tiny3d", "--manifest", str(missing)).startswith(
+        f"mmssl transfer: error: no manifest at {missing}")
+    notes = tmp_path / "notes.pt"
+    notes.write_text("not a checkpoint")
+    line = one_line_error(capsys, "eval-av", "--checkpoint", str(notes))
+    assert line.startswith(f"mmssl eval-av: error: {notes} is not a readable checkpoint") and "weights_only" not in line
+    torch.save({"config": Fraction(1, 2)}, notes)
+    line = one_line_error(capsys, "eval-pretext", str(notes))
+    assert line.startswith(f"mmssl eval-pretext: error: {notes} is not a checkpoint of tensors and plain values")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\nnot json\n{"step": 2, "loss": 0.4}\n')
+    assert one_line_error(capsys, "plot-run", str(tmp_path)) == (
+        f"mmssl plot-run: error: {tmp_path / 'metrics.jsonl'}:2 is not a JSON record: 'not json'")
+
+
+def test_the_scripts_in_tools_report_the_same_way(tmp_path: Path) -> None:
+    missing = tmp_path / "checkpoint_000001.pt"
+    done = subprocess.run([sys.executable, str(ROOT / "tools/transfer.py"), "--checkpoint", str(missing),
+                           f"synthav_dir={tmp_path}"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    expected = f"transfer.py: error: {missing} is not a readable checkpoint (No such file or directory): {REMEDY}"
+    assert done.stderr.splitlines() == [expected]
+    assert not list(tmp_path.iterdir())  # it failed before it made (or read) any data

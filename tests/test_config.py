@@ -2,10 +2,12 @@
 naming the key or the file, never a traceback from deep inside torch or the YAML parser."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+import mmssl.tasks  # noqa: F401  (registers the tasks: their sections join the config)
 from mmssl import cli
 from mmssl.config import ConfigError, TransferConfig, load_config
 
@@ -16,11 +18,29 @@ OUT_OF_RANGE = [("data.batch_size=0", ">= 1"), ("data.batch_size=-4", ">= 1"), (
                 ("monitor.temperature=0", "> 0")]
 
 
-@pytest.mark.parametrize(("override", "rule"), OUT_OF_RANGE)
+# each task's settings (and its sections, e.g. the motion weighting), and the list-valued settings
+SECTIONS_OUT_OF_RANGE = [
+    ("task.order.positive_share=1.5", ">= 0 and <= 1"), ("task.order.motion.candidates=0", ">= 1"),
+    ("task.opn.num_frames=2", ">= 3"), ("task.opn.dropout=1", ">= 0 and < 1"), ("task.vcop.num_clips=1", ">= 2"),
+    ("task.vcop.interval=-1", ">= 0"), ("task.masked_video.mask_ratio=1", "> 0 and < 1"),
+    ("task.clip_contrastive.temperature=0", "> 0"), ("task.clip_contrastive.hue=0.6", ">= 0 and <= 0.5"),
+    ("task.avc.hard_share=-0.1", ">= 0 and <= 1"), ("task.av_contrastive.audio_s=0", "> 0"),
+    ("task.wav2vec2.mask_length=0", ">= 1"), ("task.wav2vec2.temperature_decay=0", "> 0 and <= 1"),
+    ("task.multitask.weights=[1, -1]", ">= 0"), ("data.crop_scale=[0, 1]", "> 0 and <= 1"),
+    ("optim.betas=[0.9, 1.0]", ">= 0 and < 1")]
+
+
+@pytest.mark.parametrize(("override", "rule"), OUT_OF_RANGE + SECTIONS_OUT_OF_RANGE)
 def test_a_value_out_of_its_range_fails_naming_the_key(override: str, rule: str) -> None:
     key = override.split("=")[0]
-    with pytest.raises(ConfigError, match=rf"^{key}=\S+ is out of range: it must be {rule}"):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=.+ is out of range: it must be {re.escape(rule)}$"):
         load_config(None, [override])
+
+
+def test_the_defaults_and_unset_optional_values_are_in_range() -> None:
+    config = load_config(None, ["task.name=clip_contrastive", "task.clip_contrastive.loss=moco"])
+    assert config.task.clip_contrastive.temperature is None  # None: the method's own value, not checked
+    assert load_config(None, ["task.clip_contrastive.temperature=0.2"]).task.clip_contrastive.temperature == 0.2
 
 
 def test_transfer_values_are_checked_too_and_the_edges_pass() -> None:
@@ -49,4 +69,4 @@ def test_the_command_line_reports_a_bad_value_in_one_line(capsys: pytest.Capture
         cli.main(["pretrain", "data.batch_size=0"])
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "mmssl pretrain: error: data.batch_size=0 is out of range: it must be >= 1"
+    assert err == ["mmssl pretrain: error: data.batch_size=0 is out of range: it must be >= 1"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PRETRAINING_CONFIGS, shipped_config_batches  # tests/ is on sys.path under pytest
+from helpers import PRETRAINING_CONFIGS, damage_a_tensor, shipped_config_batches  # tests/ is on sys.path under pytest
 
 from mmssl.cli import visualize
 from mmssl.config import ABSENT, Config, ConfigError, TransferConfig, config_changes, from_dict, load_config, to_dict
@@ -28,7 +28,8 @@ from mmssl.engine.checkpoint import latest_checkpoint
 from mmssl.engine.data import load_rows, pretraining_data
 from mmssl.engine.optim import build_optimizer, cosine_schedule
 from mmssl.engine.precision import to_channels_last_3d
-from mmssl.engine.trainer import NonFiniteLossError, pretrain
+from mmssl.engine.trainer import NonFiniteLossError, drop_replayed, pretrain
+from mmssl.errors import CheckpointError
 from mmssl.eval.transfer import Transfer, load_encoder
 from mmssl.models.vit import VideoViT, build_videomae_decoder
 from mmssl.tasks import build_task
@@ -346,9 +347,12 @@ def test_resume_checks_the_checkpoint_before_loading_its_weights(tiny_synthav: P
     """Another task's checkpoint, a file that is no checkpoint, and a run past this run's end: one line
     each (a ConfigError naming the file), before any weight is loaded."""
     final = pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path / "order")
+    vcop = fast_config(tiny_synthav, "train.max_steps=2", "task.name=vcop", "task.vcop.interval=0", "task.vcop.clip_len=2")
     with pytest.raises(ConfigError, match=r"other settings \(.*task.name: 'order' -> 'vcop'"):
-        pretrain(fast_config(tiny_synthav, "train.max_steps=2", "task.name=vcop", "task.vcop.interval=0",
-                             "task.vcop.clip_len=2"), tmp_path / "order", "auto")
+        pretrain(vcop, tmp_path / "order", "auto")
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(final))} holds a model state that does not fit this "
+                                              r"run's \(.*\): use it with the settings it was written with"):
+        pretrain(vcop, tmp_path / "vcop", str(final))  # named on purpose, even at this run's end: its weights do not fit
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(final.read_bytes()[:1000])
     for broken in (truncated, tmp_path / "missing.pt"):
@@ -356,6 +360,43 @@ def test_resume_checks_the_checkpoint_before_loading_its_weights(tiny_synthav: P
             pretrain(fast_config(tiny_synthav, "train.max_steps=2"), tmp_path / "other", str(broken))
     with pytest.raises(ConfigError, match=r"is at step 2, past this run's 1 steps: raise train.max_steps"):
         pretrain(fast_config(tiny_synthav, "train.max_steps=1"), tmp_path / "shorter", str(final))
+
+
+def test_resume_auto_skips_a_damaged_newest_checkpoint_and_logs_each_step_once(tiny_synthav: Path, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """The newest checkpoint damaged in the middle (it still opens as an archive; torch alone would load
+    its wrong bytes): --resume auto sets it aside, saying so in one line, and resumes from the one before.
+    Step 2, logged before the damage, is logged once. A run resumed at its last step says so and names
+    a checkpoint that exists."""
+    config = fast_config(tiny_synthav, "train.max_steps=2", "train.checkpoint_every=1")
+    final = pretrain(config, tmp_path)
+    damage_a_tensor(final)
+    capsys.readouterr()
+    assert pretrain(config, tmp_path, "auto") == final
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"--resume auto: skipped checkpoint_000002.pt, which is damaged \(.*\); "
+                        r"set aside as checkpoint_000002.pt.damaged", out[0])
+    assert out[1] == f"resumed from {tmp_path / 'checkpoint_000001.pt'} at step 1"
+    assert torch.load(final, weights_only=True)["step"] == 2
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("step", r.get("epoch")) for r in records] == [1, 2, 0]  # steps 1, 2, then epoch 0's skips
+
+    elsewhere = tmp_path / "elsewhere"
+    assert pretrain(config, elsewhere, str(final)) == final
+    assert capsys.readouterr().out.strip().endswith(f"--resume: {final} is at step 2, this run's last: "
+                                                    "nothing left to train")
+    assert not list(elsewhere.glob("checkpoint_*"))
+
+
+def test_a_resumed_run_drops_the_records_a_killed_run_wrote_past_its_checkpoint(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    lines = ['{"step": 0, "knn_top1": 10}', '{"step": 3, "loss": 1}', '{"epoch": 0, "skipped": {}}',
+             '{"step": 4, "loss": 1}', '{"epoch": 1, "skipped": {}}', '{"step": 5, "lo']  # the last cut by a kill
+    metrics.write_text("\n".join(lines))
+    drop_replayed(metrics, 3)  # a checkpoint at the end of epoch 0: its record stays, as the run goes on at epoch 1
+    assert metrics.read_text().splitlines() == lines[:3]
+    drop_replayed(metrics, 0)  # a fresh run
+    assert metrics.read_text() == ""
 
 
 def test_a_named_checkpoint_resumes_with_the_changed_optimizer_settings(tiny_synthav: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mmssl"
 # bottom to top; the registry, the distributed primitives and the config core at the bottom
-LEVELS = {"registry": 0, "distributed": 0, "config": 0, "io": 1, "data": 2, "models": 3, "losses": 3,
+LEVELS = {"registry": 0, "distributed": 0, "config": 0, "errors": 0, "io": 1, "data": 2, "models": 3, "losses": 3,
           "transforms": 3, "tasks": 4, "engine": 5, "eval": 5, "cli": 6}
 
 
@@ -63,7 +63,7 @@ def test_the_lower_rooms_import_no_engine_task_or_eval() -> None:
     """The issue's wording of the rule, checked on its own: io, data, models, losses, transforms and
     the config core import nothing of engine, tasks or eval."""
     low = [p for p in SOURCES if p.relative_to(PACKAGE).parts[0].removesuffix(".py")
-           in {"io", "data", "models", "losses", "transforms", "config", "registry", "distributed"}]
+           in {"io", "data", "models", "losses", "transforms", "config", "errors", "registry", "distributed"}]
     offenders = {str(p.relative_to(PACKAGE.parent)): sorted(m for m in imported_modules(p)
                                                              if room(m) in {"engine", "tasks", "eval", "cli"})
                  for p in low}

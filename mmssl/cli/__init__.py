@@ -1,17 +1,25 @@
 """The `mmssl` command: `mmssl <command> [args ...]` runs one step of the toolkit's workflow.
 
 A command is a module of this package with a `main(argv, prog)`; it is imported only when its command
-runs, so that `mmssl --help` stays fast.
+runs, so that `mmssl --help` stays fast. Each `main` is a `command`: the project's own errors end it
+with one line and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import pkgutil
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from mmssl.errors import MmsslError
+
+T = TypeVar("T")
 
 
 def commands() -> dict[str, str]:
@@ -66,3 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv[:1])  # exits: the help, or an error naming the commands
     result = importlib.import_module(f"{__name__}.{names[argv[0]]}").main(argv[1:], prog=f"mmssl {argv[0]}")
     return result if isinstance(result, int) else 0  # the others return what they made (a report, a path)
+
+
+def command(main: Callable[[list[str] | None, str | None], T]) -> Callable[[list[str] | None, str | None], T]:
+    """A command's `main(argv, prog)` (run by `mmssl <command>` and by its script in tools/ alike) that ends
+    on the project's own errors (`MmsslError`: bad input, a run that must stop) with their one line on
+    stderr and exit status 2, as on a usage error; any other exception is a bug, and keeps its traceback."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None, prog: str | None = None) -> T:
+        try:
+            return main(argv, prog)
+        except MmsslError as e:
+            print(f"{prog or Path(sys.argv[0]).name}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return run

@@ -39,10 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmssl.config import ConfigError, TransferConfig, load_config, to_dict
+from mmssl.cli import command
+from mmssl.config import TransferConfig, load_config, to_dict
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import PretextDataset, collate, kinds
-from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest
+from mmssl.data.manifest import ManifestRow, read_manifest
 from mmssl.data.sampling import uniform_clips
 from mmssl.engine.precision import mixed_precision
 from mmssl.eval.transfer import Transfer, encode, encode_audio, random_encoder
@@ -179,6 +180,7 @@ def print_table(train_split: str, test_split: str, results: dict[str, dict]) -> 
         print(f"{label:<12} {len(r['classes']):>7} {r['chance']:>6.1f}" + "".join(f" {cell:>13}" for cell in cells))
 
 
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         transfers = {(split, label): Transfer(replace(config, train_split=split, test_split=args.test_split,
                                                       label_column=label))
                      for split in args.train_splits for label in labels}
-    except (ConfigError, ManifestError, ValueError) as e:
+    except ValueError as e:  # a label column or split the manifest lacks
         parser.error(str(e))
     rows = {r.path: r for t in transfers.values() for r in t.train_rows + t.test_rows}
     device = next(iter(transfers.values())).device

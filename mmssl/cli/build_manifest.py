@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmssl.cli import command
 from mmssl.data.builders import (
     FOLDER_LAYOUTS,
     OFFICIAL_SPLITS,
@@ -82,6 +83,7 @@ def list_candidates(args: argparse.Namespace) -> Listing:
     return list_kinetics(args.root, args.annotations, args.default_split or "")
 
 
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser, args = parse_args(argv, prog)
     if not args.root.is_dir():

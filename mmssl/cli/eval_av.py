@@ -11,12 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
-from mmssl.cli import add_import_option, checkpoint_of, import_user_modules
-from mmssl.config import ConfigError
-from mmssl.data.manifest import ManifestError
+from mmssl.cli import add_import_option, checkpoint_of, command, import_user_modules
 from mmssl.eval.av import evaluate_av
 
 
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,10 +27,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = parser.parse_args(argv)
     import_user_modules(parser, args.imports)
     checkpoint = checkpoint_of(parser, args.checkpoint)
-    try:
-        result = evaluate_av(checkpoint, args.manifest, args.split)
-    except (ConfigError, ManifestError) as e:
-        parser.error(str(e))
+    result = evaluate_av(checkpoint, args.manifest, args.split)
     for key, value in result.items():
         print(f"{key:<24} {value:.2f}" if isinstance(value, float) else f"{key:<24} {value}")
     out = Path(args.out or checkpoint.parent / "av_eval.json")

@@ -13,12 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
-from mmssl.cli import add_import_option, checkpoint_of, import_user_modules
-from mmssl.config import ConfigError
-from mmssl.data.manifest import ManifestError
+from mmssl.cli import add_import_option, checkpoint_of, command, import_user_modules
 from mmssl.eval.pretext import evaluate_pretext
 
 
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,10 +32,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = parser.parse_args(argv)
     import_user_modules(parser, args.imports)
     checkpoint = checkpoint_of(parser, args.run)
-    try:
-        result = evaluate_pretext(checkpoint, args.manifest, args.split, args.batch_size, args.seed, args.passes)
-    except (ConfigError, ManifestError, ValueError) as e:
-        parser.error(str(e))
+    result = evaluate_pretext(checkpoint, args.manifest, args.split, args.batch_size, args.seed, args.passes)
     print(f"{result['task']} at step {result['step']} ({checkpoint}): {result['samples']} samples of "
           f"{result['videos']} {result['split']!r} videos of {result['manifest']}")
     print(f"{'metric':<28} {'held-out':>10} {'chance':>10}  better")

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
+from mmssl.cli import command
 from mmssl.data import physav, synthetic
 from mmssl.data.manifest import read_manifest
 
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     return parser.parse_args(argv)
 
 
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     module, config_class = DATASETS[args.dataset]

@@ -5,7 +5,8 @@
 
 Reads RUN_DIR/metrics.jsonl and writes a PNG (default RUN_DIR/metrics.png): the loss on top and,
 below it on the same steps, `knn_top1` (monitor.every, docs/training.md#online-knn-monitor). A step
-logged twice (a resumed run repeats the steps after its checkpoint) is drawn with its last value.
+logged twice (before mmssl dropped a killed run's records past its checkpoint on resume) is drawn with
+its last value; a last line a kill cut short is left out.
 """
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 
+from mmssl.cli import command
+from mmssl.errors import MmsslError
 
+
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,9 +43,23 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return steps, [by_step[s] for s in steps]
 
 
+def read_records(metrics: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a last line a kill cut short is left out, any other bad line is an
+    MmsslError naming it."""
+    lines = metrics.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise MmsslError(f"{metrics}:{number} is not a JSON record: {line[:80]!r}") from None
+    return records
+
+
 def plot_run(run: Path, out: Path) -> Path:
     """Loss (and kNN top-1, when logged) of the run in folder `run` against the step, as a PNG at `out`."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    records = read_records(run / "metrics.jsonl")
     knn = series(records, "knn_top1")
     config = run / "config.json"
     task = json.loads(config.read_text())["task"]["name"] if config.is_file() else "?"

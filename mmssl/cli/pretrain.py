@@ -18,16 +18,16 @@ import sys
 from pathlib import Path
 
 from mmssl import distributed
-from mmssl.cli import add_import_option, import_user_modules
-from mmssl.config import ConfigError, load_config
+from mmssl.cli import add_import_option, command, import_user_modules
+from mmssl.config import load_config
 from mmssl.data.dataset import SkipLimitExceeded
-from mmssl.data.manifest import ManifestError
 from mmssl.engine.distributed import cleanup
 from mmssl.engine.trainer import pretrain
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs/pretrain/order.yaml"
 
 
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,16 +40,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_intermixed_args(argv)
     import_user_modules(parser, args.imports)
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        parser.error(str(e))
-    out = args.out or f"runs/pretrain_{config.task.name}"
+    config = load_config(args.config, args.overrides)
     stopped = None
     try:
-        final = pretrain(config, out, args.resume)
-    except (ManifestError, ConfigError) as e:
-        parser.error(str(e))
+        final = pretrain(config, args.out or f"runs/pretrain_{config.task.name}", args.resume)
     except SkipLimitExceeded as e:  # raised on every rank at the same batch: rank 0 says it
         stopped = str(e) if distributed.is_main_process() else ""
     if stopped is None and distributed.is_main_process():

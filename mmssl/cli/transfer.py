@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from mmssl.cli import add_import_option, checkpoint_of, import_user_modules
-from mmssl.config import ConfigError, TransferConfig, load_config, to_dict
-from mmssl.data.manifest import ManifestError
+from mmssl.cli import add_import_option, checkpoint_of, command, import_user_modules
+from mmssl.config import TransferConfig, load_config, to_dict
 from mmssl.eval.transfer import PROTOCOLS, Transfer, load_encoder, random_encoder, save_confusion_png
 from mmssl.models.audio import AUDIO_ENCODERS
 from mmssl.tasks.model import checkpoint_config
 
 
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,27 +54,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="TransferConfig overrides")
     args = parser.parse_intermixed_args(argv)
     import_user_modules(parser, args.imports)
-    try:
-        config = load_config(args.config, args.overrides, root=TransferConfig)
-    except ConfigError as e:
-        parser.error(str(e))
+    config = load_config(args.config, args.overrides, root=TransferConfig)
     if args.protocol:
         config.protocol = args.protocol
     if args.manifest:
         config.manifest = args.manifest
     if args.feature_mode:
         config.feature_mode = args.feature_mode
-    try:
-        transfer = Transfer(config)
-    except ValueError as e:
-        parser.error(str(e))
-
-    if args.checkpoint:
+    if args.checkpoint:  # before the data: a checkpoint that does not load fails at once
         checkpoint = checkpoint_of(parser, args.checkpoint)
-        try:
-            encoder, encoder_name, task_mode, encoder_input = load_encoder(checkpoint)
-        except ConfigError as e:  # e.g. the task of a module of the user's own, not imported
-            parser.error(f"{checkpoint}: {e}")
+        encoder, encoder_name, task_mode, encoder_input = load_encoder(checkpoint)
         name, out = f"pretrained ({checkpoint.name})", Path(args.out or checkpoint.parent)
         pretrained_size = checkpoint_config(checkpoint).data.frame_size
         if task_mode != "audio" and pretrained_size != config.frame_size:
@@ -90,14 +78,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     if mode == "audio" and config.protocol == "finetune":
         parser.error(f"{encoder_name} is an audio encoder: --protocol linear or knn on frozen features")
     out.mkdir(parents=True, exist_ok=True)
+    transfer = Transfer(config)
 
-    try:
-        results = {name: transfer.evaluate(encoder, mode, encoder_input)}
-        if args.compare_random:
-            results[f"random init ({encoder_name})"] = transfer.evaluate(random_encoder(encoder_name, config.seed),
-                                                                         mode, encoder_input)
-    except ManifestError as e:
-        sys.exit(f"error: {e}")
+    results = {name: transfer.evaluate(encoder, mode, encoder_input)}
+    if args.compare_random:
+        results[f"random init ({encoder_name})"] = transfer.evaluate(random_encoder(encoder_name, config.seed),
+                                                                     mode, encoder_input)
 
     print(f"\n{config.protocol} transfer, {mode} features, input {encoder_input or 'as is'}, {len(transfer.classes)} classes, "
           f"{len(transfer.train_rows)} train / {len(transfer.test_rows)} test videos")

@@ -39,12 +39,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from mmssl.cli import add_import_option, import_user_modules
-from mmssl.config import ConfigError, apply_overrides, load_config
+from mmssl.cli import add_import_option, checkpoint_of, command, import_user_modules
+from mmssl.config import apply_overrides, load_config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import PretextDataset, decode_window
-from mmssl.data.manifest import AUDIO_ERROR, ManifestError, ManifestRow, read_manifest
-from mmssl.engine.checkpoint import latest_checkpoint, load_checkpoint
+from mmssl.data.manifest import AUDIO_ERROR, ManifestRow, read_manifest
+from mmssl.engine.checkpoint import load_checkpoint
 from mmssl.engine.data import load_rows
 from mmssl.io import MediaError
 from mmssl.models import build_video_encoder
@@ -66,6 +66,7 @@ Row = tuple[str, DecodedClip, dict, PretextTask]  # label, the clip, its sample,
 T = TypeVar("T")
 
 
+@command
 def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,32 +87,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     if args.manifest:
         if args.config or args.checkpoint or args.imports or args.overrides:
             parser.error("--manifest draws the files as they are: no --config, --checkpoint, --import or key=value")
-        try:
-            rows = read_manifest(args.manifest, args.split)
-        except ManifestError as e:
-            parser.error(str(e))
+        rows = read_manifest(args.manifest, args.split)
         clips = _decodable(len(rows), args.num, args.seed, lambda i: decode_video(rows[i]), args.manifest)
         out = args.out or f"runs/visualize_{Path(args.manifest).parent.name}.png"
         return _save(draw_videos(clips, args.manifest), out)
     if args.split:
         parser.error("--split picks a --manifest's videos; a task's split is data.split=NAME")
     import_user_modules(parser, args.imports)
-    try:
-        task_class(args.task)
-    except ConfigError as e:
-        parser.error(str(e))
+    task_class(args.task)
     default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
-    checkpoint = _checkpoint(Path(args.checkpoint), parser) if args.checkpoint else None
+    checkpoint = checkpoint_of(parser, args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and args.task != "masked_video":
         parser.error("--checkpoint draws reconstructions: --task masked_video only")
     overrides = [*args.overrides, f"task.name={args.task}"]
-    try:
-        if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
-            config = apply_overrides(checkpoint_config(checkpoint), overrides)
-        else:
-            config = load_config(args.config or (default if default.exists() else None), overrides)
-    except ConfigError as e:
-        parser.error(str(e))
+    if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
+        config = apply_overrides(checkpoint_config(checkpoint), overrides)
+    else:
+        config = load_config(args.config or (default if default.exists() else None), overrides)
 
     dataset = PretextDataset(load_rows(config), build_task(config), config.data.frame_size,
                              config.data.backend, seed=args.seed)
@@ -303,14 +295,6 @@ def _spectrogram(ax: plt.Axes, waveform: torch.Tensor) -> int:
     ax.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma",
               extent=(-hop / 2, (spectrogram.shape[1] - 0.5) * hop, 0, spectrogram.shape[0]))
     return spectrogram.shape[1]
-
-
-def _checkpoint(path: Path, parser: argparse.ArgumentParser) -> Path:
-    """A checkpoint file, or the newest checkpoint of a run folder."""
-    found = latest_checkpoint(path) if path.is_dir() else path
-    if found is None or not found.exists():
-        parser.error(f"no checkpoint at {path}")
-    return found
 
 
 def _shown(frames: np.ndarray, max_frames: int | None) -> list[int]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmssl.errors import MmsslError
 from mmssl.io import MediaInfo
 
 COLUMNS = ("path", "label", "split", "duration", "fps", "num_frames", "has_audio")
@@ -60,7 +61,7 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:
     return path
 
 
-class ManifestError(ValueError):
+class ManifestError(MmsslError, ValueError):
     """A manifest that cannot serve: no such file, missing columns, unusable values, or no row in the
     split asked for. The message says which and what to do."""
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
+from mmssl.config import AT_LEAST_1, NON_NEGATIVE, Bound
 from mmssl.data.manifest import ManifestRow
 from mmssl.io import TooShortError, VideoReader
 
@@ -130,6 +132,9 @@ class MotionConfig:
     candidates: int = 16
     power: float = 2.0
     size: int = 32
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "candidates": AT_LEAST_1, "power": NON_NEGATIVE, "size": AT_LEAST_1}
 
 
 class MotionWeighting:

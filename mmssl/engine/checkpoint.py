@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import random
 import re
 import zipfile
@@ -34,6 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from mmssl.errors import CheckpointError
+from mmssl.io.checkpoint import read_checkpoint
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
 _COMPILE_ATTR = "_orig_mod"  # where torch.compile keeps the original module
@@ -209,14 +211,10 @@ def _fsync_dir(folder: Path) -> None:
 
 def checkpoint_entries(path: str | Path, *names: str) -> tuple[Any, ...]:
     """These entries of the checkpoint at `path` (memory-mapped: its tensors are not read), or a
-    ValueError in one line naming the file when it is not a readable checkpoint (missing, truncated,
-    not ours)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return tuple(checkpoint[name] for name in names)
-    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
-        reason = f"it has no {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:160]
-        raise ValueError(f"{path} is not a readable checkpoint ({reason})") from None
+    CheckpointError in one line naming the file when it is not a readable checkpoint (missing,
+    truncated, not ours) or lacks one of them."""
+    checkpoint = read_checkpoint(path, mmap=True, needs=names)
+    return tuple(checkpoint[name] for name in names)
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
@@ -224,18 +222,29 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     """Restore the named objects from `path` and return the entries not restored (step, epoch, ...).
 
     Each keyword names an entry of the checkpoint and the object to load it into (modules may be
-    wrapped in DDP or compiled; `strict` applies to them). Loading uses `weights_only=True`.
-    Raises KeyError when a named entry is missing.
+    wrapped in DDP or compiled; `strict` applies to them). Loading uses `weights_only=True`
+    (`read_checkpoint`). Raises KeyError when a named entry is missing.
     """
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    return restore_checkpoint(read_checkpoint(path, map_location), path, strict=strict, **objects)
+
+
+def restore_checkpoint(checkpoint: dict[str, Any], path: str | Path, *, strict: bool = True,
+                       **objects: Any) -> dict[str, Any]:
+    """`load_checkpoint` of the entries already read from `path`; a state that does not fit its
+    object (another task's or model's weights) is a CheckpointError naming the file."""
     missing = [name for name in objects if name not in checkpoint]
     if missing:
         raise KeyError(f"{path} has no entries {missing}; it has {sorted(checkpoint)}")
     for name, obj in objects.items():
-        if isinstance(obj, nn.Module):
-            load_module_state_dict(obj, checkpoint[name], strict=strict)
-        else:
-            obj.load_state_dict(checkpoint[name])
+        try:
+            if isinstance(obj, nn.Module):
+                load_module_state_dict(obj, checkpoint[name], strict=strict)
+            else:
+                obj.load_state_dict(checkpoint[name])
+        except (RuntimeError, ValueError) as e:  # torch lists every key, over many lines
+            reason = " ".join(str(e).split())[:160]
+            raise CheckpointError(path, f"holds a {name} state that does not fit this run's ({reason})",
+                                  "use it with the settings it was written with (its run's config.json)") from None
     return {k: v for k, v in checkpoint.items() if k not in objects}
 
 
@@ -267,6 +276,21 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     for _, path in reversed(_checkpoints_by_step(Path(folder))):
         if _is_complete(path):
             return path
+    return None
+
+
+def loadable_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu", needs: tuple[str, ...] = (),
+                        report: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in `folder` that reads whole with the entries it `needs` (`read_checkpoint`),
+    and its entries; None when there is none. Each newer one that does not is set aside as `<name>.damaged` (so that neither pruning nor a later
+    resume takes it for the newest) and reported in one line."""
+    for _, path in reversed(_checkpoints_by_step(Path(folder))):
+        try:
+            return path, read_checkpoint(path, map_location, needs=needs)
+        except CheckpointError as e:
+            aside = path.with_name(f"{path.name}.damaged")
+            os.replace(path, aside)
+            report(f"--resume auto: skipped {path.name}, which {e.problem}; set aside as {aside.name}")
     return None
 
 

@@ -28,12 +28,12 @@ from mmssl.data.dataset import SkipCounter
 from mmssl.data.loader import RecoveringLoader
 from mmssl.engine.checkpoint import (
     capture_rng_state,
-    checkpoint_entries,
     checkpoint_path,
     latest_checkpoint,
-    load_checkpoint,
+    loadable_checkpoint,
     prune_checkpoints,
     remove_partial_writes,
+    restore_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
@@ -43,6 +43,8 @@ from mmssl.engine.lock import RunLock
 from mmssl.engine.monitor import MONITOR_KEYS, KnnMonitor, monitor_transfer
 from mmssl.engine.optim import build_optimizer, cosine_schedule, set_lr
 from mmssl.engine.precision import mixed_precision, to_channels_last_3d
+from mmssl.errors import CheckpointError, MmsslError
+from mmssl.io.checkpoint import read_checkpoint
 from mmssl.tasks import build_task
 from mmssl.tasks.model import TaskModel, build_run_encoder
 
@@ -54,12 +56,13 @@ REFERENCE_BATCH = 32  # optim.lr is the rate for this total batch; scaled linear
 # settings that change how a run executes or logs, not what it computes: free to change on resume
 RESUME_FREE_KEYS = frozenset({"data.num_workers", "train.compile", "train.log_every", "train.checkpoint_every",
                               "train.keep_last"}) | MONITOR_KEYS
+RESUMED = ("config", "step", "rng", "model", "optimizer")  # the entries a resumed run reads
 LOG_FILE_REDRAW_S = 60.0  # progress-bar redraws when stderr is a log file (nohup, batch jobs), not a terminal
 T = TypeVar("T")
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class NonFiniteLossError(MmsslError, FloatingPointError):
+    """A run's loss is no longer finite: it stops, naming the step."""
 
 
 def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> Path:
@@ -116,9 +119,9 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     accumulate = config.optim.accumulate
     micro_per_epoch = len(sampler) // config.data.batch_size  # whole batches (EpochSampler pads)
     if accumulate > micro_per_epoch:
-        raise ValueError(f"optim.accumulate={accumulate} is more than the {micro_per_epoch} batches of "
-                         f"data.batch_size={config.data.batch_size} in an epoch of each of {dist.world_size} "
-                         f"ranks ({len(dataset)} videos): no optimizer step would complete")
+        raise ConfigError(f"optim.accumulate={accumulate} is more than the {micro_per_epoch} batches of "
+                          f"data.batch_size={config.data.batch_size} in an epoch of each of {dist.world_size} "
+                          f"ranks ({len(dataset)} videos): no optimizer step would complete")
     steps_per_epoch = micro_per_epoch // accumulate
     total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
     total_batch = config.data.batch_size * accumulate * dist.world_size
@@ -127,19 +130,19 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
                                   min(round(config.optim.warmup_epochs * steps_per_epoch), total_steps // 2))
 
     step = 0
-    resume_from = latest_checkpoint(out_dir) if resume == "auto" else (Path(resume) if resume else None)
-    if resume_from is not None:
-        try:  # its settings and step first: weights of another task or run would not even load
-            saved, step = checkpoint_entries(resume_from, "config", "step")
-        except ValueError as e:
-            raise ConfigError(f"--resume: {e}: name another checkpoint, or choose a new --out") from None
-        _check_resumed_config(saved, config, resume_from, implicit=resume == "auto", warn=dist.is_main)
-        step = int(step)
+    if (resumed := _resume_checkpoint(out_dir, resume, dist)) is not None:
+        resume_from, state = resumed
+        _check_resumed_config(state["config"], config, resume_from, implicit=resume == "auto", warn=dist.is_main)
+        step = int(state["step"])
         if step > total_steps:
             raise ConfigError(f"--resume: {resume_from} is at step {step}, past this run's {total_steps} steps: "
                               "raise train.max_steps or train.epochs to train on from it")
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-        state = load_checkpoint(resume_from, map_location=dist.device, model=model, optimizer=optimizer)
+        restore_checkpoint(state, resume_from, model=model, optimizer=optimizer)
+        if step == total_steps:  # nothing to train (once its weights are known to fit): it holds the run's end
+            if dist.is_main:
+                print(f"--resume: {resume_from} is at step {step}, this run's last: nothing left to train")
+            return resume_from
         for group, own in zip(optimizer.param_groups, settings, strict=True):
             group.update(own)  # this config's hyperparameters (weight decay, betas, ...), not the checkpoint's
         rng_states = state["rng"]
@@ -164,6 +167,22 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     run_log.close()
     distributed.barrier()
     return checkpoint_path(out_dir, total_steps)
+
+
+def _resume_checkpoint(out_dir: Path, resume: str | None, dist: DistInfo) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from and its entries, read on every rank: "auto": the newest in `out_dir`
+    that loads (rank 0 chooses, setting damaged newer ones aside), None when there is none; a path: that
+    file, where one that does not load is a ConfigError in one line."""
+    if resume is None:
+        return None
+    found = loadable_checkpoint(out_dir, dist.device, RESUMED) if resume == "auto" and dist.is_main else None
+    path = distributed.broadcast_from_main(found and found[0]) if resume == "auto" else Path(resume)
+    if path is None:
+        return None
+    try:
+        return path, found[1] if found else read_checkpoint(path, dist.device, needs=RESUMED)
+    except CheckpointError as e:
+        raise ConfigError(f"--resume: {e}, or choose a new --out") from None
 
 
 def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], dict[str, torch.Tensor]],
@@ -237,6 +256,8 @@ class RunLog:
         self.is_main = is_main
         self.postfix: dict[str, str] = {}  # what the progress bar shows after its count
         self.metrics = out_dir / "metrics.jsonl" if is_main else None
+        if self.metrics:
+            drop_replayed(self.metrics, step)
         self.tensorboard: SummaryWriter | None = _tensorboard(out_dir) if is_main else None
         self.bar = tqdm(total=total_steps, initial=step, disable=not is_main, dynamic_ncols=True, desc=desc,
                         mininterval=0.1 if sys.stderr.isatty() else LOG_FILE_REDRAW_S)
@@ -264,6 +285,26 @@ class RunLog:
         self.bar.close()
         if self.tensorboard:
             self.tensorboard.close()
+
+
+def drop_replayed(metrics: Path, step: int) -> None:
+    """Keep the records of `metrics` (a metrics.jsonl) before the first one past `step`, where the run
+    starts: a killed run's records after its checkpoint are logged again, so each step stays logged once
+    (a fresh run, step 0: none kept). The file is replaced atomically."""
+    lines = metrics.read_text().splitlines(keepends=True) if step and metrics.exists() else []
+    end = next((i for i, line in enumerate(lines) if _record_step(line) > step), len(lines))
+    partial = metrics.with_name(f".{metrics.name}.tmp")
+    partial.write_text("".join(lines[:end]))
+    partial.replace(metrics)
+
+
+def _record_step(line: str) -> float:
+    """A metrics.jsonl line's step: -1 for a record of none (an epoch's skips), infinity for a line a
+    kill cut short."""
+    try:
+        return json.loads(line).get("step", -1)
+    except ValueError:
+        return float("inf")
 
 
 def log_window(run_log: RunLog, window: LogWindow, step: int, epoch: int, lr: float, device: torch.device) -> None:

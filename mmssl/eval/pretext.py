@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from mmssl.config import ConfigError
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import ManifestError, read_manifest
 from mmssl.data.synthetic import ensure_synthav
@@ -28,7 +29,7 @@ def evaluate_pretext(checkpoint: str | Path, manifest: str | None = None, split:
     other windows of every video). Videos left out (no audio track, too short, failed to decode in
     some pass) are counted by reason, each once."""
     if passes < 1 or batch_size < 1:
-        raise ValueError(f"passes and batch_size must be >= 1, got {passes} and {batch_size}")
+        raise ConfigError(f"passes and batch_size must be >= 1, got {passes} and {batch_size}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config = load_task_model(checkpoint)
     model.to(device)

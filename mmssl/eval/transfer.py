@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmssl.config import TransferConfig
+from mmssl.config import ConfigError, TransferConfig
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import PretextDataset, collate, kinds
 from mmssl.data.manifest import ManifestError, ManifestRow, class_names, read_manifest
@@ -224,12 +224,12 @@ class Transfer:
         self.config = config
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if config.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown transfer protocol {config.protocol!r}: one of {', '.join(PROTOCOLS)}")
+            raise ConfigError(f"unknown transfer protocol {config.protocol!r}: one of {', '.join(PROTOCOLS)}")
         manifest = config.manifest or str(ensure_synthav(config.synthav_dir))
         self.train_rows = labeled_rows(manifest, config.train_split, config.label_column)
         self.test_rows = labeled_rows(manifest, config.test_split, config.label_column)
         if not self.train_rows or not self.test_rows:
-            raise ValueError(f"{manifest}: need rows with a {config.label_column!r} in splits "
+            raise ManifestError(f"{manifest}: need rows with a {config.label_column!r} in splits "
                              f"{config.train_split!r} and {config.test_split!r}")
         self.classes = class_names(self.train_rows + self.test_rows)
 

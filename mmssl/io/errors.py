@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmssl.errors import MmsslError
 
-class MediaError(Exception):
+
+class MediaError(MmsslError):
     """Base class: a media file could not be used. `kind` is a short machine-readable reason."""
 
     kind = "unreadable"

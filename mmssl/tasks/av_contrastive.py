@@ -7,12 +7,13 @@ The temperature is a config value (AVID's 0.07) or the shared head's learnable o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, POSITIVE, Bound, Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import clip_with_audio, frames_for
@@ -35,6 +36,10 @@ class AVContrastiveConfig:
     temperature: float = 0.07
     learn_temperature: bool = False  # true: the shared head's learnable temperature (CLIP)
     embed_dim: int = 128
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "audio_s": POSITIVE, "temperature": POSITIVE,
+        "embed_dim": AT_LEAST_1}
 
 
 @register_task("av_contrastive", label_family="object", encoder_input="rgb",

@@ -15,13 +15,14 @@ y * d^2 + (1 - y) * max(margin - d, 0)^2 with d = ||v - a||.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SHARE, Bound, Config, ConfigError
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import clip_with_audio, frames_for
@@ -53,6 +54,11 @@ class AVCConfig:
     embed_dim: int = 128
     fusion_dim: int = 128
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "audio_s": POSITIVE, "positive_share": SHARE,
+        "min_offset_s": NON_NEGATIVE, "hard_share": SHARE, "curriculum_share": SHARE, "margin": NON_NEGATIVE,
+        "embed_dim": AT_LEAST_1, "fusion_dim": AT_LEAST_1}
+
 
 @register_task("avc", label_family="object", encoder_input="rgb",
                metric=PretextMetric("accuracy", chance=lambda task, _: majority_share(task.config.positive_share)))
@@ -63,7 +69,7 @@ class AVC(PretextTask):
     def __init__(self, config: AVCConfig, audio_encoder: str, augment: VideoAugment | None = None,
                  sample_rate: int = 16000) -> None:
         if config.hard_negatives and config.min_offset_s < config.audio_s:
-            raise ValueError(f"task.avc.min_offset_s={config.min_offset_s} is shorter than audio_s={config.audio_s}: "
+            raise ConfigError(f"task.avc.min_offset_s={config.min_offset_s} is shorter than audio_s={config.audio_s}: "
                              "a hard negative would overlap its positive (AVTS)")
         self.config = config
         self.audio_encoder = audio_encoder

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, AT_LEAST_2, POSITIVE, SHARE, Bound, Config, ConfigError
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import cvrl_clips, independent_clips
@@ -95,6 +95,11 @@ class ClipContrastiveConfig:
     contrast: float = 0.8
     hue: float = 0.2
     grayscale: float = 0.2
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "num_clips": AT_LEAST_2, "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "temperature": POSITIVE,
+        "embed_dim": AT_LEAST_1, "hidden_dim": AT_LEAST_1, "queue_size": AT_LEAST_1, "momentum": SHARE,
+        "brightness": SHARE, "contrast": SHARE, "hue": Bound(0, 0.5), "grayscale": SHARE}
 
 
 SAMPLERS = ("cvrl", "uniform")
@@ -258,14 +263,14 @@ class ClipContrastive(PretextTask):
 
     def __init__(self, config: ClipContrastiveConfig, augment: VideoAugment | None = None) -> None:
         if config.num_clips < 2 or config.clip_len < 1 or config.stride < 1:
-            raise ValueError(f"clip_contrastive needs num_clips >= 2, clip_len >= 1 and stride >= 1, got {config}")
+            raise ConfigError(f"clip_contrastive needs num_clips >= 2, clip_len >= 1 and stride >= 1, got {config}")
         if config.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {config.sampler!r}; choose {' or '.join(SAMPLERS)}")
+            raise ConfigError(f"unknown sampler {config.sampler!r}; choose {' or '.join(SAMPLERS)}")
         if config.sampler == "cvrl" and config.num_clips != 2:
-            raise ValueError("CVRL's sampler draws two clips; for num_clips > 2 use sampler 'uniform', whose "
+            raise ConfigError("CVRL's sampler draws two clips; for num_clips > 2 use sampler 'uniform', whose "
                              "every pairwise gap has the same linearly decreasing density")
         if config.loss not in METHODS:
-            raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(METHODS)}")
+            raise ConfigError(f"unknown loss {config.loss!r}; choose one of {', '.join(METHODS)}")
         self.config = config
         self.method = METHODS[config.loss]
         self.global_batchnorm = self.method.global_bn

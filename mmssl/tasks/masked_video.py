@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, NON_NEGATIVE, OPEN_SHARE, Bound, Config, ConfigError
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import random_clip
@@ -47,6 +48,9 @@ class MaskedVideoConfig:
     mask_ratio: float = 0.9  # share of each frame's patches masked, the same patches in every slot
     decoder_depth: int = 4  # the decoder is half the encoder's width
     norm_target: bool = True  # per-tubelet, per-channel normalised pixels as the target
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "mask_ratio": OPEN_SHARE, "decoder_depth": NON_NEGATIVE}
 
 
 def masked_per_slot(height: int, width: int, ratio: float) -> int:
@@ -112,10 +116,10 @@ class MaskedVideo(PretextTask):
     def __init__(self, config: MaskedVideoConfig, tubelet: tuple[int, int, int],
                  augment: VideoAugment | None = None) -> None:
         if not 0 < config.mask_ratio < 1 or config.clip_len < 1 or config.stride < 1 or config.decoder_depth < 0:
-            raise ValueError(f"VideoMAE needs 0 < mask_ratio < 1, clip_len, stride >= 1, decoder_depth >= 0, "
+            raise ConfigError(f"VideoMAE needs 0 < mask_ratio < 1, clip_len, stride >= 1, decoder_depth >= 0, "
                              f"got {config}")
         if config.clip_len % tubelet[0]:
-            raise ValueError(f"clip_len {config.clip_len} is not a multiple of the tubelet's {tubelet[0]} frames")
+            raise ConfigError(f"clip_len {config.clip_len} is not a multiple of the tubelet's {tubelet[0]} frames")
         self.config = config
         self.tubelet = tuple(tubelet)
         self.augment = dataclasses.replace(augment, brightness=0.0, contrast=0.0) if augment else None
@@ -124,7 +128,7 @@ class MaskedVideo(PretextTask):
     def from_config(cls, config: Config, augment: VideoAugment) -> MaskedVideo:
         name = config.model.video_encoder
         if name not in VIT_PRESETS:
-            raise ValueError(f"masked_video needs a ViT encoder ({', '.join(VIT_PRESETS)}), got {name!r}")
+            raise ConfigError(f"masked_video needs a ViT encoder ({', '.join(VIT_PRESETS)}), got {name!r}")
         return cls(config.task.masked_video, VIT_PRESETS[name].tubelet, augment)
 
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:

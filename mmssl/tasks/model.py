@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmssl.config import Config, from_dict
+from mmssl.config import Config, ConfigError, from_dict
+from mmssl.io.checkpoint import read_checkpoint
 from mmssl.models import AudioEncoder, VideoEncoder, build_encoder
 from mmssl.tasks import PretextTask, build_task, task_class
 
@@ -37,13 +38,18 @@ def build_run_encoder(config: Config) -> VideoEncoder | AudioEncoder:
 
 
 def saved_entries(checkpoint: str | Path) -> dict:
-    """A checkpoint's entries, memory-mapped: its tensors are not read."""
-    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    """A pretraining checkpoint's entries, memory-mapped: its tensors are not read (a CheckpointError
+    in one line for a file that is not one)."""
+    return read_checkpoint(checkpoint, mmap=True, needs=("config", "model"))
 
 
-def checkpoint_config(checkpoint: str | Path) -> Config:
-    """The pretraining config a checkpoint was saved with."""
-    return from_dict(saved_entries(checkpoint)["config"])
+def checkpoint_config(checkpoint: str | Path, entries: dict | None = None) -> Config:
+    """The pretraining config a checkpoint was saved with (read from its `entries`, when given); a
+    ConfigError naming the file when this version cannot read it."""
+    try:
+        return from_dict((entries or saved_entries(checkpoint))["config"])
+    except ConfigError as e:
+        raise ConfigError(f"{checkpoint}: {e}") from None
 
 
 def checkpoint_encoder_input(checkpoint: str | Path, default: str = "rgb") -> str:
@@ -54,8 +60,8 @@ def checkpoint_encoder_input(checkpoint: str | Path, default: str = "rgb") -> st
 
 def load_task_model(checkpoint: str | Path) -> tuple[TaskModel, Config]:
     """The whole pretraining model of a checkpoint (encoder + task head, in eval mode) and its config."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    config = from_dict(state["config"])
+    state = read_checkpoint(checkpoint, needs=("config", "model"))
+    config = checkpoint_config(checkpoint, state)
     model = TaskModel(build_task(config), build_run_encoder(config))
     model.load_state_dict(state["model"])
     return model.eval(), config

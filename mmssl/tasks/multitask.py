@@ -11,12 +11,13 @@ one encoder, so they must share its input.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import NON_NEGATIVE, Bound, Config, ConfigError
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.models import VideoEncoder
@@ -32,6 +33,8 @@ class MultiTaskConfig:
     tasks: list[str] = field(default_factory=lambda: ["order", "avc", "masked_video"])
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # of each task's loss
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"weights": NON_NEGATIVE}
+
 
 def task_entries(sample: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
     """Task `name`'s entries of a multi-task sample or batch ("<task>/<key>"), under their own keys."""
@@ -45,13 +48,13 @@ class MultiTask(PretextTask):
 
     def __init__(self, tasks: dict[str, PretextTask], weights: dict[str, float], sample_rate: int = 16000) -> None:
         if not tasks or set(tasks) != set(weights):
-            raise ValueError(f"multitask needs one weight per task, got tasks {list(tasks)} and weights {weights}")
+            raise ConfigError(f"multitask needs one weight per task, got tasks {list(tasks)} and weights {weights}")
         kinds = {task.encoder_kind for task in tasks.values()}
         if len(kinds) != 1:
-            raise ValueError(f"the tasks of a multi-task run share one encoder; got kinds {sorted(kinds)}")
+            raise ConfigError(f"the tasks of a multi-task run share one encoder; got kinds {sorted(kinds)}")
         inputs = {task.encoder_input for task in tasks.values()}
         if len(inputs) != 1:
-            raise ValueError(f"the tasks of a multi-task run share one encoder, so one input; got {sorted(inputs)}")
+            raise ConfigError(f"the tasks of a multi-task run share one encoder, so one input; got {sorted(inputs)}")
         self.tasks = tasks
         self.weights = weights
         self.sample_rate = sample_rate
@@ -69,7 +72,7 @@ class MultiTask(PretextTask):
     def from_config(cls, config: Config, augment: VideoAugment) -> MultiTask:
         c: MultiTaskConfig = config.task.multitask
         if len(c.tasks) != len(c.weights) or len(set(c.tasks)) != len(c.tasks) or cls.name in c.tasks:
-            raise ValueError(f"task.multitask: give distinct tasks (not multitask) and one weight each, got {c}")
+            raise ConfigError(f"task.multitask: give distinct tasks (not multitask) and one weight each, got {c}")
         tasks = {name: TASKS.get(name).from_config(config, augment) for name in c.tasks}
         return cls(tasks, dict(zip(c.tasks, c.weights)))
 

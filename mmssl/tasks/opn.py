@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, POSITIVE, SHARE, SHARE_BELOW_1, Bound, Config, ConfigError
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import MotionConfig, MotionWeighting, random_clip
@@ -57,6 +58,9 @@ class OPNConfig:
     dropout: float = 0.5  # before the classifier [unverified]
     motion: MotionConfig = field(default_factory=MotionConfig)  # OPN's high-motion windows
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "num_frames": Bound(3), "gap_s": POSITIVE, "jitter": SHARE, "hidden_dim": AT_LEAST_1, "dropout": SHARE_BELOW_1}
+
 
 def sequence_classes(num_frames: int) -> list[tuple[int, ...]]:
     """OPN's num_frames!/2 order classes: of each permutation and its reverse, the one whose first
@@ -72,7 +76,7 @@ class OPN(PretextTask):
 
     def __init__(self, config: OPNConfig, augment: VideoAugment | None = None) -> None:
         if config.num_frames < 3:
-            raise ValueError(f"OPN needs at least 3 frames per tuple, got {config.num_frames}")
+            raise ConfigError(f"OPN needs at least 3 frames per tuple, got {config.num_frames}")
         self.config = config
         self.augment = augment
         self.classes = sequence_classes(config.num_frames)

@@ -24,7 +24,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SHARE, Bound, Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import MotionConfig, MotionWeighting
@@ -45,6 +45,9 @@ class OrderConfig:
     positive_share: float = 0.25
     hidden_dim: int = 256
     motion: MotionConfig = field(default_factory=MotionConfig)
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "tau_max_s": POSITIVE, "tau_min_s": NON_NEGATIVE, "positive_share": SHARE, "hidden_dim": AT_LEAST_1}
 
 
 @register_task("order", label_family="action", encoder_input="rgb",

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.config import Config
+from mmssl.config import AT_LEAST_1, AT_LEAST_2, NON_NEGATIVE, SHARE_BELOW_1, Bound, Config, ConfigError
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import clip_span, random_clip
@@ -46,6 +47,10 @@ class VCOPConfig:
     hidden_dim: int = 512
     dropout: float = 0.5
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "num_clips": AT_LEAST_2, "clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "interval": NON_NEGATIVE,
+        "hidden_dim": AT_LEAST_1, "dropout": SHARE_BELOW_1}
+
 
 @register_task("vcop", label_family="action", encoder_input="rgb",
                metric=PretextMetric("accuracy", chance=lambda task, _: 1 / len(task.permutations)))
@@ -56,7 +61,7 @@ class VCOP(PretextTask):
 
     def __init__(self, config: VCOPConfig, augment: VideoAugment | None = None) -> None:
         if config.num_clips < 2 or config.clip_len < 1 or config.stride < 1 or config.interval < 0:
-            raise ValueError(f"VCOP needs num_clips >= 2, clip_len >= 1, stride >= 1 and interval >= 0, "
+            raise ConfigError(f"VCOP needs num_clips >= 2, clip_len >= 1, stride >= 1 and interval >= 0, "
                              f"got {config}")
         self.config = config
         self.augment = augment

@@ -18,13 +18,24 @@ each rank's L weighted by its masked count over the ranks' mean count (`count_we
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.config import Config
+from mmssl.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    SHARE,
+    SHARE_ABOVE_0,
+    SHARE_BELOW_1,
+    Bound,
+    Config,
+    ConfigError,
+)
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.data.sampling import frames_for
@@ -57,6 +68,13 @@ class Wav2Vec2Config:
     feature_penalty: float = 10.0  # weight of the mean squared feature-encoder output (fairseq)
     feature_grad_scale: float = 0.1  # gradient into the feature encoder scaled by this (fairseq)
     feature_dropout: float = 0.1  # on the quantiser's input (fairseq's dropout_features)
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "audio_s": POSITIVE, "mask_prob": SHARE, "mask_length": AT_LEAST_1, "min_masks": NON_NEGATIVE,
+        "num_negatives": AT_LEAST_1, "codebooks": AT_LEAST_1, "codebook_entries": AT_LEAST_1, "final_dim": AT_LEAST_1,
+        "temperature_start": POSITIVE, "temperature_decay": SHARE_ABOVE_0, "temperature_floor": POSITIVE,
+        "logit_temperature": POSITIVE, "diversity_weight": NON_NEGATIVE, "feature_penalty": NON_NEGATIVE,
+        "feature_grad_scale": NON_NEGATIVE, "feature_dropout": SHARE_BELOW_1}
 
 
 def span_mask(num_frames: int, mask_prob: float, mask_length: int, min_masks: int,
@@ -119,7 +137,7 @@ class Wav2Vec2(PretextTask):
 
     def __init__(self, config: Wav2Vec2Config, audio_encoder: str, sample_rate: int = 16000) -> None:
         if audio_encoder not in WAV2VEC2_SPECS:
-            raise ValueError(f"wav2vec2 needs a wav2vec 2.0 audio encoder ({', '.join(WAV2VEC2_SPECS)}), "
+            raise ConfigError(f"wav2vec2 needs a wav2vec 2.0 audio encoder ({', '.join(WAV2VEC2_SPECS)}), "
                              f"not {audio_encoder!r}: set model.audio_encoder")
         self.config = config
         self.sample_rate = sample_rate
