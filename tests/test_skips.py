@@ -1,6 +1,7 @@
 """The skip policy: a run stops when more distinct files than data.max_skip_share of the dataset's
 files fail to decode, never with fewer (over many epochs of the project's own sampler), within one
-epoch with more; the stop is one line and exit code 2."""
+epoch with more; the stop is one line and exit code 2; a resumed run still counts the bad files its
+checkpoint met."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from mmssl.data.clip import Skipped
 from mmssl.data.dataset import MAX_REPLACEMENTS, EpochSampler, SkipCounter, SkipLimitExceeded, replacement
 from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
 from mmssl.engine.trainer import pretrain
+from mmssl.io.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES, BATCH, SHARE = 300, 32, 0.05  # the default share: the run goes on with up to 15 bad files
@@ -104,3 +106,26 @@ def test_a_run_with_more_bad_files_stops_in_one_line_with_exit_code_2(tiny_synth
     assert line.startswith("pretrain.py: error: stopping: 2 distinct files failed to decode (corrupt: 1, empty: 1; ")
     assert "of the 26 in the dataset, more than data.max_skip_share=0.04 of them allows (1)" in line
     assert "tools/build_manifest.py --verify" in line
+
+
+def test_a_resumed_run_still_counts_the_bad_files_its_checkpoint_met(tiny_synthav: Path, tmp_path: Path) -> None:
+    """24 files, two bad, one allowed (5%): the first is read in the first batch, the second in the third
+    and last, where the run stops, past its checkpoints of steps 1 and 2. Resumed from step 2 it reads
+    only the second again, and stops there too: its checkpoint kept the first."""
+    good = read_manifest(tiny_synthav / "manifest.csv", "pretrain")
+    order = np.random.default_rng([0, 0]).permutation(24).tolist()  # epoch 0 of EpochSampler, seed 0
+    places = {order[0]: tmp_path / "first.mp4", order[2 * 8]: tmp_path / "second.mp4"}  # batches 0 and 2 of 8
+    rows = iter(good)
+    manifest = write_manifest([ManifestRow(str(places[i]), split="pretrain", num_frames=24, fps=8.0)
+                               if i in places else next(rows) for i in range(24)], tmp_path / "manifest.csv")
+    for path in places.values():
+        path.write_bytes(b"\x00" * 5000)
+    config = load_config(None, [*FAST, f"data.manifest={manifest}", "train.checkpoint_every=1"])
+    with pytest.raises(SkipLimitExceeded, match="stopping: 2 distinct files .* of the 24 in the dataset"):
+        pretrain(config, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*.pt")) == ["checkpoint_000001.pt",
+                                                                                 "checkpoint_000002.pt"]
+    saved = read_checkpoint(tmp_path / "run" / "checkpoint_000002.pt")["skips"]
+    assert saved == {"bad": {str(places[order[0]]): "corrupt"}, "attempts": {"corrupt": 1}}
+    with pytest.raises(SkipLimitExceeded, match=r"stopping: 2 distinct files failed to decode \(corrupt: 2; 2 failed"):
+        pretrain(config, tmp_path / "run", resume="auto")
