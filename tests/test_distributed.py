@@ -103,6 +103,7 @@ def _run(info: DistInfo) -> dict[str, object]:
     result["window_means"] = window_means({"loss": RANK_ITEMS[rank],
                                            "accuracy": [0.25 + 0.5 * rank]}, torch.device("cpu"))
     result["skip_stops"] = [_skip_stop(batches[rank]) for batches in (SKIP_UNION, SKIP_GIVE_UP)]
+    result["skip_resume"] = _skip_resume(rank)
     result["stopped"] = []
     for bad_rank in (None, 1):  # a non-finite loss on rank 1 stops rank 0 too (not left waiting in DDP)
         try:
@@ -124,6 +125,17 @@ def _skip_stop(batches: list[tuple[list[str], int]]) -> tuple[int, str, list[str
         except SkipLimitExceeded as stop:
             return step, str(stop), sorted(counter.bad)
     return None
+
+
+def _skip_resume(rank: int) -> tuple[dict, list[str], Counter]:
+    """A checkpoint's state of a SkipCounter whose ranks met other files ("b" twice on rank 1), and a
+    counter restored from it for a manifest without "c": its bad files, and its failed decodes summed."""
+    counter = SkipCounter(0.5, 40)
+    counter.update([Skipped(f"{name}.mp4", "corrupt", "") for name in (["a"] if rank == 0 else ["b", "b", "c"])])
+    state = counter.state()
+    resumed = SkipCounter(0.5, 40)
+    resumed.restore(state, {"a.mp4", "b.mp4"}, is_main=rank == 0)
+    return state, sorted(resumed.bad), mdist.sum_counters(resumed.attempts)
 
 
 class _MaskedContext(nn.Module):
@@ -226,6 +238,14 @@ def test_bad_files_are_a_union_over_ranks_and_every_rank_stops_at_the_same_batch
     assert union[1].startswith("stopping: 3 distinct files failed to decode (corrupt: 3; 5 failed decodes in all) "
                                "of the 40 in the dataset")  # attempts summed over the ranks
     assert gave_up[0] == 1 and gave_up[1].startswith("stopping: 1 sample(s) and their 10 replacements all failed")
+
+
+def test_a_resumed_skip_counter_keeps_the_bad_files_and_the_failed_decodes_summed_once(results: list[dict]) -> None:
+    for r in results:
+        state, bad, attempts = r["skip_resume"]
+        assert state == {"bad": {"a.mp4": "corrupt", "b.mp4": "corrupt", "c.mp4": "corrupt"}, "attempts": {"corrupt": 4}}
+        assert bad == ["a.mp4", "b.mp4"]  # "c" is no longer in the dataset
+        assert attempts == Counter(corrupt=4)  # rank 0 holds the saved count: not counted once per rank
 
 
 def test_count_weighted_rank_means_average_to_the_mean_over_all_items(results: list[dict]) -> None:

@@ -1,21 +1,25 @@
 """The skip policy: a run stops when more distinct files than data.max_skip_share of the dataset's
 files fail to decode, never with fewer (over many epochs of the project's own sampler), within one
-epoch with more; the stop is one line and exit code 2."""
+epoch with more; the stop is one line and exit code 2, on every rank of a DDP run together; a resumed
+run still counts the bad files its checkpoint met."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port  # tests/ is on sys.path under pytest
 
 from mmssl.config import load_config
 from mmssl.data.clip import Skipped
 from mmssl.data.dataset import MAX_REPLACEMENTS, EpochSampler, SkipCounter, SkipLimitExceeded, replacement
 from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
 from mmssl.engine.trainer import pretrain
+from mmssl.io.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES, BATCH, SHARE = 300, 32, 0.05  # the default share: the run goes on with up to 15 bad files
@@ -94,13 +98,46 @@ def test_a_run_with_bad_files_under_the_share_completes_and_reports_them(tiny_sy
     assert record["skipped"]["corrupt"] >= 1 and record["skipped"]["empty"] >= 1  # attempts, replacements' too
 
 
-def test_a_run_with_more_bad_files_stops_in_one_line_with_exit_code_2(tiny_synthav: Path, tmp_path: Path) -> None:
+def test_a_ddp_run_with_more_bad_files_stops_on_every_rank_in_one_line_with_exit_code_2(
+        tiny_synthav: Path, tmp_path: Path) -> None:
+    """The two processes torchrun would start (gloo on CPU) each exit 2 without a traceback (a rank
+    stopping alone would leave the other in a collective, or end it with a gloo error); rank 0 says why."""
     manifest = _manifest_with_bad_files(tiny_synthav, tmp_path)
-    result = subprocess.run([sys.executable, str(ROOT / "tools/pretrain.py"), *FAST, f"data.manifest={manifest}",
-                             "data.max_skip_share=0.04", "--out", str(tmp_path / "run")],  # 1 of 26
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if "error" in line]
+    args = [sys.executable, str(ROOT / "tools/pretrain.py"), *FAST, f"data.manifest={manifest}",
+            "data.max_skip_share=0.04", "--out", str(tmp_path / "run")]  # 1 of 26
+    ranks = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    logs = [tmp_path / f"rank{rank}.err" for rank in range(2)]
+    processes = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+                                  env={**os.environ, **ranks, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+                 for rank, log in enumerate(logs)]
+    assert [process.wait(timeout=300) for process in processes] == [2, 2]
+    stderr = [log.read_text() for log in logs]
+    assert not any("Traceback" in err for err in stderr)
+    assert [[line for line in err.splitlines() if "error" in line] for err in stderr][1] == []
+    (line,) = [line for line in stderr[0].splitlines() if "error" in line]
     assert line.startswith("pretrain.py: error: stopping: 2 distinct files failed to decode (corrupt: 1, empty: 1; ")
     assert "of the 26 in the dataset, more than data.max_skip_share=0.04 of them allows (1)" in line
     assert "tools/build_manifest.py --verify" in line
+
+
+def test_a_resumed_run_still_counts_the_bad_files_its_checkpoint_met(tiny_synthav: Path, tmp_path: Path) -> None:
+    """24 files, two bad, one allowed (5%): the first is read in the first batch, the second in the third
+    and last, where the run stops, past its checkpoints of steps 1 and 2. Resumed from step 2 it reads
+    only the second again, and stops there too: its checkpoint kept the first."""
+    good = read_manifest(tiny_synthav / "manifest.csv", "pretrain")
+    order = np.random.default_rng([0, 0]).permutation(24).tolist()  # epoch 0 of EpochSampler, seed 0
+    places = {order[0]: tmp_path / "first.mp4", order[2 * 8]: tmp_path / "second.mp4"}  # batches 0 and 2 of 8
+    rows = iter(good)
+    manifest = write_manifest([ManifestRow(str(places[i]), split="pretrain", num_frames=24, fps=8.0)
+                               if i in places else next(rows) for i in range(24)], tmp_path / "manifest.csv")
+    for path in places.values():
+        path.write_bytes(b"\x00" * 5000)
+    config = load_config(None, [*FAST, f"data.manifest={manifest}", "train.checkpoint_every=1"])
+    with pytest.raises(SkipLimitExceeded, match="stopping: 2 distinct files .* of the 24 in the dataset"):
+        pretrain(config, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*.pt")) == ["checkpoint_000001.pt",
+                                                                                 "checkpoint_000002.pt"]
+    saved = read_checkpoint(tmp_path / "run" / "checkpoint_000002.pt")["skips"]
+    assert saved == {"bad": {str(places[order[0]]): "corrupt"}, "attempts": {"corrupt": 1}}
+    with pytest.raises(SkipLimitExceeded, match=r"stopping: 2 distinct files failed to decode \(corrupt: 2; 2 failed"):
+        pretrain(config, tmp_path / "run", resume="auto")

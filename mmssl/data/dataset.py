@@ -204,6 +204,19 @@ class SkipCounter:
         if len(self.bad) > self.limit or gave_up:
             raise SkipLimitExceeded(self.stop_message(distributed.sum_counters(self.attempts), gave_up))
 
+    def state(self) -> dict[str, dict[str, object]]:
+        """What a checkpoint keeps: the bad files, and the failed decodes summed over the ranks (every
+        rank calls this: a collective under DDP)."""
+        return {"bad": dict(self.bad), "attempts": dict(distributed.sum_counters(self.attempts))}
+
+    def restore(self, state: dict[str, dict[str, object]], paths: set[str], is_main: bool) -> None:
+        """Go on from a checkpoint's `state()`: its bad files that the dataset still holds (`paths`: a
+        manifest rebuilt since may have left some out), its failed decodes on rank 0 (where the ranks'
+        counts are summed when reported)."""
+        self.bad = {path: kind for path, kind in state["bad"].items() if path in paths}
+        if is_main:
+            self.attempts.update(state["attempts"])
+
     def bad_kinds(self) -> Counter:
         """The bad files counted by reason."""
         return Counter(self.bad.values())

@@ -129,11 +129,11 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     lr_schedule = cosine_schedule(base_lr, config.optim.min_lr, total_steps,
                                   min(round(config.optim.warmup_epochs * steps_per_epoch), total_steps // 2))
 
-    step = 0
+    step, skip_state = 0, None
     if (resumed := _resume_checkpoint(out_dir, resume, dist)) is not None:
         resume_from, state = resumed
         _check_resumed_config(state["config"], config, resume_from, implicit=resume == "auto", warn=dist.is_main)
-        step = int(state["step"])
+        step, skip_state = int(state["step"]), state.get("skips")  # older checkpoints have none
         if step > total_steps:
             raise ConfigError(f"--resume: {resume_from} is at step {step}, past this run's {total_steps} steps: "
                               "raise train.max_steps or train.epochs to train on from it")
@@ -154,6 +154,8 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     skips = SkipCounter(config.data.max_skip_share, len(dataset), dataset.excluded)
+    if skip_state is not None:
+        skips.restore(skip_state, {row.path for row in dataset.rows}, dist.is_main)
     monitor = KnnMonitor(config.monitor.every, on_main(lambda: monitor_transfer(config, dist.device),
                                                        dist.is_main and config.monitor.every > 0))
     run_log = RunLog(out_dir, dist.is_main, f"pretrain {task.name}", total_steps, step)
@@ -229,7 +231,7 @@ def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], 
                 log_window(run_log, window, step, epoch, float(lr_schedule[step - 1]), dist.device)
             monitor(model, step, total_steps, epoch, run_log, window)
             if step % config.train.checkpoint_every == 0 or step == total_steps:
-                _save(out_dir, step, model, optimizer, config, dist.is_main)
+                _save(out_dir, step, model, optimizer, config, skips, dist.is_main)
             if step == total_steps or step % steps_per_epoch == 0:
                 break
         wait_start = time.perf_counter()
@@ -364,15 +366,18 @@ def _check_resumed_config(saved: dict, config: Config, checkpoint: Path, implici
 
 
 def _save(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-          config: Config, is_main: bool) -> None:
-    """Rank 0 writes the checkpoint, with every rank's RNG state so each resumes its own stream."""
+          config: Config, skips: SkipCounter, is_main: bool) -> None:
+    """Rank 0 writes the checkpoint, with every rank's RNG state so each resumes its own stream, and
+    the run's bad files and failed decodes, so a resumed run counts them still."""
+    skip_state = skips.state()
     rng_states = [capture_rng_state()]
     if distributed.is_distributed():
         rng_states = [None] * distributed.get_world_size()
         torch.distributed.all_gather_object(rng_states, capture_rng_state())
     if is_main:
         save_checkpoint(checkpoint_path(out_dir, step), model=model, optimizer=optimizer, step=step,
-                        config=to_dict(config), rng=rng_states, encoder_input=model.task.encoder_input)
+                        config=to_dict(config), rng=rng_states, encoder_input=model.task.encoder_input,
+                        skips=skip_state)
         prune_checkpoints(out_dir, config.train.keep_last)
     distributed.barrier()
 
