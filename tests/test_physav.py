@@ -11,6 +11,7 @@ import pytest
 from helpers import PRETRAINING_CONFIGS, one_config_per_task, shipped_config_batches  # tests/ is on sys.path
 
 from mmssl.cli.make_synthetic import main
+from mmssl.data import physav
 from mmssl.data.manifest import read_manifest
 from mmssl.data.physav import (
     CATEGORIES,
@@ -131,6 +132,25 @@ def test_every_event_is_seen_and_heard(action: str) -> None:
     assert np.abs(audio).max() > 0.02 and np.abs(audio).max() <= 1.0
     if action in ("drop", "throw", "stack"):
         assert info["impacts"], info
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_objects_wear_their_colour_only(category: str) -> None:
+    """No mesh shows a texture of its own (the duck's and the torus's would name the category): the
+    object's lit pixels keep one chromaticity, whatever the shading does to their brightness."""
+    import pybullet as pb
+
+    client = physav._client()
+    pb.resetSimulation(physicsClientId=client)
+    body = physav._add_object(np.random.default_rng(0), client, category, "wood", (0.0, 0.0))
+    view = pb.computeViewMatrixFromYawPitchRoll([0, 0, 0.03], 0.25, 30, -30, 0, 2)
+    projection = pb.computeProjectionMatrixFOV(40, 1.0, 0.05, 10)
+    _, _, rgba, _, mask = pb.getCameraImage(64, 64, view, projection, renderer=pb.ER_TINY_RENDERER,
+                                            physicsClientId=client)
+    pixels = np.reshape(rgba, (64, 64, 4))[..., :3][np.reshape(mask, (64, 64)) == body.uid].astype(float)
+    pixels = pixels[pixels.sum(1) > 60]  # dark pixels' chromaticity is rounding noise
+    chromaticity = pixels / pixels.sum(1, keepdims=True)
+    assert len(pixels) > 200 and chromaticity.std(0).max() < 0.003  # the torus's own texture: 0.24, the duck's 0.008
 
 
 @pytest.mark.parametrize("path", one_config_per_task(PRETRAINING_CONFIGS), ids=lambda p: p.stem)

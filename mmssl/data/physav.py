@@ -29,7 +29,7 @@ from mmssl.io import probe, write_media
 CLASSES = ("drop", "throw", "push", "spin", "topple", "collide", "hit", "stack")
 SPLITS = ("pretrain", "train", "test")
 CONFIG_NAME = "physav.json"
-GENERATOR_VERSION = 2  # bump whenever the rendered content changes, to invalidate old folders
+GENERATOR_VERSION = 3  # bump whenever the rendered content changes, to invalidate old folders
 _VIDEO_STREAM, _PLAN_STREAM = 0, 1  # seed sequences: [seed, stream, ...]
 
 
@@ -101,7 +101,7 @@ class PhysAVConfig:
                                                           "fraction of a second span frames a clip can see"})
     duration: float = field(default=4.0, metadata={"help": "seconds per video"})
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate (Hz), mono"})
-    num_pretrain: int = field(default=320, metadata={"help": "unlabeled pretraining videos"})
+    num_pretrain: int = field(default=480, metadata={"help": "unlabeled pretraining videos"})
     train_per_class: int = field(default=10, metadata={"help": "labeled train videos per class"})
     test_per_class: int = field(default=20, metadata={"help": "labeled test videos per class"})
 
@@ -308,7 +308,9 @@ def _add_object(rng: np.random.Generator, client: int, category: str, material: 
     uid = pb.createMultiBody(mass, collision, visual, [place[0], place[1], height + 0.002], yaw,
                              physicsClientId=client)
     colour = rng.uniform(0.15, 1.0, 3)
-    pb.changeVisualShape(uid, -1, rgbaColor=[*colour, 1], physicsClientId=client)
+    plain = pb.loadTexture(str(_texture_dir() / "floor0.png"), physicsClientId=client)  # flat white: it replaces
+    # the texture a mesh brings (duck, torus), which would name the category
+    pb.changeVisualShape(uid, -1, textureUniqueId=plain, rgbaColor=[*colour, 1], physicsClientId=client)
     pb.changeDynamics(uid, -1, restitution=stuff.restitution, lateralFriction=stuff.friction,
                       rollingFriction=0.0005, spinningFriction=0.002, physicsClientId=client)
     return _Body(uid, stuff, mass, size)

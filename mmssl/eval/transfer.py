@@ -346,6 +346,9 @@ class Transfer:
                 loss.backward()
                 optimizer.step()
                 trained += 1
+            if (epoch + 1) % 10 == 0 or epoch + 1 == c.finetune_epochs:  # a long fine-tune is not silent
+                print(f"finetune epoch {epoch + 1}/{c.finetune_epochs}: train clip top-1 "
+                      f"{100.0 * hits.item() / max(seen, 1):.1f}%", flush=True)
         train_skipped = loader.dataset.excluded + Counter(failed.values())
         if not trained:
             raise none_usable(self.train_rows, train_skipped)
