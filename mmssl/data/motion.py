@@ -34,7 +34,7 @@ from mmssl.io import MediaError, VideoReader
 
 MOTION_SIZE = 32  # px: the profile decode's square, `MotionConfig.size`'s default
 MOTION_COLUMN = "motion_offset"  # manifest column: where the row's profile starts in `profile_file`
-CACHE_VIDEOS = 10_000  # profiles a worker keeps without stored ones: ~6 MB for 10 s videos at 30 fps
+CACHE_VIDEOS = 10_000  # profiles a worker keeps without stored ones: ~7.5 MB for 10 s videos at 30 fps
 DECODE_CHUNK = 256  # frames decoded at once for a profile, so a long video's decode stays small
 PROFILE_TIMEOUT_S = 300.0  # one video's profile decode, before it is stopped and the video stored without
 
