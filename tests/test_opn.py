@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mmssl.config import load_config
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import MotionConfig, cumulative_motion, tuple_motion
+from mmssl.data.motion import MotionConfig, tuple_motion
 from mmssl.engine.trainer import pretrain
 from mmssl.io import TooShortError
 from mmssl.models.heads import PairwiseHead
@@ -84,7 +84,7 @@ def test_tuples_come_from_high_motion_windows() -> None:
 
     def static_share(candidates: int) -> float:
         task = OPN(OPNConfig(gap_s=0.25, motion=MotionConfig(candidates=candidates)))
-        task.motion._profiles[ROW.path] = cumulative_motion(motion)
+        task.motion.cache.get(ROW.path, lambda: motion)
         rng = np.random.default_rng(0)
         windows = [task.window(ROW, rng).frames for _ in range(1000)]
         return float(np.mean([tuple_motion(task.motion.profile(ROW), w) < 1.0 for w in windows]))

@@ -2,21 +2,18 @@
 and the high-motion window choice (mean absolute frame difference as the proxy for optical flow)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import (
+from mmssl.data.motion import (
     MotionConfig,
-    MotionWeighting,
     cumulative_motion,
     frame_motion,
     pick_by_motion,
     tuple_motion,
 )
-from mmssl.io import TooShortError, write_media
+from mmssl.io import TooShortError
 from mmssl.tasks.order import OrderConfig, OrderVerification
 
 FPS, NUM_FRAMES = 16.0, 48
@@ -31,7 +28,7 @@ def task_with_motion(motion: np.ndarray, candidates: int = 16, power: float = 2.
                      **config: float) -> OrderVerification:
     """A task whose motion profile for row() is given (no decoding)."""
     task = OrderVerification(OrderConfig(motion=MotionConfig(candidates, power), **config))
-    task.motion._profiles[row().path] = cumulative_motion(motion)
+    task.motion.cache.get(row().path, lambda: motion)
     return task
 
 
@@ -127,19 +124,3 @@ def test_motion_weighting_prefers_high_motion_windows() -> None:
     weighted = static_share(task_with_motion(motion, candidates=16, power=1.0))
     assert uniform > 0.3 and weighted < 0.1
     assert static_share(task_with_motion(motion, candidates=16, power=2.0)) <= weighted
-
-
-def test_motion_profile_is_decoded_once_per_video(tmp_path: Path) -> None:
-    """The profile comes from the file: a square that moves only in the second half of the video."""
-    frames = np.full((NUM_FRAMES, 32, 32, 3), 40, dtype=np.uint8)
-    for t in range(NUM_FRAMES):
-        x = 4 + max(t - NUM_FRAMES // 2, 0)
-        frames[t, 12:20, x:x + 8] = 220
-    path = tmp_path / "square.mp4"
-    write_media(path, frames, FPS)
-    weighting = MotionWeighting(size=16)
-    cum = weighting.profile(row(str(path)))
-    assert cum.shape == (NUM_FRAMES,) and cum[0] == 0 and np.all(np.diff(cum) >= 0)
-    steps = np.diff(cum)
-    assert steps[NUM_FRAMES // 2 + 2:].mean() > 5 * steps[:NUM_FRAMES // 2 - 2].mean()
-    assert weighting.profile(row(str(path))) is cum  # cached

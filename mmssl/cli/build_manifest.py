@@ -1,8 +1,10 @@
 """Build a manifest CSV from a video dataset on disk.
 
 Every file is probed (in parallel processes; with --verify every frame is decoded); unreadable
-files are reported with their reason and left out, never fatal. Exit status 0 when a manifest was
-written, 2 for usage errors (no ROOT, no split files, no candidate videos).
+files are reported with their reason and left out, never fatal. With --motion, each usable video's
+motion profile (the high-motion tuple choice of Shuffle and Learn and OPN) is computed once, in
+parallel, and stored beside the manifest. Exit status 0 when a manifest was written, 2 for usage
+errors (no ROOT, no split files, no candidate videos).
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ from mmssl.data.builders import (
     probe_candidates,
 )
 from mmssl.data.manifest import write_manifest
+from mmssl.data.motion import MOTION_SIZE, store_profiles
 
 EXAMPLES = """\
 examples:
   %(prog)s data/ucf101 --format ucf101 --split 1 --out data/ucf101/ucf101_split1.csv
+  %(prog)s data/ucf101 --format ucf101 --split 1 --out data/ucf101/ucf101_split1.csv --motion
   %(prog)s data/hmdb51 --format hmdb51 --split 1 --out data/hmdb51/hmdb51_split1.csv
   %(prog)s data/kinetics400 --format kinetics --annotations train.csv validate.csv --out k400.csv
   %(prog)s data/myvideos --format folder --layout split/class --out data/myvideos/manifest.csv
@@ -65,6 +69,13 @@ def parse_args(argv: list[str] | None = None,
                         help="also decode every frame of each file (within --probe-timeout), so files "
                              "damaged past their first frame are left out too; slower: raise --probe-timeout "
                              "for long videos")
+    parser.add_argument("--motion", action="store_true",
+                        help="also store each video's motion profile beside the manifest (FILE's stem + "
+                             ".motion<size>.npy; one full decode per video at --motion-size px, within "
+                             "--probe-timeout), so that Shuffle and Learn and OPN runs need not decode every "
+                             "video in every DataLoader worker")
+    parser.add_argument("--motion-size", type=int, default=MOTION_SIZE, metavar="PX",
+                        help=f"the profiles' decode size: the runs' task.<name>.motion.size (default {MOTION_SIZE})")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser, parser.parse_args(argv)
 
@@ -106,6 +117,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     result = probe_candidates(listing, args.workers, None if args.quiet else report, args.probe_timeout,
                               args.verify)
     print(result.summary())
-    write_manifest(result.rows, args.out)
+    rows = result.rows
+    if args.motion:
+        stored = store_profiles(rows, args.out, args.motion_size, args.workers, args.probe_timeout)
+        rows = stored.rows
+        print(f"motion profiles of {len(rows) - len(stored.failed)} videos at {args.motion_size} px in "
+              f"{stored.seconds:.1f} s: {stored.path}")
+        if stored.failed:
+            print("\n".join(["no profile (kept; a run computes it, or skips the video):",
+                             *(f"  {failure}" for failure in stored.failed)]))
+    write_manifest(rows, args.out)
     print(f"wrote {args.out} ({result.usable} rows)")
     return 0

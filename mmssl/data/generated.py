@@ -1,5 +1,5 @@
 """Writing a generated dataset's folder (SynthAV, PhysAV): the config stamp that caches it, the
-videos made in parallel processes, the manifest last."""
+videos made in parallel processes, their motion profiles (`mmssl.data.motion`), the manifest last."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from mmssl.data.manifest import ManifestRow, write_manifest
+from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
+from mmssl.data.motion import profile_file, store_profiles
 
 MANIFEST_NAME = "manifest.csv"
 
@@ -41,7 +42,8 @@ def generate_dataset(out_dir: str | Path, config: Any, version: int, stamp_name:
                      plan: Callable[[Any], Sequence[Any]], make_video: Callable[[Any, Any, Path], ManifestRow],
                      workers: int | None = None) -> Path:
     """Make the videos `plan(config)` lists with `make_video(config, spec, out_dir)` (each spec has
-    a `split`: videos/<split>/ is made for it) and write their manifest; return its path. Does
+    a `split`: videos/<split>/ is made for it), store their motion profiles and write their
+    manifest; return its path. Does
     nothing when the folder already holds a complete dataset made with the same config and
     generator `version` (the stamp `stamp_name`, written first: a crash leaves a stamp without
     manifest, so the next call redoes it). `workers` processes make the videos (default: all cores;
@@ -50,7 +52,7 @@ def generate_dataset(out_dir: str | Path, config: Any, version: int, stamp_name:
     manifest, stamp = out_dir / MANIFEST_NAME, out_dir / stamp_name
     wanted = {"generator_version": version, **asdict(config)}
     if manifest.exists() and read_stamp(stamp) == wanted:
-        return manifest
+        return with_profiles(manifest, workers)
     if out_dir.exists() and any(out_dir.iterdir()) and read_stamp(stamp) is None:
         raise FileExistsError(f"{out_dir} is not empty and holds no {dataset} dataset; "
                               "choose an empty or new folder")
@@ -69,7 +71,15 @@ def generate_dataset(out_dir: str | Path, config: Any, version: int, stamp_name:
         with ProcessPoolExecutor(workers) as pool:
             chunk = max(1, len(specs) // (4 * workers))
             rows = list(pool.map(make_video, repeat(config), specs, repeat(out_dir), chunksize=chunk))
-    return write_manifest(rows, manifest)
+    return write_manifest(store_profiles(rows, manifest, workers=workers).rows, manifest)
+
+
+def with_profiles(manifest: Path, workers: int | None = None) -> Path:
+    """`manifest`, its videos' motion profiles stored first when its folder, made before the
+    generators stored them, has none."""
+    if not profile_file(manifest).exists():
+        write_manifest(store_profiles(read_manifest(manifest), manifest, workers=workers).rows, manifest)
+    return manifest
 
 
 def ensure_dataset(out_dir: str | Path, config: Any, config_type: type, version: int, stamp_name: str,
@@ -83,7 +93,7 @@ def ensure_dataset(out_dir: str | Path, config: Any, config_type: type, version:
     stamp = read_stamp(Path(out_dir) / stamp_name)
     if config is None and stamp:
         if manifest.exists() and stamp.get("generator_version") == version:
-            return manifest
+            return with_profiles(manifest, workers)
         config = config_type(**{f.name: stamp[f.name] for f in fields(config_type) if f.name in stamp})
     return generate(out_dir, config or config_type(), workers)
 

@@ -8,27 +8,37 @@ import numpy as np
 from mmssl.config import Config
 from mmssl.data.dataset import EpochSampler, PretextDataset
 from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest
+from mmssl.data.motion import use_stored_profiles
 from mmssl.data.synthetic import ensure_synthav
 from mmssl.distributed import barrier, is_main_process
 from mmssl.tasks import PretextTask
 
 
+def manifest_path(config: Config) -> Path:
+    """The config's manifest; SynthAV's (made on first use, by rank 0) when none is named."""
+    if config.data.manifest:
+        return Path(config.data.manifest)
+    if is_main_process():
+        ensure_synthav(config.data.synthav_dir)
+    barrier()
+    return Path(config.data.synthav_dir) / "manifest.csv"
+
+
 def load_rows(config: Config) -> list[ManifestRow]:
-    """The config's manifest split; SynthAV (made on first use, by rank 0) when none is named."""
-    manifest = config.data.manifest
-    if not manifest:
-        if is_main_process():
-            ensure_synthav(config.data.synthav_dir)
-        barrier()
-        manifest = str(Path(config.data.synthav_dir) / "manifest.csv")
-    return read_manifest(manifest, split=config.data.split or None)
+    """The config's manifest split (`manifest_path`)."""
+    return read_manifest(manifest_path(config), split=config.data.split or None)
 
 
 def pretraining_data(config: Config, task: PretextTask, rank: int = 0,
                      world_size: int = 1) -> tuple[PretextDataset, EpochSampler]:
     """The config's split as the task's samples (a failed decode replaced by another row's sample,
-    and counted) and the sampler of this rank's share of each epoch, in whole batches."""
-    rows = load_rows(config)
+    and counted) and the sampler of this rank's share of each epoch, in whole batches. The task's
+    high-motion tuple choices read the manifest's stored motion profiles (said once when it has none)."""
+    manifest = manifest_path(config)
+    rows = read_manifest(manifest, split=config.data.split or None)
+    missing_profiles = use_stored_profiles(task.motion_weightings(), manifest, rows)
+    if missing_profiles and rank == 0:
+        print(missing_profiles, flush=True)
     dataset = PretextDataset(rows, task, config.data.frame_size, config.data.backend,
                              seed=config.train.seed, replace_failed=True)
     if dataset.excluded:

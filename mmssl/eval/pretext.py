@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from mmssl.config import ConfigError
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import ManifestError, read_manifest
+from mmssl.data.motion import use_stored_profiles
 from mmssl.data.synthetic import ensure_synthav
 from mmssl.tasks.model import load_task_model, saved_entries
 
@@ -38,8 +39,9 @@ def evaluate_pretext(checkpoint: str | Path, manifest: str | None = None, split:
     step = int(saved.get("step", 0))
     task.set_step(step, max(step, 1))  # as at the run's last step; and a target network is up to date already
     manifest = manifest or config.data.manifest or str(ensure_synthav(config.data.synthav_dir))
-    dataset = PretextDataset(read_manifest(manifest, split), task, config.data.frame_size, config.data.backend,
-                             seed=seed)
+    rows = read_manifest(manifest, split)
+    use_stored_profiles(task.motion_weightings(), manifest, rows)
+    dataset = PretextDataset(rows, task, config.data.frame_size, config.data.backend, seed=seed)
     torch.manual_seed(seed)  # the augmentation and the device-side draws (negatives, pairings)
     declared = task.pretext_metrics()
     sums: dict[str, float] = defaultdict(float)

@@ -21,6 +21,7 @@ from torch import nn
 
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
+from mmssl.data.motion import MotionWeighting
 from mmssl.models import VideoEncoder
 from mmssl.transforms.inputs import front_end
 from mmssl.transforms.video import VideoAugment
@@ -97,6 +98,11 @@ class PretextTask(ABC):
 
     def set_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each optimizer step (curricula, schedules)."""
+
+    def motion_weightings(self) -> list[MotionWeighting]:
+        """The high-motion tuple choices its windows use: pointed at the manifest's stored motion
+        profiles before the run (`use_stored_profiles`)."""
+        return []
 
     def pretext_metrics(self) -> dict[str, tuple[PretextMetric, PretextTask]]:
         """Loss-dict key -> the declared metric under that key and the task whose settings its chance

@@ -20,6 +20,7 @@ from torch import nn
 from mmssl.config import NON_NEGATIVE, Bound, Config, ConfigError
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
+from mmssl.data.motion import MotionWeighting
 from mmssl.models import VideoEncoder
 from mmssl.registry import TASKS, register_task
 from mmssl.tasks.base import PretextMetric, PretextTask
@@ -82,6 +83,9 @@ class MultiTask(PretextTask):
     def set_step(self, step: int, total_steps: int) -> None:
         for task in self.tasks.values():
             task.set_step(step, total_steps)
+
+    def motion_weightings(self) -> list[MotionWeighting]:
+        return [weighting for task in self.tasks.values() for weighting in task.motion_weightings()]
 
     def pretext_metrics(self) -> dict[str, tuple[PretextMetric, PretextTask]]:
         """The weighted total loss, and each task's metrics under their keys in this loss dict ("<task>/<key>")."""

@@ -37,7 +37,8 @@ from torch import nn
 from mmssl.config import AT_LEAST_1, POSITIVE, SHARE, SHARE_BELOW_1, Bound, Config, ConfigError
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import MotionConfig, MotionWeighting, random_clip
+from mmssl.data.motion import MotionConfig, MotionWeighting
+from mmssl.data.sampling import random_clip
 from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import PairwiseHead
@@ -85,6 +86,9 @@ class OPN(PretextTask):
     @classmethod
     def from_config(cls, config: Config, augment: VideoAugment) -> OPN:
         return cls(config.task.opn, augment)
+
+    def motion_weightings(self) -> list[MotionWeighting]:
+        return [self.motion]
 
     def min_frames(self, fps: float) -> int:
         return self.config.num_frames

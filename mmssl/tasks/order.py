@@ -27,7 +27,7 @@ from torch import nn
 from mmssl.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SHARE, Bound, Config
 from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import MotionConfig, MotionWeighting
+from mmssl.data.motion import MotionConfig, MotionWeighting
 from mmssl.io import TooShortError
 from mmssl.models import VideoEncoder
 from mmssl.models.heads import ConcatHead
@@ -66,6 +66,9 @@ class OrderVerification(PretextTask):
     @classmethod
     def from_config(cls, config: Config, augment: VideoAugment) -> OrderVerification:
         return cls(config.task.order, augment)
+
+    def motion_weightings(self) -> list[MotionWeighting]:
+        return [self.motion]
 
     def gaps(self, fps: float) -> tuple[int, int]:
         """tau_min and tau_max in frames at `fps`."""

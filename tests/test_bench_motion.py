@@ -1,0 +1,31 @@
+"""tools/bench_motion.py --quick: both ways of Shuffle and Learn's loader measured, the memory part each way."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_motion_quick(tiny_synthav: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench_motion.json"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synthav").symlink_to(tiny_synthav)
+    result = subprocess.run([sys.executable, str(ROOT / "tools/bench_motion.py"), "--quick",
+                             "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (name, dataset), = report["datasets"].items()
+    assert name == "synthav" and dataset["videos"] == 24 and dataset["store_seconds"] > 0
+    for way in ("plain", "stored"):
+        assert [e["epoch"] for e in dataset[way]] == [1, 2]
+        assert all(e["samples"] == 32 and e["samples_per_s"] > 0 for e in dataset[way])
+    assert result.stdout.count("has no stored motion profiles") == 1  # the plain manifest's run says so
+    table = [line.split() for line in result.stdout.splitlines() if line.startswith(name)]
+    assert len(table) == 1 and float(table[0][-1]) > 0  # epoch 1's row names the dataset, stored/plain last
+    memory = report["memory"]
+    assert memory["plain"]["cached"] == 2000 and memory["stored"]["cached"] == 0
+    assert [r["videos"] for r in memory["stored"]["readings"]] == [0, 500, 1000, 1500, 2000]
