@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_loader.py"
-FILES = ("synthav", "long_gop", "short_gop", "short_gop_cut")
-PATTERNS = ("clip16", "clip16_stride4", "scattered4")
+FILES = ("synthav", "long_gop", "short_gop", "short_gop_cut", "mpeg2_ps_split")
+PATTERNS = ("clip16", "clip16_stride4", "scattered4", "frame_first10pct", "frame_last10pct")
 
 
 def test_quick_run_writes_complete_json(tmp_path: Path) -> None:
@@ -24,8 +24,8 @@ def test_quick_run_writes_complete_json(tmp_path: Path) -> None:
     assert data["backends"]["torchcodec"] in ("not installed", "installed, but mmssl has no backend for it")
     assert set(data["files"]) == set(FILES)
     for name, info in data["files"].items():
-        assert info["sequential_fps"] > 0 and info["num_frames"] > 0
-        assert info["audio_window_ms"] > 0
+        assert info["sequential_fps"] > 0 and info["num_frames"] == info["sequential_frames"] > 0
+        assert name == "mpeg2_ps_split" or info["audio_window_ms"] > 0  # the one without audio
     assert data["files"]["short_gop_cut"]["edit_list_preroll"]
     assert not data["files"]["short_gop"]["edit_list_preroll"]
 

@@ -27,7 +27,7 @@ from mmssl.io import (
     write_media,
 )
 from mmssl.io.video import SKIP_NONREF_CODECS, _PyAVBackend, cover_size, read_all_frames
-from mmssl.io.writer import cut_without_reencoding
+from mmssl.io.writer import cut_without_reencoding, split_stream
 
 SR = 16000
 BITS = 6  # frame numbers up to 63, written as black/white blocks along the bottom of the frame
@@ -218,6 +218,57 @@ def test_mpeg_ps_with_b_frames_reads_every_frame_exactly(tmp_path: Path) -> None
             assert torch.equal(reader.get_frames([i]), reference[i:i + 1]), i
             clip = list(range(i, min(i + 16, len(reference))))
             assert torch.equal(reader.get_frames(clip), reference[clip]), i
+
+
+def cut_inside_a_gop(path: Path, out: Path) -> Path:
+    """`path` from the first pack or TS packet after its third keyframe's start: the tail of a GOP
+    whose keyframe is missing, then an open GOP whose leading B-frames refer to that tail."""
+    with av.open(str(path)) as container:
+        keys = [p.pos for p in container.demux(container.streams.video[0]) if p.is_keyframe and p.pos]
+    return split_stream(path, out, keys[2] + 1)
+
+
+@pytest.mark.parametrize(("codec", "suffix", "options"), [
+    ("mpeg2video", ".mpg", {"bf": "2", "b": "4000000"}),
+    ("mpeg2video", ".ts", {"bf": "2", "b": "4000000"}),
+    ("libx264", ".ts", {"x264-params": "mbtree=0:open-gop=1:bframes=3:scenecut=0"}),
+])
+def test_stream_that_starts_inside_a_gop_reads_every_frame_exactly(tmp_path: Path, codec: str, suffix: str,
+                                                                  options: dict[str, str]) -> None:
+    """A file that starts inside a GOP: the decoder shows no frame before the first keyframe, nor the
+    open GOP's leading B-frames after it (their references are not in the file). They were indexed as
+    frames 0..k (3 to 14 of them here), so every later frame was read as another one, and those frames
+    as `corrupt`. Every frame alone, in random order, and every 16-frame clip."""
+    frames = np.random.default_rng(0).integers(0, 256, (48, 48, 64, 3), dtype=np.uint8)  # noise: ~4 KB a frame
+    whole = write_media(tmp_path / f"whole{suffix}", frames, FPS, video_codec=codec, gop=12, options=options)
+    path = cut_inside_a_gop(whole, tmp_path / f"cut{suffix}")
+    reference = read_all_frames(path)
+    with VideoReader(path) as reader:
+        assert reader.num_frames == len(reference)
+        for i in np.random.default_rng(0).permutation(len(reference)).tolist():
+            assert torch.equal(reader.get_frames([i]), reference[i:i + 1]), i
+        for i in range(len(reference)):
+            clip = list(range(i, min(i + 16, len(reference))))
+            assert torch.equal(reader.get_frames(clip), reference[clip]), i
+
+
+def test_closed_gop_leading_b_frames_at_the_start_are_frames(tmp_path: Path) -> None:
+    """The same cut, its first GOP header marked closed: the decoder now shows the leading B-frames
+    (predicted from the keyframe alone, as a closed GOP's are), so they are frames, and readable."""
+    frames = np.random.default_rng(0).integers(0, 256, (48, 48, 64, 3), dtype=np.uint8)
+    whole = write_media(tmp_path / "whole.mpg", frames, FPS, video_codec="mpeg2video", gop=12,
+                        options={"bf": "2", "b": "4000000"})
+    data = bytearray(cut_inside_a_gop(whole, tmp_path / "cut.mpg").read_bytes())
+    gop = data.find(b"\x00\x00\x01\xb8")  # GOP header: 25 bits of time code, then closed_gop
+    data[gop + 7] |= 0x40
+    path = tmp_path / "closed.mpg"
+    path.write_bytes(bytes(data))
+    reference = read_all_frames(path)
+    with VideoReader(path) as reader:
+        assert reader.num_frames == len(reference)
+        assert reader.index.pts[0] < reader.index.keyframe_pts[0]  # shown before the first keyframe
+        for i in range(len(reference)):
+            assert torch.equal(reader.get_frames([i]), reference[i:i + 1]), i
 
 
 def test_avi_h264_frames_are_counted_from_closed_gops(media: dict[str, Path]) -> None:

@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Benchmark the video decoding backends of mmssl.io: correctness first, then speed and memory.
 
-For each generated file (a SynthAV video, a 720p long-GOP file, a short-GOP 320x240 file and a cut
-of it with an mp4 edit list) and each access pattern (16 consecutive frames, 16 frames at stride 4,
-4 scattered frames), every backend reads the same random samples, the backends taking turns read
+For each generated file (a SynthAV video, a 720p long-GOP file, a short-GOP 320x240 file, a cut
+of it with an mp4 edit list, and a DVD-size MPEG-2 program stream with open GOPs that starts inside a
+GOP, as a split VOB does) and each access pattern (16 consecutive frames, 16 frames at stride 4,
+4 scattered frames, one frame in the first and one in the last tenth of the file), every backend reads the same random samples, the backends taking turns read
 by read, each read through a fresh `VideoReader` (a DataLoader worker opens a file per sample)
 with one decoder thread, resized in the decoder to the file's read size. Reported per cell:
 clips/s, frames/s and their ratio to a sequential single-thread decode of the same file at the
 same size measured in the same run; and the share of reads whose frames equal the sequential
 reference decode byte for byte (checked on a second pass of the same reads at native size, since
-each backend resizes with its own filter). Also: the time of a 1 s audio window read from a fresh
+each backend resizes with its own filter; a read that raises counts as not exact, by its error's
+kind). The two single-frame patterns show whether a read's cost is bounded by the GOP or grows with
+the frame's place in the file. Also: the time of a 1 s audio window read from a fresh
 open, and the resident memory of each backend after many reads, each in a fresh process.
 
 The default backend is chosen from the numbers: a backend must be frame-exact on every file and
@@ -41,10 +44,10 @@ import torch
 from av.video.reformatter import VideoReformatter
 
 from mmssl.data.synthetic import GENERATOR_VERSION, SynthAVConfig, plan, render_video, video_rng
-from mmssl.io import BACKENDS, VideoReader, load_audio, probe, write_media
+from mmssl.io import BACKENDS, MediaError, VideoReader, load_audio, probe, write_media
 from mmssl.io.container import FrameIndex, media_errors, open_container, video_stream
 from mmssl.io.video import Size, frame_to_array
-from mmssl.io.writer import cut_without_reencoding
+from mmssl.io.writer import cut_without_reencoding, split_stream
 
 OTHER_DECODERS = ("torchcodec",)  # libraries worth benchmarking that mmssl has no backend for
 LEAK_LIMIT_MB = 100.0  # more RSS growth than this over the memory reads disqualifies a backend
@@ -52,6 +55,7 @@ AUDIO_WINDOW_S = 1.0
 AUDIO_RATE = 16000
 SCENE_AUDIO_RATE = 44100  # the generated scenes carry stereo AAC at this rate, like most web video
 ENCODER_OPTIONS = {"preset": "superfast", "x264-params": "scenecut=0"}  # B-frames, GOP kept exact
+MPEG2_OPTIONS = {"bf": "2", "b": "6000000"}  # as DVDs: 2 B-frames, open GOPs (no +cgop), 6 Mbit/s
 COUNTS = {"reads": (30, 3), "mem_reads": (2000, 30), "audio_reads": (20, 3)}  # (default, --quick)
 SEQUENTIAL_MIN_SECONDS = (0.5, 0.1)  # (default, --quick): repeat the sequential decode this long
 
@@ -60,21 +64,26 @@ SEQUENTIAL_MIN_SECONDS = (0.5, 0.1)  # (default, --quick): repeat the sequential
 class Pattern:
     """Which frames one read asks for: `length` frames `stride` apart at a random start (clamped
     to the last frame when the video is shorter, as samplers pad), or with `stride=None`
-    `length` distinct random frames in increasing order."""
+    `length` distinct random frames in increasing order. `within`: the share of the file (from, to)
+    the start is drawn from."""
 
     name: str
     length: int
     stride: int | None
+    within: tuple[float, float] = (0.0, 1.0)
 
     def sample(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
         if self.stride is None:
             return np.sort(rng.choice(num_frames, size=min(self.length, num_frames), replace=False))
         span = (self.length - 1) * self.stride + 1
-        start = rng.integers(0, max(num_frames - span, 0) + 1)
+        last = max(num_frames - span, 0)
+        low, high = (round(share * last) for share in self.within)
+        start = rng.integers(low, max(high, low + 1))
         return np.minimum(start + self.stride * np.arange(self.length), num_frames - 1)
 
 
-PATTERNS = (Pattern("clip16", 16, 1), Pattern("clip16_stride4", 16, 4), Pattern("scattered4", 4, None))
+PATTERNS = (Pattern("clip16", 16, 1), Pattern("clip16_stride4", 16, 4), Pattern("scattered4", 4, None),
+            Pattern("frame_first10pct", 1, 1, (0.0, 0.1)), Pattern("frame_last10pct", 1, 1, (0.9, 1.0)))
 MEMORY_PATTERN = PATTERNS[0]
 
 
@@ -99,6 +108,16 @@ class Scene:
         num_frames = round(self.seconds * self.fps)
         write_media(path, self.frames(num_frames), self.fps, self.audio(), SCENE_AUDIO_RATE,
                     gop=self.gop, options=ENCODER_OPTIONS)
+
+    def write_split_program_stream(self, path: Path) -> None:
+        """Encode the scene as MPEG-2 in a program stream, and keep it from a third of its bytes on
+        (`split_stream`): it starts inside a GOP, as a DVD's second VOB file or a capture does. Without
+        audio: an MP2 track split so starts with a partial packet that does not decode."""
+        whole = path.with_name(f"whole_{path.name}")
+        write_media(whole, self.frames(round(self.seconds * self.fps)), self.fps, video_codec="mpeg2video",
+                    gop=self.gop, options=MPEG2_OPTIONS)
+        split_stream(whole, path, whole.stat().st_size // 3)
+        whole.unlink()
 
     def frames(self, num_frames: int) -> np.ndarray:
         """uint8 [T, H, W, 3]: every frame differs from the others (needed to tell frames apart)."""
@@ -161,10 +180,10 @@ def media_files(work: Path, quick: bool) -> list[MediaFile]:
     """The inputs, in the order they must be made (a cut needs its source)."""
     if quick:
         long_gop, short_gop, cut_s = Scene(192, 108, 30, 2, 250), Scene(128, 96, 30, 2, 15), 0.9
-        long_size, short_size = (64, 64), (64, 86)
+        dvd, long_size, short_size = Scene(176, 144, 25, 3, 12), (64, 64), (64, 86)
     else:
         long_gop, short_gop, cut_s = Scene(1280, 720, 30, 10, 250), Scene(320, 240, 30, 10, 30), 2.5
-        long_size, short_size = (112, 112), (128, 171)
+        dvd, long_size, short_size = Scene(720, 576, 25, 15, 12), (112, 112), (128, 171)
     short_path = work / short_gop.file_name()
     synthav = SynthAVConfig()
     return [
@@ -176,6 +195,10 @@ def media_files(work: Path, quick: bool) -> list[MediaFile]:
         MediaFile("short_gop_cut", f"short_gop cut at {cut_s:g} s, -c copy: mp4 edit list",
                   short_path.with_name(f"{short_path.stem}_cut{cut_s:g}s.mp4"), short_size,
                   lambda dst: cut_without_reencoding(short_path, dst, cut_s)),
+        MediaFile("mpeg2_ps_split", f"MPEG-2 program stream, {dvd.fps} fps, 2 B-frames, open GOPs of "
+                  f"{dvd.gop}, starting inside a GOP (a split VOB)",
+                  work / f"mpeg2_{dvd.width}x{dvd.height}_{dvd.seconds:g}s_gop{dvd.gop}_split.mpg", short_size,
+                  dvd.write_split_program_stream),
     ]
 
 
@@ -213,18 +236,27 @@ def read_frames(path: Path, size: Size | None, backend: str, indices: np.ndarray
         return reader.get_frames(indices)
 
 
+def try_read(path: Path, size: Size | None, backend: str, indices: np.ndarray) -> torch.Tensor | MediaError:
+    """`read_frames`, or the `MediaError` it raised (the file's frames stay the same to a dataset: a
+    sample that fails is skipped, and the bench counts it)."""
+    try:
+        return read_frames(path, size, backend, indices)
+    except MediaError as e:
+        return e
+
+
 def time_reads(path: Path, size: Size | None, backends: list[str], samples: list[np.ndarray],
                ) -> dict[str, np.ndarray]:
     """Seconds each read of each backend takes, after one untimed warm-up read each (imports,
     caches). The backends take turns on every sample, in alternating order, so that a load
     change on the machine affects them alike."""
     for backend in backends:
-        read_frames(path, size, backend, samples[0])
+        try_read(path, size, backend, samples[0])
     seconds: dict[str, list[float]] = {backend: [] for backend in backends}
     for k, indices in enumerate(samples):
         for backend in backends if k % 2 == 0 else backends[::-1]:
             start = perf_counter()
-            read_frames(path, size, backend, indices)
+            try_read(path, size, backend, indices)
             seconds[backend].append(perf_counter() - start)
     return {backend: np.asarray(times) for backend, times in seconds.items()}
 
@@ -232,16 +264,20 @@ def time_reads(path: Path, size: Size | None, backends: list[str], samples: list
 def check_reads(path: Path, backend: str, samples: list[np.ndarray], reference: list[bytes]) -> dict:
     """Read the samples at native size and compare every frame with the reference decode.
     `wrong_frames` counts the wrong frames by what they are instead: "+k" when a frame equals
-    reference frame i + k, "no match" when it equals none."""
+    reference frame i + k, "no match" when it equals none, the error's kind for a read that raised."""
     number_of = {digest: i for i, digest in enumerate(reference)}
     exact_reads = 0
     wrong: Counter[str] = Counter()
     for indices in samples:
-        frames = read_frames(path, None, backend, indices).numpy()
-        hashes = [frame_hash(frame) for frame in frames]
-        exact_reads += all(reference[i] == h for i, h in zip(indices, hashes))
-        for i, h in zip(indices, hashes):
-            if reference[i] != h:
+        frames = try_read(path, None, backend, indices)
+        if isinstance(frames, MediaError):
+            wrong[frames.kind] += len(indices)
+            continue
+        hashes = [frame_hash(frame) for frame in frames.numpy()]
+        expected = [reference[i] if i < len(reference) else None for i in indices]
+        exact_reads += expected == hashes
+        for i, h, e in zip(indices, hashes, expected):
+            if e != h:
                 found = number_of.get(h)
                 wrong["no match" if found is None else f"{found - int(i):+d}"] += 1
     return {"exact_reads": exact_reads, "checked_reads": len(samples),
@@ -304,15 +340,12 @@ def bench_file(media: MediaFile, backends: list[str], reads: int, audio_reads: i
         index = reader.index
     reformatter = VideoReformatter()
     reference = [frame_hash(frame_to_array(frame, None, reformatter)) for frame in sequential_frames(path)]
-    if len(reference) != info.num_frames:
-        raise RuntimeError(f"{path}: sequential decode gives {len(reference)} frames, the index "
-                           f"{info.num_frames}; no reference to check against")
     seq_fps = sequential_fps(path, min_seconds, convert=True, size=media.read_size)
     decode_fps = sequential_fps(path, min_seconds, convert=False)
     rng = np.random.default_rng(seed)
     summary = {
         "description": media.description, "path": str(path), "width": info.width,
-        "height": info.height, "fps": info.fps, "num_frames": info.num_frames,
+        "height": info.height, "fps": info.fps, "num_frames": info.num_frames, "sequential_frames": len(reference),
         "keyframes": len(index.keyframe_pts), "edit_list_preroll": bool(index.keyframe_pts[0] < index.pts[0]),
         "read_size": list(media.read_size) if media.read_size else None,
         "sequential_fps": seq_fps, "sequential_decode_only_fps": decode_fps,
@@ -424,9 +457,9 @@ def report(data: dict) -> str:
              f"every read opens a fresh reader, 1 decoder thread; {data['settings']['reads']} reads per cell",
              ""]
     lines.append(format_table(
-        ["file", "size", "frames", "keyframes", "read at", "seq f/s", "seq decode-only f/s",
+        ["file", "size", "frames", "seq frames", "keyframes", "read at", "seq f/s", "seq decode-only f/s",
          "audio 1s ms", "what"],
-        [[name, f"{f['width']}x{f['height']}", f["num_frames"], f["keyframes"],
+        [[name, f"{f['width']}x{f['height']}", f["num_frames"], f["sequential_frames"], f["keyframes"],
           "x".join(map(str, f["read_size"])) if f["read_size"] else "native", f["sequential_fps"],
           f["sequential_decode_only_fps"], f["audio_window_ms"], f["description"]]
          for name, f in data["files"].items()]))

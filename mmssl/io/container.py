@@ -3,7 +3,9 @@ failures to typed `MediaError`s and presentation order to frame numbers.
 
 Frame i of a video is the i-th displayed frame in presentation order. The index comes from demuxing
 (no decoding) and skips packets that FFmpeg marks `is_discard` (pre-roll before an mp4 edit list's
-start): without that, clips cut with `-c copy` are off by the pre-roll (docs/decoding.md). It keeps
+start): without that, clips cut with `-c copy` are off by the pre-roll (docs/decoding.md). Nor does
+it number the frames that a decode from the start never shows, in a stream that starts inside a GOP
+(found by decoding those few packets: `never_shown`). It keeps
 each keyframe's decode timestamp too: the MPEG-PS, MPEG-TS and FLV demuxers seek by it, and a seek
 to a keyframe's presentation time lands on a later keyframe there (video.SEEK_BY_PTS_FORMATS).
 AVI stores no presentation times: FFmpeg stamps its H.264 packets in decode order, so with B-frames
@@ -41,6 +43,7 @@ logging.getLogger("libav").setLevel(logging.ERROR)
 # can work them out (it can for MPEG-4 part 2 in AVI, unless DivX packed its B-frames; not for H.264).
 NO_PTS_FORMATS = frozenset({"avi"})
 H264_IDR = 5  # nal_unit_type of an IDR picture: no frame after it refers to one before it
+REORDER_DEPTH = 16  # the most frames a decoder holds back to reorder them (H.264's DPB)
 
 
 def open_container(path: str | Path) -> av.container.InputContainer:
@@ -124,6 +127,31 @@ def _nal_headers(data: bytes, extradata: bytes) -> Iterator[int]:
         start = data.find(b"\x00\x00\x01", start + 3)
 
 
+def never_shown(stream: av.video.stream.VideoStream, head: list[av.Packet]) -> set[int]:
+    """Stamps of the packets at the start of a stream that a decode from its start never shows, where
+    the stream starts mid-GOP (a TS capture, a split VOB, a program stream cut at a pack): the packets
+    before the first keyframe, and an open GOP's leading frames after it (shown before it, predicted
+    from frames the file lacks). Decoders drop them (FFmpeg's MPEG-2 and H.264 do), or may show some
+    (an MPEG-2 closed GOP's leading B-frames): `head` (the packets from the first to REORDER_DEPTH past
+    the first keyframe, in decode order) is decoded to see, when it holds such packets at all."""
+    first = next((i for i, p in enumerate(head) if p.is_keyframe), None)
+    if first is None:
+        return set()
+    key = packet_stamp(head[first])
+    suspects = {packet_stamp(p) for i, p in enumerate(head) if i < first or packet_stamp(p) < key}
+    if not suspects:
+        return set()
+    last = max(suspects | {key})  # frames leave the decoder in presentation order: decode until past it
+    shown: set[int] = set()
+    ctx = stream.codec_context
+    for packet in [*head, None]:
+        shown.update(frame.pts for frame in ctx.decode(packet))
+        if max(shown, default=last - 1) >= last:
+            break
+    ctx.flush_buffers()
+    return suspects - shown
+
+
 def check_decodable(path: str | Path, stream: av.stream.Stream) -> None:
     """Raise `UnsupportedCodecError` when FFmpeg has no decoder for `stream`."""
     ctx = stream.codec_context
@@ -188,6 +216,8 @@ def build_index(path: str | Path, container: av.container.InputContainer,
     """Demux (without decoding) every packet of `stream` and index its displayed frames."""
     pts, keys, durations, closed = [], {}, [], set()
     demuxed, first_dts, lead = 0, None, None
+    head: list[av.Packet] = []  # decode order, from the first packet to REORDER_DEPTH past the first keyframe
+    head_key = 0  # where in head the first keyframe is
     no_pts = container.format.name.split(",")[0] in NO_PTS_FORMATS
     made_up = no_pts and bool(stream.codec_context.has_b_frames)
     with media_errors(path):
@@ -203,6 +233,9 @@ def build_index(path: str | Path, container: av.container.InputContainer,
             dts = stamp if packet.dts is None else packet.dts
             first_dts = dts if first_dts is None else min(first_dts, dts)
             lead = stamp - dts if lead is None else lead  # the first frame's made-up delay, where no_pts
+            if not keys or len(head) - head_key <= REORDER_DEPTH:
+                head_key = len(head) if not keys and packet.is_keyframe else head_key
+                head.append(packet)
             if packet.is_keyframe:
                 keys[stamp] = dts
                 if made_up and opens_closed_gop(packet, stream.codec_context):
@@ -210,6 +243,10 @@ def build_index(path: str | Path, container: av.container.InputContainer,
             if not packet.is_discard:
                 pts.append(stamp)
                 durations.append(packet.duration or 0)
+        hidden = set() if made_up else never_shown(stream, head)
+    if hidden:
+        durations = [d for p, d in zip(pts, durations) if p not in hidden]
+        pts = [p for p in pts if p not in hidden]
     if _has_sample_table(container) and demuxed < stream.frames:
         raise CorruptMediaError(path, f"truncated: {demuxed} of {stream.frames} video packets present")
     if not pts:

@@ -66,13 +66,13 @@ class _PyAVBackend:
         self.container = open_container(path) if container is None else container
         try:
             self.stream = video_stream(path, self.container)
+            ctx = self.stream.codec_context
+            ctx.thread_count = threads  # before build_index, which may decode the first frames
+            ctx.thread_type = "AUTO" if threads != 1 else "SLICE"
             self.index = build_index(path, self.container, self.stream)
         except BaseException:
             self.close()
             raise
-        ctx = self.stream.codec_context
-        ctx.thread_count = threads
-        ctx.thread_type = "AUTO" if threads != 1 else "SLICE"
         # frames numbered by their place in the decoder's output must all come out of it
         self.skip_nonref = ctx.name in SKIP_NONREF_CODECS and not self.index.decode_order
         self.size, self.keep_aspect = size, keep_aspect

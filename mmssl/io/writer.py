@@ -132,3 +132,22 @@ def cut_without_reencoding(src: str | Path, dst: str | Path, start_s: float) -> 
             packet.stream = streams[packet.stream.index]
             target.mux(packet)
     return Path(dst)
+
+
+PACK_START = b"\x00\x00\x01\xba"  # an MPEG program stream's pack header
+TS_PACKET = 188  # bytes of an MPEG transport stream packet
+
+
+def split_stream(src: str | Path, dst: str | Path, at_byte: int) -> Path:
+    """Copy an MPEG program stream (.mpg, .vob) or transport stream (.ts) from its first pack or TS
+    packet at or after `at_byte` on, as a DVD's split VOB, a camera's split file or a TS capture
+    starts: inside a GOP, the frames before its first keyframe cut off from their references."""
+    data = Path(src).read_bytes()
+    if Path(src).suffix == ".ts":
+        at = -(-at_byte // TS_PACKET) * TS_PACKET
+    else:
+        at = data.find(PACK_START, at_byte)
+        if at < 0:
+            raise ValueError(f"{src}: no pack header after byte {at_byte}")
+    Path(dst).write_bytes(data[at:])
+    return Path(dst)
