@@ -103,6 +103,22 @@ def frame_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     return rearrange(out, "(b t) c h w -> b c t h w", b=b)
 
 
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Every frame of sample i of x (float [B, C, T, H, W], square frames) turned by `angles[i]` radians
+    counterclockwise (as `torch.rot90` turns), about the centre, borders reflected: 3DRotNet's small
+    random rotation before its quarter turns."""
+    b, c, t, h, w = x.shape
+    cos, sin = angles.cos(), angles.sin()
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = cos  # output (x, y) reads input (cos x - sin y, sin x + cos y), y down
+    theta[:, 0, 1] = -sin
+    theta[:, 1, 0] = sin
+    grid = F.affine_grid(theta, [b, c * t, h, w], align_corners=False)
+    out = F.grid_sample(rearrange(x, "b c t h w -> b (c t) h w"), grid, mode="bilinear",
+                        padding_mode="reflection", align_corners=False)
+    return rearrange(out, "b (c t) h w -> b c t h w", c=c)
+
+
 def colour_distortion(x: torch.Tensor, hue: float, grayscale: float) -> torch.Tensor:
     """Per clip of x (normalised float [N, 3, T, H, W]): a rotation of the colours about the gray axis
     by an angle uniform in +- `hue` turns (a hue shift, as SimCLR's hue jitter), or with probability
