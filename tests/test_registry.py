@@ -91,8 +91,8 @@ def test_saved_configs_load_to_exactly_their_values_or_fail_saying_what_to_do() 
     with pytest.raises(ConfigError, match="task.order.gone.*mmssl version that wrote it"):
         from_dict(saved)
     saved["task"]["order"].pop("gone")
-    saved["task"]["name"], saved["task"]["rotation"] = "rotation", {"k": 4}  # a task whose module is not imported
-    with pytest.raises(ConfigError, match=r"task 'rotation' is not registered.*--import MODULE"):
+    saved["task"]["name"], saved["task"]["own_task"] = "own_task", {"k": 4}  # a task whose module is not imported
+    with pytest.raises(ConfigError, match=r"task 'own_task' is not registered.*--import MODULE"):
         from_dict(saved)
 
 

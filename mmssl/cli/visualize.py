@@ -2,7 +2,8 @@
 
 One row per sample: its frames in the order the sample gives them to the model, each captioned
 with its frame number in the video (so the true order can be read off), and the sample's targets
-(the class) in the row title. Audio-visual tasks: 4 frames of the clip, then the log-mel
+(the class) in the row title; a task whose model sees something else of the sample (rotation: the
+turned copies) draws its own views of it, each captioned with its label (`PretextTask.views`). Audio-visual tasks: 4 frames of the clip, then the log-mel
 spectrogram of the clip's own audio (with its start time) and, for AVC with AVTS, of the hard
 negative from the same video (with its shift). Easy negatives (another video's audio) are paired
 on the device at training time, so they are not drawn. wav2vec 2.0: the spectrogram of the audio
@@ -158,19 +159,25 @@ def _rows(task: PretextTask, samples: list[tuple[DecodedClip, dict]]) -> list[Ro
     return rows
 
 
-def _draw_samples(rows: list[Row], task: str) -> plt.Figure:
-    def frames_shown(clip: DecodedClip) -> list[int]:
-        return _shown(clip.window.frames, AUDIO_TASK_FRAMES if clip.audio is not None else None)
+def _images(clip: DecodedClip, sample: dict, task: PretextTask) -> list[tuple[str, np.ndarray]]:
+    """The captioned images of a sample's row: the task's own views of it, or its frames (#n: frame number)."""
+    views = task.views(sample)
+    if views is not None:
+        return [(caption, image.numpy()) for caption, image in views]
+    shown = _shown(clip.window.frames, AUDIO_TASK_FRAMES if clip.audio is not None else None)
+    return [(f"#{clip.window.frames[index]}", clip.video[index].numpy()) for index in shown]
 
-    width = max(len(frames_shown(clip)) + len(_audio_panels(clip, sample, t)) for _, clip, sample, t in rows)
+
+def _draw_samples(rows: list[Row], task: str) -> plt.Figure:
+    width = max(len(_images(clip, sample, t)) + len(_audio_panels(clip, sample, t)) for _, clip, sample, t in rows)
     fig, axes = plt.subplots(len(rows), width, figsize=(max(1.3 * width, 4), 1.5 * len(rows)), squeeze=False,
                              layout="tight")
     for row_axes, (label, clip, sample, row_task) in zip(axes, rows):
         targets = ", ".join(f"{k}={v}" for k, v in clip.window.targets.items() if clip.audio is None)
         prefix = label + (f"{targets}  " if targets else "")
-        shown = frames_shown(clip)
-        for position, (ax, index) in enumerate(zip(row_axes, shown)):
-            _frame(ax, clip.video[index].numpy(), (prefix if position == 0 else "") + f"#{clip.window.frames[index]}")
+        shown = _images(clip, sample, row_task)
+        for position, (ax, (caption, image)) in enumerate(zip(row_axes, shown)):
+            _frame(ax, image, (prefix if position == 0 else "") + caption)
         panels = _audio_panels(clip, sample, row_task)
         for position, (ax, (title, waveform, mask)) in enumerate(zip(row_axes[len(shown):], panels)):
             columns = _spectrogram(ax, waveform)
@@ -182,8 +189,8 @@ def _draw_samples(rows: list[Row], task: str) -> plt.Figure:
         for ax in row_axes:
             ax.axis("off")
     if any(len(clip.window.frames) for _, clip, _, _ in rows):
-        fig.suptitle(f"{task}: frames in the model's order (#n: frame number),\nas decoded: before the device-side "
-                     f"crop, flip, jitter", fontsize=7)
+        fig.suptitle(f"{task}: frames in the model's order (#n: frame number) or the task's views with their\n"
+                     f"labels, as decoded: before the device-side crop, flip, jitter", fontsize=7)
     else:
         fig.suptitle(f"{task}: log-mel spectrograms of the audio windows\n(shaded: masked feature frames)", fontsize=7)
     return fig

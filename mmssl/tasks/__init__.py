@@ -17,6 +17,8 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     multitask,
     opn,
     order,
+    pace,
+    rotation,
     vcop,
     wav2vec2,
 )

@@ -122,6 +122,12 @@ class PretextTask(ABC):
         """Default: the frames and the window's integer targets."""
         return {"frames": clip.video, **{k: torch.tensor(v) for k, v in clip.window.targets.items()}}
 
+    def views(self, sample: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]] | None:
+        """What the model is shown of one sample where that is not its decoded frames in window order
+        (turned copies, puzzle pieces), for `mmssl visualize`: (caption, uint8 [H, W, 3] image) each,
+        the caption giving the label; None: the frames."""
+        return None
+
     @abstractmethod
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
         ...

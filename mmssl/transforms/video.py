@@ -21,13 +21,14 @@ STD = (0.225, 0.225, 0.225)
 class VideoAugment:
     """Random resized crop (area share in `crop_scale`, aspect in `crop_ratio`; both (1, 1): the
     whole frame), horizontal flip and brightness/contrast jitter, drawn per sample and shared by
-    all its frames."""
+    all its frames (the jitter drawn per frame instead with `jitter_per_frame`)."""
 
     crop_scale: tuple[float, float] = (0.5, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
     brightness: float = 0.2
     contrast: float = 0.2
+    jitter_per_frame: bool = False
 
 
 def to_model_input(frames: torch.Tensor, augment: VideoAugment | None = None,
@@ -70,12 +71,12 @@ def _crop_flip(x: torch.Tensor, aug: VideoAugment, out_size: int) -> torch.Tenso
 
 
 def _jitter(x: torch.Tensor, aug: VideoAugment) -> torch.Tensor:
-    b = x.shape[0]
-    shape = (b, 1, 1, 1, 1)
+    b, _, t = x.shape[:3]
+    shape = (b, 1, t if aug.jitter_per_frame else 1, 1, 1)
     brightness = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * aug.brightness
     contrast = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * aug.contrast
     x = x * brightness
-    mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+    mean = x.mean(dim=(1, 3, 4) if aug.jitter_per_frame else (1, 2, 3, 4), keepdim=True)
     return ((x - mean) * contrast + mean).clamp_(0, 1)
 
 
@@ -101,6 +102,22 @@ def frame_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     grid = F.affine_grid(theta, [b * t, c, h, w], align_corners=False)
     out = F.grid_sample(frames, grid, mode="nearest", padding_mode="reflection", align_corners=False)
     return rearrange(out, "(b t) c h w -> b c t h w", b=b)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Every frame of sample i of x (float [B, C, T, H, W], square frames) turned by `angles[i]` radians
+    counterclockwise (as `torch.rot90` turns), about the centre, borders reflected: 3DRotNet's small
+    random rotation before its quarter turns."""
+    b, c, t, h, w = x.shape
+    cos, sin = angles.cos(), angles.sin()
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = cos  # output (x, y) reads input (cos x - sin y, sin x + cos y), y down
+    theta[:, 0, 1] = -sin
+    theta[:, 1, 0] = sin
+    grid = F.affine_grid(theta, [b, c * t, h, w], align_corners=False)
+    out = F.grid_sample(rearrange(x, "b c t h w -> b (c t) h w"), grid, mode="bilinear",
+                        padding_mode="reflection", align_corners=False)
+    return rearrange(out, "b (c t) h w -> b c t h w", c=c)
 
 
 def colour_distortion(x: torch.Tensor, hue: float, grayscale: float) -> torch.Tensor:
