@@ -13,6 +13,7 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     av_contrastive,
     avc,
     clip_contrastive,
+    jigsaw,
     masked_video,
     multitask,
     opn,
