@@ -57,7 +57,7 @@ def test_no_two_tiles_touch_and_each_moves_in_its_cell() -> None:
     places = set()
     for side in (32, 64, 100):
         for _ in range(200):
-            corners, tile = tile_corners(side, side, 3, 0.75, 0.5, rng)
+            corners, (tile, _) = tile_corners(side, side, 3, 0.75, 0.5, rng)
             grid = corners.reshape(3, 3, 2)
             assert (grid[:, 1:, 1] - grid[:, :-1, 1] - tile).min() >= 1  # a gap between left and right
             assert (grid[1:, :, 0] - grid[:-1, :, 0] - tile).min() >= 1  # and between top and bottom

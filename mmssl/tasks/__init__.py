@@ -13,6 +13,7 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     av_contrastive,
     avc,
     clip_contrastive,
+    cubic_puzzle,
     jigsaw,
     masked_video,
     multitask,

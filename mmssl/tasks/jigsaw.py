@@ -79,20 +79,28 @@ def permutation_set(pieces: int, size: int, seed: int) -> np.ndarray:
     return every[chosen].astype(np.int64)
 
 
+def grid_cells(extent: int, cells: int, piece_share: float, jitter_share: float) -> tuple[np.ndarray, int, int]:
+    """Pieces in `cells` equal cells along an axis of `extent` (centred): each cell's earliest piece start
+    [cells], the piece's length and its jitter (a piece starts up to that much later). At least
+    cell - piece - jitter always lies between neighbouring pieces."""
+    cell = extent // cells
+    piece = round(piece_share * cell)
+    jitter = round(jitter_share * (cell - piece))
+    if cell - piece - jitter < 1:
+        raise ConfigError(f"{cells} pieces of {piece} in {cell}-long cells with a jitter of {jitter} leave no gap "
+                          f"(a frame or window of {extent} is too small: lower the piece or jitter share)")
+    first = (extent - cells * cell) // 2 + (cell - piece - jitter) // 2
+    return first + cell * np.arange(cells), piece, jitter
+
+
 def tile_corners(height: int, width: int, grid: int, tile_share: float, jitter_share: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, int]:
+                 rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int]]:
     """The top-left corners [grid * grid, 2] (row-major cells, (y, x)) of tiles at random places in
-    their cells and the tiles' side: at least cell - tile - jitter pixels always lie between neighbours."""
-    cell = min(height, width) // grid
-    tile = round(tile_share * cell)
-    jitter = round(jitter_share * (cell - tile))
-    if cell - tile - jitter < 1:
-        raise ConfigError(f"jigsaw: {height}x{width} px frames leave no gap between {grid}x{grid} tiles of "
-                          f"{tile} px in {cell} px cells (lower tile_share or jitter_share)")
-    top, left = (height - grid * cell) // 2, (width - grid * cell) // 2
-    margin = (cell - tile - jitter) // 2  # the fixed part of the free space, before the jitter
-    cells = np.array([(top + row * cell, left + column * cell) for row in range(grid) for column in range(grid)])
-    return cells + margin + rng.integers(0, jitter + 1, size=cells.shape), tile
+    their cells, and the tiles' (height, width)."""
+    ys, tile_h, jitter_y = grid_cells(height, grid, tile_share, jitter_share)
+    xs, tile_w, jitter_x = grid_cells(width, grid, tile_share, jitter_share)
+    cells = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
+    return cells + rng.integers(0, [jitter_y + 1, jitter_x + 1], size=cells.shape), (tile_h, tile_w)
 
 
 def grey(x: torch.Tensor, share: float) -> torch.Tensor:
@@ -127,12 +135,12 @@ class Jigsaw(PretextTask):
                       targets={"label": int(rng.integers(len(self.permutations)))})
 
     def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """frames: the tiles [grid**2, tile, tile, 3] uint8, position i the tile of cell perm[i]."""
+        """frames: the tiles [grid**2, h, w, 3] uint8, position i the tile of cell perm[i]."""
         frame = clip.video[0]
         label = clip.window.targets["label"]
-        corners, tile = tile_corners(*frame.shape[:2], self.config.grid, self.config.tile_share,
-                                     self.config.jitter_share, rng)
-        tiles = torch.stack([frame[y:y + tile, x:x + tile] for y, x in corners])
+        corners, (h, w) = tile_corners(*frame.shape[:2], self.config.grid, self.config.tile_share,
+                                       self.config.jitter_share, rng)
+        tiles = torch.stack([frame[y:y + h, x:x + w] for y, x in corners])
         return {"frames": tiles[torch.from_numpy(self.permutations[label])], "label": torch.tensor(label)}
 
     def views(self, sample: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
@@ -143,12 +151,12 @@ class Jigsaw(PretextTask):
                 ("un-permuted", self._board(shown[torch.from_numpy(np.argsort(perm))]))]
 
     def _board(self, tiles: torch.Tensor) -> torch.Tensor:
-        """uint8 [K, t, t, 3] -> the tiles row-major on a grey board, 1 px apart."""
-        grid, tile = self.config.grid, tiles.shape[1]
-        board = torch.full((grid * (tile + 1) - 1,) * 2 + (3,), 128, dtype=torch.uint8)
+        """uint8 [K, h, w, 3] -> the tiles row-major on a grey board, 1 px apart."""
+        grid, (h, w) = self.config.grid, tiles.shape[1:3]
+        board = torch.full((grid * (h + 1) - 1, grid * (w + 1) - 1, 3), 128, dtype=torch.uint8)
         for index, image in enumerate(tiles):
             y, x = divmod(index, grid)
-            board[y * (tile + 1):y * (tile + 1) + tile, x * (tile + 1):x * (tile + 1) + tile] = image
+            board[y * (h + 1):y * (h + 1) + h, x * (w + 1):x * (w + 1) + w] = image
         return board
 
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
