@@ -20,6 +20,7 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     opn,
     order,
     pace,
+    relative_position,
     rotation,
     vcop,
     wav2vec2,
