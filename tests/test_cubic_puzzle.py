@@ -79,7 +79,7 @@ def test_visualize_shows_each_cube_with_its_cell(tiny_synthav: Path, tmp_path: P
     task = CubicPuzzle(CubicPuzzleConfig(cell_len=8))
     clip = DecodedClip(coded_video(32, 64), None, Window(np.arange(32), targets={"label": 24 + 1}), None)
     views = task.views(task.make_sample(clip, np.random.default_rng(0)))
-    assert [caption for caption, _ in views] == ["label=25 temporal (0, 1, 3, 2): t0", "t1", "t3", "t2"]
+    assert [caption for caption, _ in views] == ["temporal (0, 1, 3, 2)\nt0", "t1", "t3", "t2"]
     assert [int(image[0, 0, 2]) // 64 for _, image in views] == [0, 1, 3, 2]  # middle frames of slots 0, 1, 3, 2
     out = visualize.main(["--task", "cubic_puzzle", "--num", "2", f"data.synthav_dir={tiny_synthav}",
                           "data.frame_size=32", "task.cubic_puzzle.cell_len=5", "--out", str(tmp_path / "c.png")])

@@ -84,7 +84,7 @@ def test_visualize_shows_the_puzzle_and_its_solution(tiny_synthav: Path, tmp_pat
     clip = DecodedClip(coded_frame(32)[None], None, Window(np.array([0]), targets={"label": 7}), None)
     sample = task.make_sample(clip, np.random.default_rng(0))
     (caption, puzzle), (solved_caption, solved) = task.views(sample)
-    assert caption.startswith("label=7 (") and solved_caption == "un-permuted"
+    assert caption == f"order {''.join(map(str, task.permutations[7].tolist()))}" and solved_caption == "un-permuted"
     assert puzzle.shape == solved.shape == (26, 26, 3)  # 3 tiles of 8 px, 1 px apart
     # solved: the tiles' top-left pixels lie further right along a row (green) and further down a column (red)
     assert (solved[0, ::9, 1].int().diff() > 0).all() and (solved[::9, 0, 0].int().diff() > 0).all()

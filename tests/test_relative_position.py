@@ -87,7 +87,7 @@ def test_visualize_shows_the_patches_in_their_places(tiny_synthav: Path, tmp_pat
     clip = DecodedClip(coded_frame(64)[None], None, Window(np.array([0]), targets={"label": 2}), None)
     sample = task.make_sample(clip, np.random.default_rng(0))
     ((caption, board),) = task.views(sample)
-    assert caption == "label=2 (-1, 1)" and board.shape == (50, 50, 3)
+    assert caption == "(rows, columns) (-1, 1)" and board.shape == (50, 50, 3)
     assert torch.equal(board[17:33, 17:33], sample["frames"][0]) and torch.equal(board[:16, 34:], sample["frames"][1])
     out = visualize.main(["--task", "relative_position", "--num", "2", f"data.synthav_dir={tiny_synthav}",
                           "data.frame_size=32", "--out", str(tmp_path / "r.png")])

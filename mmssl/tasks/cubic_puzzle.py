@@ -105,11 +105,12 @@ class CubicPuzzle(PretextTask):
         return {"frames": cubes[list(ORDERS[label % len(ORDERS)])], "label": torch.tensor(label)}
 
     def views(self, sample: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-        """Each cube's middle frame in the model's order, captioned with the cell it was cut from."""
+        """Each cube's middle frame in the model's order, captioned with the cell it was cut from (the
+        row's title gives the label)."""
         label = int(sample["label"])
         order = ORDERS[label % len(ORDERS)]
         cell = "t{}" if label >= len(ORDERS) else "place {}"
-        return [((f"label={label} {describe(label)}: " if i == 0 else "") + cell.format(order[i]), cube[len(cube) // 2])
+        return [((f"{describe(label)}\n" if i == 0 else "") + cell.format(order[i]), cube[len(cube) // 2])
                 for i, cube in enumerate(sample["frames"])]
 
     def build_head(self, encoder: VideoEncoder) -> nn.Module:

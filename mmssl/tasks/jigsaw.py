@@ -144,10 +144,11 @@ class Jigsaw(PretextTask):
         return {"frames": tiles[torch.from_numpy(self.permutations[label])], "label": torch.tensor(label)}
 
     def views(self, sample: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-        """The tiles as the model gets them, in a grid, and put back by the label's permutation."""
+        """The tiles as the model gets them, in a grid, captioned with the label's order (position i: the
+        tile of cell perm[i]), and put back by it (the row's title gives the label)."""
         perm = self.permutations[int(sample["label"])]
         shown = sample["frames"]
-        return [(f"label={int(sample['label'])} {tuple(perm.tolist())}", self._board(shown)),
+        return [(f"order {''.join(map(str, perm.tolist()))}", self._board(shown)),
                 ("un-permuted", self._board(shown[torch.from_numpy(np.argsort(perm))]))]
 
     def _board(self, tiles: torch.Tensor) -> torch.Tensor:

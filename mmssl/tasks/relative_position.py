@@ -121,7 +121,7 @@ class RelativePosition(PretextTask):
         return {"frames": torch.stack(patches), "label": torch.tensor(label)}
 
     def views(self, sample: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-        """The two patches on a 3 x 3 board, the neighbour in the label's place."""
+        """The two patches on a 3 x 3 board, the neighbour in the label's place (the row's title gives the label)."""
         label = int(sample["label"])
         centre, other = sample["frames"]
         side = centre.shape[0]
@@ -129,7 +129,7 @@ class RelativePosition(PretextTask):
         dy, dx = NEIGHBOURS[label]
         for (row, column), patch in (((1, 1), centre), ((1 + dy, 1 + dx), other)):
             board[row * (side + 1):row * (side + 1) + side, column * (side + 1):column * (side + 1) + side] = patch
-        return [(f"label={label} {NEIGHBOURS[label]}", board)]
+        return [(f"(rows, columns) {NEIGHBOURS[label]}", board)]
 
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
         return ConcatHead(encoder.feature_dim, 2, self.config.hidden_dim, len(NEIGHBOURS))
