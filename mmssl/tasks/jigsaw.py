@@ -43,7 +43,7 @@ from mmssl.transforms.video import VideoAugment, to_model_input
 class JigsawConfig:
     """Jigsaw puzzles (docs/methods.md#jigsaw): `grid`**2 tiles of a frame in one of `num_permutations` orders."""
 
-    grid: int = 3
+    grid: int = 3  # at most 3: the set is chosen from all (grid**2)! orders, 9! = 362,880 of them
     num_permutations: int = 1000  # the paper's set; its ablation: fewer, farther apart orders are easier
     permutation_seed: int = 0  # the set's first permutation: the same seed gives the same set
     tile_share: float = 0.75  # tile side / cell side: 64 of 85 px in the paper
@@ -52,7 +52,7 @@ class JigsawConfig:
     hidden_dim: int = 512  # the classifier's hidden layer (the paper's fc7: 4096)
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
-        "grid": Bound(2, 4), "num_permutations": Bound(2), "permutation_seed": Bound(0),
+        "grid": Bound(2, 3), "num_permutations": Bound(2), "permutation_seed": Bound(0),
         "tile_share": Bound(0.1, 0.95), "jitter_share": Bound(0.0, 0.9), "grey_share": SHARE,
         "hidden_dim": AT_LEAST_1}
 
