@@ -31,9 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MEASURED = "measured on the batch"
 # the chance level of each task's metric in its first shipped config, on a batch of 4 (None: unknown)
 CHANCE = {"av_contrastive": {"v2a_top1_in_batch": 1 / 4}, "avc": {"accuracy": 0.5},
-          "barlow_twins": {"top1_in_batch": 1 / 4}, "masked_video": {"loss": MEASURED},
+          "barlow_twins": {"top1_in_batch": 1 / 4}, "cubic_puzzle": {"accuracy": 1 / 48}, "masked_video": {"loss": MEASURED},
           "multitask": {"loss": None, "order/accuracy": 0.5, "avc/accuracy": 0.5, "masked_video/loss": MEASURED},
+          "jigsaw": {"accuracy": 1 / 24},
           "opn": {"accuracy": 1 / 3}, "order": {"accuracy": 0.5}, "pace": {"accuracy": 1 / 4},
+          "relative_position": {"accuracy": 1 / 8},
           "rotation": {"accuracy": 1 / 4}, "vcop": {"accuracy": 1 / 6},
           "wav2vec2": {"accuracy": 1 / 101}}
 

@@ -31,8 +31,11 @@ def multitask(synthav: Path, *overrides: str) -> MultiTask:
     return task
 
 
-@pytest.mark.parametrize("tasks", [(), ("task.multitask.tasks=[rotation, pace, order]", "task.pace.clip_len=6")],
-                         ids=["order-vcop-avc", "rotation-pace-order"])
+@pytest.mark.parametrize("tasks", [(), ("task.multitask.tasks=[rotation, pace, order]", "task.pace.clip_len=6"),
+                                   ("task.multitask.tasks=[jigsaw, relative_position, cubic_puzzle]",
+                                    "task.multitask.weights=[1.0, 1.0, 1.0]", "task.jigsaw.num_permutations=24",
+                                    "task.cubic_puzzle.cell_len=5")],
+                         ids=["order-vcop-avc", "rotation-pace-order", "jigsaw-relative_position-cubic_puzzle"])
 def test_one_decode_serves_every_task_as_its_own_decode(tiny_synthav: Path, tasks: tuple[str, ...]) -> None:
     task = multitask(tiny_synthav, *tasks)
     rows = [r for r in read_manifest(tiny_synthav / "manifest.csv", "pretrain") if r.has_audio][:3]

@@ -80,11 +80,12 @@ def _jitter(x: torch.Tensor, aug: VideoAugment) -> torch.Tensor:
     return ((x - mean) * contrast + mean).clamp_(0, 1)
 
 
-def channel_split(x: torch.Tensor) -> torch.Tensor:
+def channel_split(x: torch.Tensor, per_frame: bool = True) -> torch.Tensor:
     """Channel splitting (Lee et al., OPN, ICCV 2017): every frame of every sample keeps one random
-    colour channel, copied to all channels. float [B, C, T, H, W] -> same shape."""
+    colour channel, copied to all channels (`per_frame` False: one channel for all the frames of a
+    sample, Kim et al.'s channel replication). float [B, C, T, H, W] -> same shape."""
     b, c, t = x.shape[:3]
-    keep = torch.randint(c, (b, 1, t, 1, 1), device=x.device)
+    keep = torch.randint(c, (b, 1, t if per_frame else 1, 1, 1), device=x.device)
     return x.gather(1, keep.expand(b, 1, t, *x.shape[3:])).expand_as(x).contiguous()
 
 
