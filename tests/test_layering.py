@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mmssl"
-# bottom to top; the registry, the distributed primitives and the config core at the bottom
-LEVELS = {"registry": 0, "distributed": 0, "config": 0, "errors": 0, "io": 1, "data": 2, "models": 3, "losses": 3,
+# bottom to top; the registry, the distributed primitives, the config core and k-means at the bottom
+LEVELS = {"registry": 0, "distributed": 0, "config": 0, "errors": 0, "cluster": 0, "io": 1, "data": 2, "models": 3, "losses": 3,
           "transforms": 3, "tasks": 4, "engine": 5, "eval": 5, "cli": 6}
 
 
