@@ -28,6 +28,12 @@ def uniform_clips(num_frames: int, clip_len: int, stride: int, num_clips: int) -
     return np.minimum(starts[:, None] + stride * np.arange(clip_len)[None], num_frames - 1)
 
 
+def centre_clip(num_frames: int, clip_len: int, stride: int) -> np.ndarray:
+    """The clip in the middle of the video (a short video repeats its last frame)."""
+    start = max(num_frames - clip_span(clip_len, stride), 0) // 2
+    return np.minimum(start + stride * np.arange(clip_len), num_frames - 1)
+
+
 def cvrl_gap(num_starts: int, rng: np.random.Generator) -> int:
     """CVRL's interval between two clips' starts, in frames: d = floor(M * X) with X of density
     2 (1 - x) on [0, 1], i.e. P(X <= x) = 1 - (1 - x)^2, a density decreasing linearly to 0 at the
