@@ -11,6 +11,8 @@ weight the sampler (`sample_weights`).
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -18,10 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.cluster import kmeans, pca_whiten
-from mmssl.data.clip import Window
+from mmssl.config import AT_LEAST_1, POSITIVE, Bound, Config
+from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
+from mmssl.data.sampling import audio_around, centre_clip, clip_and_audio, frames_for
 from mmssl.models import VideoEncoder
 from mmssl.tasks.base import PretextTask
+from mmssl.transforms.video import VideoAugment, to_model_input
 
 UNLABELLED = -1
 
@@ -86,6 +91,54 @@ def cluster_features(x: np.ndarray, clusters: int, pca_dim: int, seed: int, iter
     whitened = pca_whiten(x, pca_dim)
     whitened /= np.linalg.norm(whitened, axis=1, keepdims=True).clip(min=1e-12)
     return kmeans(whitened, clusters, seed=seed, iterations=iterations).assignments
+
+
+@dataclass
+class AudioVisualLabelsConfig:
+    """The sample of the audio-visual pseudo-label tasks: a clip and `audio_s` seconds of audio centred on it."""
+
+    clip_len: int = 8
+    stride: int = 2
+    audio_s: float = 1.0
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"clip_len": AT_LEAST_1, "stride": AT_LEAST_1, "audio_s": POSITIVE}
+
+
+class AudioVisualPseudoLabelTask(PseudoLabelTask):
+    """XDC's and SeLaVi's common half: a random clip with its audio to train on, the middle clip with
+    its audio to label, and the features of both towers (the audio encoder in `head.audio`)."""
+
+    needs_audio = True
+    sample_rate: int = 16000
+
+    def __init__(self, config: AudioVisualLabelsConfig, audio_encoder: str, augment: VideoAugment | None = None) -> None:
+        self.config = config
+        self.audio_encoder = audio_encoder  # the audio tower's registry name
+        self.augment = augment
+
+    @classmethod
+    def from_config(cls, config: Config, augment: VideoAugment) -> AudioVisualPseudoLabelTask:
+        return cls(getattr(config.task, cls.name), config.model.audio_encoder, augment)
+
+    def min_frames(self, fps: float) -> int:
+        return frames_for(self.config.audio_s, fps)
+
+    def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
+        return clip_and_audio(row, self.config.clip_len, self.config.stride, self.config.audio_s, rng)
+
+    def label_window(self, row: ManifestRow) -> Window:
+        c = self.config
+        frames = centre_clip(row.num_frames, c.clip_len, c.stride)
+        return Window(frames=frames, audio_start_s=audio_around(row, frames, c.audio_s), audio_duration_s=c.audio_s)
+
+    def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        return {"frames": clip.video, "audio": clip.audio[:round(self.config.audio_s * self.sample_rate)]}
+
+    def towers(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder, head: nn.Module,
+               augment: VideoAugment | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The video features (of the clips, under `augment`) and the audio features of a batch."""
+        video = encoder(self.front_end(to_model_input(batch["frames"], augment)))
+        return video, head.audio(batch["audio"])
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
