@@ -1,6 +1,7 @@
 """DeepCluster (docs/methods.md#deepcluster) and the engine's labelling pass (mmssl/engine/labelling.py):
 a replaced decode's own row and label, the balanced sampler, NMI, the Sobel front end, labels kept
-across a resume, and the pass sharded over two gloo ranks giving a single process's labels."""
+across a resume (and drawn per cluster), and the pass sharded over two gloo ranks giving a single
+process's labels."""
 from __future__ import annotations
 
 import os
@@ -8,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 
+from mmssl.cli import visualize
 from mmssl.config import ConfigError, load_config
 from mmssl.data.dataset import EpochSampler, PretextDataset, collate
 from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
@@ -123,6 +126,9 @@ def test_a_resumed_run_keeps_its_labels_and_reaches_the_same_weights(tiny_syntha
         assert torch.equal(a["model"][key], b["model"][key]), key
     with pytest.raises(ConfigError, match="labels of its pretraining split's videos.*: a held-out split has none"):
         evaluate_pretext(final)
+    grid = visualize.main(["--task", "deepcluster", "--checkpoint", str(final), "--num", "3", "--out",
+                           str(tmp_path / "clusters.png"), *FAST[5:], f"data.synthav_dir={tiny_synthav}"])
+    assert plt.imread(grid).shape[0] > 3 * 100  # a row per cluster
 
 
 def test_two_gloo_ranks_label_as_one_process(tiny_synthav: Path, tmp_path: Path) -> None:

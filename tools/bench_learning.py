@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             checkpoint = pretrain(config, run, "auto" if args.resume else None)
             minutes = (time.perf_counter() - start) / 60
-            pretext.setdefault(method, []).append(evaluate_pretext(checkpoint, manifest, "test", seed=seed)["metrics"])
+            if not task.pseudo_labelled:  # labels of the pretraining videos only: its indicators are in the run's log
+                pretext.setdefault(method, []).append(evaluate_pretext(checkpoint, manifest, "test", seed=seed)["metrics"])
             encoder, name, _, encoder_input = load_encoder(checkpoint)
             for each in (*frozen.values(), *finetunes.values(), *ceilings.values(), audio_transfer):
                 each.config.seed = seed
