@@ -4,6 +4,7 @@ across a resume (and drawn per cluster), and the pass sharded over two gloo rank
 process's labels."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from mmssl.cli import visualize
 from mmssl.config import ConfigError, load_config
 from mmssl.data.dataset import EpochSampler, PretextDataset, collate
 from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
-from mmssl.engine.labelling import label_dataset, label_rows
+from mmssl.engine.labelling import label_dataset, label_rows, last_pass
 from mmssl.engine.trainer import pretrain
 from mmssl.eval.pretext import evaluate_pretext
 from mmssl.tasks import build_task
@@ -115,6 +116,8 @@ def test_a_resumed_run_keeps_its_labels_and_reaches_the_same_weights(tiny_syntha
     final = pretrain(config, tmp_path / "straight")
     records = [line for line in (tmp_path / "straight/metrics.jsonl").read_text().splitlines() if "nonempty" in line]
     assert len(records) == 2 and "head0_nmi_previous" in records[1]
+    assert last_pass(tmp_path / "straight/metrics.jsonl") == {
+        k: v for k, v in json.loads(records[1]).items() if k.startswith("head")}
     resumed = pretrain(config, tmp_path / "resumed", str(tmp_path / "straight/checkpoint_000004.pt"))
     a, b = torch.load(final, weights_only=True), torch.load(resumed, weights_only=True)
     middle = torch.load(tmp_path / "straight/checkpoint_000004.pt", weights_only=True)

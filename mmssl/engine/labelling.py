@@ -15,9 +15,11 @@ longer moves) and the cluster sizes.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -65,7 +67,7 @@ def label_dataset(dataset: PretextDataset) -> PretextDataset:
 
 def pass_seed(seed: int, epoch: int) -> int:
     """The seed of the labelling pass before `epoch`: a fresh one each pass (k-means, top layers)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)  # faiss takes a signed int
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 2)  # faiss: a signed int, with room for offsets
 
 
 @torch.no_grad()
@@ -110,6 +112,12 @@ def cluster_summary(labels: np.ndarray, previous: np.ndarray | None) -> dict[str
             both = labelled & (previous[head] != UNLABELLED)
             summary[f"head{head}_nmi_previous"] = nmi(own[both], previous[head][both])
     return summary
+
+
+def last_pass(metrics: Path) -> dict[str, float]:
+    """The collapse indicators of a run's last labelling pass (`cluster_summary`), from its metrics.jsonl."""
+    passes = [record for line in metrics.read_text().splitlines() if "labelling_s" in (record := json.loads(line))]
+    return {k: v for k, v in passes[-1].items() if k.startswith("head")}
 
 
 class Labeller:
