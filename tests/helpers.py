@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from mmssl.config import load_config
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.engine.data import load_rows
+from mmssl.engine.labelling import label_dataset, label_rows
 from mmssl.models import VideoEncoder
 from mmssl.tasks import build_task, task_class
 from mmssl.tasks.model import TaskModel, build_run_encoder
@@ -56,8 +57,8 @@ def free_port() -> int:
 def shipped_config_batches(path: Path, synthav: Path, count: int = 1, overrides: Sequence[str] = (),
                            ) -> tuple[TaskModel, list[dict[str, Tensor]]]:
     """A shipped pretraining config on tiny SynthAV (32 px; or what `overrides` say, e.g. another
-    data.manifest): its seeded TaskModel and `count` batches of 4 decoded samples (batch k: epoch k's
-    samples 4k .. 4k + 3)."""
+    data.manifest): its seeded TaskModel (a task trained on pseudo-labels holds those of a labelling pass)
+    and `count` batches of 4 decoded samples (batch k: epoch k's samples 4k .. 4k + 3)."""
     overrides = [f"data.synthav_dir={synthav}", "data.frame_size=32", *overrides]
     config = load_config(path, overrides)
     config = load_config(path, [*overrides, *task_class(config.task.name).smoke_overrides])
@@ -65,6 +66,11 @@ def shipped_config_batches(path: Path, synthav: Path, count: int = 1, overrides:
     dataset = PretextDataset(load_rows(config), task, config.data.frame_size, config.data.backend)
     torch.manual_seed(0)
     model = TaskModel(task, build_run_encoder(config))
+    if task.pseudo_labelled:  # the labelling pass the engine runs before the first step
+        windows = label_dataset(dataset)
+        label_batches = [collate([windows[(0, i)] for i in range(start, min(start + 8, len(windows)))])
+                         for start in range(0, len(windows), 8)]
+        task.set_labels(torch.from_numpy(label_rows(model, label_batches, len(windows), torch.device("cpu"), 0)))
     batches = []
     for k in range(count):
         batch = collate([dataset[(k, i % len(dataset))] for i in range(4 * k, 4 * k + 4)])

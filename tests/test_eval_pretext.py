@@ -37,7 +37,8 @@ CHANCE = {"av_contrastive": {"v2a_top1_in_batch": 1 / 4}, "avc": {"accuracy": 0.
           "opn": {"accuracy": 1 / 3}, "order": {"accuracy": 0.5}, "pace": {"accuracy": 1 / 4},
           "relative_position": {"accuracy": 1 / 8},
           "rotation": {"accuracy": 1 / 4}, "vcop": {"accuracy": 1 / 6},
-          "wav2vec2": {"accuracy": 1 / 101}}
+          "wav2vec2": {"accuracy": 1 / 101}, "deepcluster": {"accuracy": 1 / 4},
+          "selavi": {"video_accuracy": 1 / 4}, "xdc": {"video_accuracy": 1 / 4}}
 
 
 @pytest.mark.parametrize("path", one_config_per_task(PRETRAINING_CONFIGS), ids=lambda p: p.stem)

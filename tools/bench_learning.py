@@ -41,6 +41,7 @@ from mmssl.config import TransferConfig, load_config
 from mmssl.data.generated import read_stamp
 from mmssl.data.physav import CONFIG_NAME, PhysAVConfig, ensure_physav
 from mmssl.data.synthetic import ensure_synthav
+from mmssl.engine.labelling import last_pass
 from mmssl.engine.trainer import pretrain
 from mmssl.eval.pretext import evaluate_pretext
 from mmssl.eval.transfer import Transfer, load_audio_encoder, load_encoder, random_encoder
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     protocols = ["linear", "knn"] if args.knn else ["linear"]
     rows: dict[str, dict] = {}
     pretext: dict[str, list[dict]] = {}
+    collapse: dict[str, list[dict]] = {}  # a pseudo-label method's last labelling pass, per seed
     measured: set[tuple[str, int]] = set()
     random_features: dict[tuple[str, int], dict] = {}  # frozen features of each random-init encoder (by seed)
 
@@ -148,7 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             checkpoint = pretrain(config, run, "auto" if args.resume else None)
             minutes = (time.perf_counter() - start) / 60
-            pretext.setdefault(method, []).append(evaluate_pretext(checkpoint, manifest, "test", seed=seed)["metrics"])
+            if task.pseudo_labelled:  # labels of the pretraining videos only: no held-out metric, its indicators
+                collapse.setdefault(method, []).append(last_pass(run / "metrics.jsonl"))
+            else:
+                pretext.setdefault(method, []).append(evaluate_pretext(checkpoint, manifest, "test", seed=seed)["metrics"])
             encoder, name, _, encoder_input = load_encoder(checkpoint)
             for each in (*frozen.values(), *finetunes.values(), *ceilings.values(), audio_transfer):
                 each.config.seed = seed
@@ -205,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
               f" {s['clip_top1_mean']:>7.1f} ± {s['clip_top1_std']:<5.1f}  "
               + " ".join(f"{v:.1f}" for v in s["video_top1"]))
     summary = {"pretext": {method: _pretext_summary(runs) for method, runs in pretext.items()},
+               "collapse": {method: {key: [r[key] for r in runs] for key in runs[0]} for method, runs in collapse.items()},
                "headline": _headline(table), "gate": _gate(table) if args.ceiling else {}}
     _print_summary(summary)
     report = {"dataset": args.dataset, "manifest": manifest, "classes": {f: t.classes for f, t in frozen.items()},
@@ -259,6 +265,11 @@ def _print_summary(summary: dict) -> None:
         for key, m in metrics.items():
             chance = "-" if m["chance"] is None else f"{m['chance']:.3f}"
             print(f"  {method:<16} {key:<24} {m['mean']:.3f} ± {m['std']:.3f}  chance {chance}")
+    if summary["collapse"]:
+        print("collapse indicators of the pseudo-label methods' last labelling pass, per seed")
+    for method, indicators in summary["collapse"].items():
+        for key, values in indicators.items():
+            print(f"  {method:<16} {key:<24} " + " ".join(f"{v:.3g}" for v in values))
     beating = sorted(m for m, probes in summary["headline"].items() if any(p["beats_random"] for p in probes.values()))
     print(f"\nheadline: {len(beating)} of {len(summary['headline'])} methods >= {HEADLINE_POINTS:g} points above "
           f"random init on their family's labels: {', '.join(beating) or 'none'}")

@@ -14,6 +14,10 @@ patches kept, masked ones from the decoder, with its MSE on the masked tubelets)
 --checkpoint (a checkpoint or run folder; its run's saved config is the default config) or at random init.
 With normalised targets a predicted tubelet is drawn with the true tubelet's mean and std, as in
 VideoMAE's visualisation: the pattern inside it is the model's, its colour and contrast are the clip's.
+A task trained on pseudo-labels (deepcluster, xdc, selavi) with --checkpoint: the run's last labels
+(of its first head) as a grid, one row per cluster (the --num largest), the middle frame of the label
+window of up to 6 of its videos, each captioned with its manifest labels, so that what a cluster
+groups by (class, shape, colour, nothing) can be read off.
 
 --manifest draws a dataset's videos as they are instead: one row per video, titled with its labels
 (every column the manifest has beyond the standard ones), 6 frames across it captioned with frame
@@ -23,6 +27,7 @@ spectrogram at frame / fps, and a contact frame is among the frames shown, with 
 
   mmssl visualize --task order [--config FILE] [--num 8] [--out FILE.png] [--import MODULE] [key=value ...]
   mmssl visualize --task masked_video [--checkpoint CKPT|RUN_DIR] [...]
+  mmssl visualize --task deepcluster --checkpoint CKPT|RUN_DIR [--num 8]
   mmssl visualize --manifest data/physav/manifest.csv [--split test] [--num 8] [--out FILE.png]
 (`python tools/visualize.py ...` is the same.)
 """
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -41,11 +46,11 @@ import numpy as np
 import torch
 
 from mmssl.cli import add_import_option, checkpoint_of, command, import_user_modules
-from mmssl.config import apply_overrides, load_config
+from mmssl.config import Config, apply_overrides, load_config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import PretextDataset, decode_window
 from mmssl.data.manifest import AUDIO_ERROR, ManifestRow, read_manifest
-from mmssl.engine.checkpoint import load_checkpoint
+from mmssl.engine.checkpoint import checkpoint_entries, load_checkpoint
 from mmssl.engine.data import load_rows
 from mmssl.io import MediaError
 from mmssl.models import build_video_encoder
@@ -53,6 +58,7 @@ from mmssl.tasks import TASKS, PretextTask, build_task, task_class
 from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize
 from mmssl.tasks.model import TaskModel, checkpoint_config
 from mmssl.tasks.multitask import MultiTask, task_entries
+from mmssl.tasks.pseudo_labels import UNLABELLED
 from mmssl.tasks.wav2vec2 import Wav2Vec2
 from mmssl.transforms.audio import LogMel
 from mmssl.transforms.video import to_model_input
@@ -61,6 +67,7 @@ SR = 16000
 LOG_MEL = LogMel(sample_rate=SR)
 AUDIO_TASK_FRAMES = 4  # frames drawn per clip beside the spectrograms
 VIDEO_FRAMES = 6  # frames drawn per video of a manifest
+CLUSTER_VIDEOS = 6  # videos drawn per cluster
 IMPACTS = "impacts"  # manifest column: contact frame indices, semicolon-separated (PhysAV)
 IMPACT_COLOUR = "cyan"
 Row = tuple[str, DecodedClip, dict, PretextTask]  # label, the clip, its sample, the task that made it
@@ -80,7 +87,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="PNG path (default runs/visualize_<task or manifest's folder>.png)")
     parser.add_argument("--checkpoint", help="masked_video: pretraining checkpoint (or run folder) whose encoder "
-                                             "and decoder reconstruct; default: random init")
+                                             "and decoder reconstruct; default: random init. A pseudo-label task: "
+                                             "the checkpoint whose clusters to draw")
     add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
@@ -98,14 +106,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     task_class(args.task)
     default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
     checkpoint = checkpoint_of(parser, args.checkpoint) if args.checkpoint else None
-    if checkpoint is not None and args.task != "masked_video":
-        parser.error("--checkpoint draws reconstructions: --task masked_video only")
+    if checkpoint is not None and args.task != "masked_video" and not task_class(args.task).pseudo_labelled:
+        parser.error("--checkpoint draws reconstructions (--task masked_video) or clusters (a pseudo-label task)")
     overrides = [*args.overrides, f"task.name={args.task}"]
     if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
         config = apply_overrides(checkpoint_config(checkpoint), overrides)
     else:
         config = load_config(args.config or (default if default.exists() else None), overrides)
 
+    if checkpoint is not None and args.task != "masked_video":
+        return _save(draw_clusters(checkpoint, config, args.num), args.out or f"runs/visualize_{args.task}.png")
     dataset = PretextDataset(load_rows(config), build_task(config), config.data.frame_size,
                              config.data.backend, seed=args.seed)
 
@@ -228,6 +238,33 @@ def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, di
     weights = f"weights of {checkpoint}" if checkpoint else "random init"
     fig.suptitle(f"masked_video ({encoder_name}, {weights}): input, masked input, reconstruction "
                  f"(#n: frame number)", fontsize=8)
+    return fig
+
+
+def draw_clusters(checkpoint: Path, config: Config, num: int) -> plt.Figure:
+    """The `num` largest clusters of a pseudo-label run's last labels (first head): a row each, the
+    middle frame of the label window of up to CLUSTER_VIDEOS of its videos, captioned with their labels."""
+    (saved,) = checkpoint_entries(checkpoint, "pseudo_labels")
+    members: dict[int, list[str]] = defaultdict(list)
+    for path, label in zip(saved["paths"], saved["labels"][0].tolist(), strict=True):
+        members[label].append(path)
+    members.pop(UNLABELLED, None)
+    largest = sorted(members, key=lambda c: -len(members[c]))[:num]
+    task, rows = build_task(config), {row.path: row for row in load_rows(config)}
+    fig, axes = plt.subplots(len(largest), CLUSTER_VIDEOS, figsize=(1.4 * CLUSTER_VIDEOS, 1.5 * len(largest)),
+                             squeeze=False, layout="tight")
+    for row_axes, cluster in zip(axes, largest):
+        for position, (ax, path) in enumerate(zip(row_axes, members[cluster])):
+            row = rows[path]
+            frames = Window(frames=task.label_window(row).frames)  # no audio to draw
+            clip = decode_window(row, frames, config.data.frame_size, config.data.backend)
+            labels = " ".join(v for k, v in ({"label": row.label} | row.extra).items() if v and k not in (IMPACTS, AUDIO_ERROR))
+            prefix = f"cluster {cluster} ({len(members[cluster])} videos)\n" if position == 0 else "\n"
+            _frame(ax, clip.video[len(clip.video) // 2].numpy(), prefix + labels, fontsize=6)
+        for ax in row_axes:
+            ax.axis("off")
+    fig.suptitle(f"{config.task.name}: the {len(largest)} largest clusters of {checkpoint.name} (first head), "
+                 "the middle frame of each video's label window", fontsize=7)
     return fig
 
 

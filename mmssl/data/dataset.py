@@ -7,6 +7,8 @@ With `replace_failed` (pretraining) the sample is instead replaced by one of ano
 the one that failed), drawn from `default_rng([seed, e, i, attempt])`, and the failure still
 counted: batches keep their size, which DDP's gathers, BatchNorm and gradient accumulation rely on.
 `SkipCounter` stops a run on the distinct files that failed (docs/decoding.md, on MediaError kinds).
+A task that trains on labels of its rows (`pseudo_labelled`) gets in each sample, under "row", the index
+of the row it decoded: a replacement's own row, whose label it must be trained on.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 class SampleMaker(Protocol):
     """The CPU half of a pretext task."""
 
-    needs_audio: bool
+    needs_audio: bool  # (and, optionally, `pseudo_labelled`: bool)
 
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window: ...
 
@@ -52,6 +54,7 @@ class PretextDataset(Dataset):
     def __init__(self, rows: Sequence[ManifestRow], task: SampleMaker, frame_size: int | None = None,
                  backend: str = "pyav", seed: int = 0, sample_rate: int = 16000, replace_failed: bool = False) -> None:
         self.task = task
+        self.identify = getattr(task, "pseudo_labelled", False)  # samples carry their row's index
         self.replace_failed = replace_failed
         self.frame_size = frame_size
         self.backend = backend
@@ -90,6 +93,8 @@ class PretextDataset(Dataset):
         while True:
             try:
                 sample = self.task.make_sample(self.decode(row, rng), rng)
+                if self.identify:
+                    sample["row"] = torch.tensor(row)
                 return {**sample, "skipped": failed} if failed else sample
             except MediaError as e:
                 skipped, message = Skipped(self.rows[row].path, e.kind, e.detail), str(e)
@@ -259,6 +264,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.batch_size = batch_size
         self.epoch = 0
         self.start = 0  # position within this rank's share of the epoch
+        self.weights: np.ndarray | None = None
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -268,8 +274,11 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return -(-per_rank // self.batch_size) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
-                 else np.arange(self.length))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is not None:
+            order = rng.choice(self.length, self.length, p=self.weights)
+        else:
+            order = rng.permutation(self.length) if self.shuffle else np.arange(self.length)
         padded = np.resize(order, len(self) * self.world_size)  # repeat the start to even out ranks and batches
         for index in padded[self.rank::self.world_size][self.start:].tolist():
             yield self.epoch, index

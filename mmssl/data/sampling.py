@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from mmssl.data.clip import Window
 from mmssl.data.manifest import ManifestRow
 from mmssl.io import TooShortError
 
@@ -26,6 +27,12 @@ def uniform_clips(num_frames: int, clip_len: int, stride: int, num_clips: int) -
     last_start = max(num_frames - clip_span(clip_len, stride), 0)
     starts = np.linspace(0, last_start, num_clips).round().astype(np.int64)
     return np.minimum(starts[:, None] + stride * np.arange(clip_len)[None], num_frames - 1)
+
+
+def centre_clip(num_frames: int, clip_len: int, stride: int) -> np.ndarray:
+    """The clip in the middle of the video (a short video repeats its last frame)."""
+    start = max(num_frames - clip_span(clip_len, stride), 0) // 2
+    return np.minimum(start + stride * np.arange(clip_len), num_frames - 1)
 
 
 def cvrl_gap(num_starts: int, rng: np.random.Generator) -> int:
@@ -74,5 +81,16 @@ def clip_with_audio(row: ManifestRow, clip_len: int, stride: int, audio_s: float
     if row.num_frames < frames_for(audio_s, row.fps):
         raise TooShortError(row.path, f"{duration:.2f} s is shorter than the {audio_s} s audio window")
     frames = random_clip(row.num_frames, clip_len, stride, rng)
+    return frames, audio_around(row, frames, audio_s)
+
+
+def clip_and_audio(row: ManifestRow, clip_len: int, stride: int, audio_s: float, rng: np.random.Generator) -> Window:
+    """The window of `clip_with_audio`: a random clip and `audio_s` seconds of audio centred on it."""
+    frames, start = clip_with_audio(row, clip_len, stride, audio_s, rng)
+    return Window(frames=frames, audio_start_s=start, audio_duration_s=audio_s)
+
+
+def audio_around(row: ManifestRow, frames: np.ndarray, audio_s: float) -> float:
+    """The start (s) of `audio_s` seconds of audio centred on the clip `frames`, kept inside the video."""
     centre = (frames[0] + frames[-1] + 1) / 2 / row.fps
-    return frames, float(np.clip(centre - audio_s / 2, 0.0, duration - audio_s))
+    return float(np.clip(centre - audio_s / 2, 0.0, row.num_frames / row.fps - audio_s))

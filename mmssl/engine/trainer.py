@@ -39,6 +39,7 @@ from mmssl.engine.checkpoint import (
 )
 from mmssl.engine.data import pretraining_data
 from mmssl.engine.distributed import DistInfo, global_batchnorm, init_distributed, wrap_ddp
+from mmssl.engine.labelling import Labeller
 from mmssl.engine.lock import RunLock
 from mmssl.engine.monitor import MONITOR_KEYS, KnnMonitor, monitor_transfer
 from mmssl.engine.optim import build_optimizer, cosine_schedule, set_lr
@@ -129,6 +130,7 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     lr_schedule = cosine_schedule(base_lr, config.optim.min_lr, total_steps,
                                   min(round(config.optim.warmup_epochs * steps_per_epoch), total_steps // 2))
 
+    labeller = Labeller(config, model, dataset, dist.rank, dist.world_size, dist.device) if task.pseudo_labelled else None
     step, skip_state = 0, None
     if (resumed := _resume_checkpoint(out_dir, resume, dist)) is not None:
         resume_from, state = resumed
@@ -139,6 +141,8 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
                               "raise train.max_steps or train.epochs to train on from it")
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         restore_checkpoint(state, resume_from, model=model, optimizer=optimizer)
+        if labeller is not None:
+            labeller.restore(state.get("pseudo_labels"), sampler)
         if step == total_steps:  # nothing to train (once its weights are known to fit): it holds the run's end
             if dist.is_main:
                 print(f"--resume: {resume_from} is at step {step}, this run's last: nothing left to train")
@@ -163,9 +167,14 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     if step == 0:  # the encoder at random init: the level its training starts from
         monitor(model, step, total_steps, 0, run_log, window)
     while step < total_steps:
+        if labeller is not None and labeller.due(*divmod(step, steps_per_epoch)):
+            start = time.perf_counter()
+            labeller.run(step // steps_per_epoch, step, optimizer, sampler, run_log)
+            window.start += time.perf_counter() - start  # kept out of the log window's throughput
         step = train_one_epoch(model, ddp, forward, optimizer, batches, step, lr_schedule=lr_schedule,
                                steps_per_epoch=steps_per_epoch, config=config, dist=dist, skips=skips,
-                               window=window, run_log=run_log, out_dir=out_dir, monitor=monitor)
+                               window=window, run_log=run_log, out_dir=out_dir, monitor=monitor,
+                               labeller=labeller)
     run_log.close()
     distributed.barrier()
     return checkpoint_path(out_dir, total_steps)
@@ -190,13 +199,14 @@ def _resume_checkpoint(out_dir: Path, resume: str | None, dist: DistInfo) -> tup
 def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], dict[str, torch.Tensor]],
                     optimizer: torch.optim.Optimizer, batches: RecoveringLoader, step: int, *,
                     lr_schedule: np.ndarray, steps_per_epoch: int, config: Config, dist: DistInfo,
-                    skips: SkipCounter, window: LogWindow, run_log: RunLog, out_dir: Path, monitor: KnnMonitor) -> int:
+                    skips: SkipCounter, window: LogWindow, run_log: RunLog, out_dir: Path, monitor: KnnMonitor,
+                    labeller: Labeller | None = None) -> int:
     """Train the epoch that optimizer step `step` falls in, from that step to the epoch's end (or the
     run's, at `len(lr_schedule)` steps); return the step reached. Each step accumulates the gradient
     of `optim.accumulate` micro-batches (DDP syncs on the last one only); `model` is what `ddp` wraps
     and `forward` runs (compiled or not). Logs every `train.log_every` steps, runs `monitor` at its
-    steps, checkpoints every `train.checkpoint_every` and at the run's end, and reports the epoch's
-    skipped samples."""
+    steps, checkpoints every `train.checkpoint_every` and at the run's end (with the `labeller`'s labels,
+    for a task trained on pseudo-labels), and reports the epoch's skipped samples."""
     total_steps, accumulate, batch_size = len(lr_schedule), config.optim.accumulate, config.data.batch_size
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
     autocast = mixed_precision(dist.device, config.train.amp)
@@ -231,7 +241,7 @@ def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], 
                 log_window(run_log, window, step, epoch, float(lr_schedule[step - 1]), dist.device)
             monitor(model, step, total_steps, epoch, run_log, window)
             if step % config.train.checkpoint_every == 0 or step == total_steps:
-                _save(out_dir, step, model, optimizer, config, skips, dist.is_main)
+                _save(out_dir, step, model, optimizer, config, skips, dist.is_main, labeller)
             if step == total_steps or step % steps_per_epoch == 0:
                 break
         wait_start = time.perf_counter()
@@ -366,9 +376,9 @@ def _check_resumed_config(saved: dict, config: Config, checkpoint: Path, implici
 
 
 def _save(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-          config: Config, skips: SkipCounter, is_main: bool) -> None:
-    """Rank 0 writes the checkpoint, with every rank's RNG state so each resumes its own stream, and
-    the run's bad files and failed decodes, so a resumed run counts them still."""
+          config: Config, skips: SkipCounter, is_main: bool, labeller: Labeller | None = None) -> None:
+    """Rank 0 writes the checkpoint, with every rank's RNG state so each resumes its own stream, the
+    run's bad files and failed decodes, so a resumed run counts them still, and the `labeller`'s labels."""
     skip_state = skips.state()
     rng_states = [capture_rng_state()]
     if distributed.is_distributed():
@@ -377,7 +387,7 @@ def _save(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opt
     if is_main:
         save_checkpoint(checkpoint_path(out_dir, step), model=model, optimizer=optimizer, step=step,
                         config=to_dict(config), rng=rng_states, encoder_input=model.task.encoder_input,
-                        skips=skip_state)
+                        skips=skip_state, **({"pseudo_labels": labeller.state()} if labeller else {}))
         prune_checkpoints(out_dir, config.train.keep_last)
     distributed.barrier()
 

@@ -35,6 +35,11 @@ def evaluate_pretext(checkpoint: str | Path, manifest: str | None = None, split:
     model, config = load_task_model(checkpoint)
     model.to(device)
     task = model.task
+    if task.pseudo_labelled:
+        raise ConfigError(f"task {task.name!r} trains on labels of its pretraining split's videos, set by its "
+                          "labelling passes: a held-out split has none to score. Its indicators are the passes' "
+                          "records in the run's metrics.jsonl (cluster sizes, NMI between passes); its learning, "
+                          "the probe (tools/bench_learning.py)")
     saved = saved_entries(checkpoint)
     step = int(saved.get("step", 0))
     task.set_step(step, max(step, 1))  # as at the run's last step; and a target network is up to date already

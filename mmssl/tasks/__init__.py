@@ -14,6 +14,7 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     avc,
     clip_contrastive,
     cubic_puzzle,
+    deepcluster,
     jigsaw,
     masked_video,
     multitask,
@@ -22,8 +23,10 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     pace,
     relative_position,
     rotation,
+    selavi,
     vcop,
     wav2vec2,
+    xdc,
 )
 from mmssl.tasks.base import PretextTask
 from mmssl.transforms.video import VideoAugment

@@ -16,7 +16,7 @@ from torch import nn
 from mmssl.config import AT_LEAST_1, POSITIVE, Bound, Config
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.manifest import ManifestRow
-from mmssl.data.sampling import clip_with_audio, frames_for
+from mmssl.data.sampling import clip_and_audio, frames_for
 from mmssl.losses import InfoNCELoss
 from mmssl.models import VideoEncoder
 from mmssl.models.audio import build_audio_encoder
@@ -65,9 +65,7 @@ class AVContrastive(PretextTask):
 
     def window(self, row: ManifestRow, rng: np.random.Generator) -> Window:
         """A clip and `audio_s` seconds of audio centred on it."""
-        c = self.config
-        frames, start = clip_with_audio(row, c.clip_len, c.stride, c.audio_s, rng)
-        return Window(frames=frames, audio_start_s=start, audio_duration_s=c.audio_s)
+        return clip_and_audio(row, self.config.clip_len, self.config.stride, self.config.audio_s, rng)
 
     def make_sample(self, clip: DecodedClip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return {"frames": clip.video, "audio": clip.audio}

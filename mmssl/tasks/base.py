@@ -70,6 +70,9 @@ class PretextTask(ABC):
     label_family: str = "action"  # "action" or "object": which labels the benchmark probes the encoder on
     encoder_input: str = "rgb"  # the front end (mmssl.transforms.inputs) between the model input and the encoder
     needs_audio: bool = False
+    # trains on labels of the pretraining split's rows, set by the engine's labelling pass
+    # (mmssl/tasks/pseudo_labels.py): each sample then carries the index of the row it decoded
+    pseudo_labelled: bool = False
     encoder_kind: str = "video"  # the encoder the run trains and transfers: model.video_encoder or model.audio_encoder
     feature_mode: str = "clip"  # how transfer feeds the encoder: "clip", "frames" (T=1 each) or "audio"
     # on several GPUs, BatchNorm over the global batch (SyncBatchNorm), as the reference code of the

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.v2.functional import rgb_to_grayscale
 
 from mmssl.registry import ENCODER_INPUTS, register_encoder_input
@@ -31,6 +32,22 @@ def luma(x: torch.Tensor) -> torch.Tensor:
     channels. The weights sum to 1 (up to 1e-4) and the normalisation is the same for every channel,
     so it commutes with the normalisation: the luma of the model input is the model input of the luma."""
     return rgb_to_grayscale(x.transpose(1, 2), num_output_channels=3).transpose(1, 2)
+
+
+SOBEL_X = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+
+
+@register_encoder_input("sobel")
+def sobel(x: torch.Tensor) -> torch.Tensor:
+    """DeepCluster's fixed edge filter: the luma's horizontal and vertical Sobel responses per frame
+    (replicated borders) and their magnitude, as the three channels. Without colour, k-means on the
+    features of a random network no longer groups by colour alone (Caron et al. 2018, Sec. 4)."""
+    n, _, t, h, w = x.shape
+    grey = luma(x)[:, :1].transpose(1, 2).reshape(n * t, 1, h, w)
+    kernels = torch.stack([SOBEL_X, SOBEL_X.T])[:, None].to(x)
+    edges = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels)
+    edges = torch.cat([edges, edges.square().sum(1, keepdim=True).add(1e-12).sqrt()], dim=1)
+    return edges.reshape(n, t, 3, h, w).transpose(1, 2)
 
 
 def front_end(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

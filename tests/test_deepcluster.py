@@ -1,0 +1,151 @@
+"""DeepCluster (docs/methods.md#deepcluster) and the engine's labelling pass (mmssl/engine/labelling.py):
+a replaced decode's own row and label, the balanced sampler, NMI, the Sobel front end, labels kept
+across a resume (and drawn per cluster), and the pass sharded over two gloo ranks giving a single
+process's labels."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from mmssl.cli import visualize
+from mmssl.config import ConfigError, load_config
+from mmssl.data.dataset import EpochSampler, PretextDataset, collate
+from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
+from mmssl.engine.labelling import label_dataset, label_rows, last_pass
+from mmssl.engine.trainer import pretrain
+from mmssl.eval.pretext import evaluate_pretext
+from mmssl.tasks import build_task
+from mmssl.tasks.model import TaskModel, build_run_encoder
+from mmssl.tasks.pseudo_labels import UNLABELLED, balanced_weights, cluster_features, nmi
+from mmssl.transforms.inputs import luma, sobel
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["model.video_encoder=tiny3d", "data.frame_size=32", "data.batch_size=8", "data.num_workers=0",
+        "train.log_every=1", "task.name=deepcluster", "task.deepcluster.clip_len=4", "task.deepcluster.clusters=4",
+        "task.deepcluster.pca_dim=8"]
+
+
+def corrupt_first(synthav: Path, tmp_path: Path) -> Path:
+    """The tiny SynthAV pretrain split with a file that does not decode as its first row."""
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 5000)
+    rows = read_manifest(synthav / "manifest.csv", "pretrain")
+    return write_manifest([ManifestRow(str(corrupt), split="pretrain", num_frames=24, fps=8.0), *rows],
+                          tmp_path / "manifest.csv")
+
+
+def test_a_replaced_decode_carries_and_is_labelled_by_its_own_row(tiny_synthav: Path, tmp_path: Path) -> None:
+    """Row 0 fails to decode: its sample (training or labelling) is another row's, carries that row's
+    index and frames, and is trained on that row's label; row 0 itself gets no label."""
+    config = load_config(None, [*FAST, f"data.manifest={corrupt_first(tiny_synthav, tmp_path)}"])
+    task = build_task(config)
+    dataset = PretextDataset(read_manifest(config.data.manifest, "pretrain"), task, 32, seed=0, replace_failed=True)
+    windows = label_dataset(dataset)
+    sample = windows[(0, 0)]
+    row = int(sample["row"])
+    assert row != 0 and len(sample["skipped"]) == 1
+    assert torch.equal(sample["frames"], windows.task.make_sample(windows.decode(row, None), None)["frames"])
+    batches = [collate([windows[(0, i)] for i in range(start, min(start + 8, len(windows)))])
+               for start in range(0, len(windows), 8)]
+    torch.manual_seed(0)
+    model = TaskModel(task, build_run_encoder(config))
+    labels = label_rows(model, batches, len(windows), torch.device("cpu"), seed=0)
+    assert labels.shape == (1, len(windows)) and labels[0, 0] == UNLABELLED and (labels[0, 1:] >= 0).all()
+    task.set_labels(torch.from_numpy(labels))
+    trained = dataset[(0, 0)]
+    assert trained["row"] != 0 and task.row_labels(trained["row"][None])[0, 0] == labels[0, trained["row"]]
+
+
+def test_the_sampler_draws_every_nonempty_cluster_equally() -> None:
+    labels = np.array([0] * 90 + [1] * 9 + [3] * 1 + [UNLABELLED] * 5)  # cluster 2 empty
+    weights = balanced_weights(labels)
+    assert weights[labels == UNLABELLED].sum() == 0
+    for cluster in (0, 1, 3):
+        assert weights[labels == cluster].sum() == pytest.approx(1 / 3)
+    sampler = EpochSampler(len(labels), seed=0)
+    sampler.weights = weights
+    drawn = labels[[index for _, index in sampler]]
+    assert UNLABELLED not in drawn and set(drawn) == {0, 1, 3}
+    assert np.bincount(drawn)[3] > 15  # ~35 of 105; by size it would be 1
+
+
+def test_nmi_is_one_for_a_renaming_and_near_zero_for_unrelated_labels() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 10, 5000)
+    assert nmi(a, (a + 3) % 10) == pytest.approx(1.0)
+    assert nmi(a, rng.integers(0, 10, 5000)) < 0.01
+    assert 0.2 < nmi(a, a // 2) < 1.0  # merged pairs: part of the information
+
+
+def test_cluster_features_finds_separated_groups() -> None:
+    """Groups apart in a few directions of 32: whitened to 8 dimensions, L2-normalised, clustered."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(3), 100)
+    x = rng.normal(size=(300, 32)) + rng.normal(size=(3, 32))[groups] * 5
+    labels = cluster_features(x.astype(np.float32), 3, pca_dim=8, seed=0, iterations=20)
+    assert nmi(labels, groups) == pytest.approx(1.0)
+
+
+def test_sobel_sees_edges_not_colour() -> None:
+    x = torch.zeros(1, 3, 2, 8, 8)
+    x[..., :, 4:] = 1.0  # a vertical edge between columns 3 and 4
+    edges = sobel(x)
+    assert edges.shape == x.shape
+    assert edges[0, 0, :, :, 3:5].abs().min() > 0 and edges[0, 0, :, :, :2].abs().max() == 0  # gx at the edge only
+    assert edges[0, 1].abs().max() < 1e-6  # no vertical change
+    torch.testing.assert_close(edges[0, 2], edges[0, 0].abs())
+    red, grey = torch.zeros(1, 3, 1, 4, 4), torch.zeros(1, 3, 1, 4, 4)
+    red[:, 0, ..., 2:] = 1.0
+    grey[:, :, ..., 2:] = luma(red)[:, :1, ..., 2:]  # the same luma, no colour
+    torch.testing.assert_close(sobel(red), sobel(grey), rtol=1e-3, atol=1e-6)  # luma weights sum to 1 - 1e-4
+
+
+def test_a_resumed_run_keeps_its_labels_and_reaches_the_same_weights(tiny_synthav: Path, tmp_path: Path) -> None:
+    """3 steps an epoch, a labelling pass before each: resumed from step 4 (mid epoch 1, labels of the
+    second pass from the checkpoint), the run ends as the straight one, labels included."""
+    config = load_config(None, [*FAST, f"data.synthav_dir={tiny_synthav}", "train.max_steps=5",
+                                "train.checkpoint_every=1", "train.keep_last=10"])
+    final = pretrain(config, tmp_path / "straight")
+    records = [line for line in (tmp_path / "straight/metrics.jsonl").read_text().splitlines() if "nonempty" in line]
+    assert len(records) == 2 and "head0_nmi_previous" in records[1]
+    assert last_pass(tmp_path / "straight/metrics.jsonl") == {
+        k: v for k, v in json.loads(records[1]).items() if k.startswith("head")}
+    resumed = pretrain(config, tmp_path / "resumed", str(tmp_path / "straight/checkpoint_000004.pt"))
+    a, b = torch.load(final, weights_only=True), torch.load(resumed, weights_only=True)
+    middle = torch.load(tmp_path / "straight/checkpoint_000004.pt", weights_only=True)
+    assert torch.equal(a["pseudo_labels"]["labels"], b["pseudo_labels"]["labels"])
+    assert torch.equal(middle["pseudo_labels"]["labels"], b["pseudo_labels"]["labels"])
+    first = torch.load(tmp_path / "straight/checkpoint_000002.pt", weights_only=True)["pseudo_labels"]["labels"]
+    assert not torch.equal(first, a["pseudo_labels"]["labels"])  # a new pass, a new labelling
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    with pytest.raises(ConfigError, match="labels of its pretraining split's videos.*: a held-out split has none"):
+        evaluate_pretext(final)
+    grid = visualize.main(["--task", "deepcluster", "--checkpoint", str(final), "--num", "3", "--out",
+                           str(tmp_path / "clusters.png"), *FAST[5:], f"data.synthav_dir={tiny_synthav}"])
+    assert plt.imread(grid).shape[0] > 3 * 100  # a row per cluster
+
+
+def test_two_gloo_ranks_label_as_one_process(tiny_synthav: Path, tmp_path: Path) -> None:
+    """The first pass (before any step: the same weights) sharded over two ranks, a corrupt row
+    included: the gathered labels are those of one process, the corrupt row unlabelled."""
+    manifest = corrupt_first(tiny_synthav, tmp_path)
+    overrides = [*FAST, f"data.manifest={manifest}", "data.split=pretrain", "train.max_steps=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "tools/pretrain.py"),
+                             "--out", str(tmp_path / "two"), *overrides], env=env, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = pretrain(load_config(None, overrides), tmp_path / "one")
+    two = torch.load(tmp_path / "two/checkpoint_000001.pt", weights_only=True)["pseudo_labels"]
+    labels = torch.load(one, weights_only=True)["pseudo_labels"]["labels"]
+    assert torch.equal(two["labels"], labels) and two["labels"][0, 0] == UNLABELLED
