@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from mmssl.losses.barlow_twins import BarlowTwinsLoss
 from mmssl.losses.byol import BYOLLoss
+from mmssl.losses.dense_predictive import DensePredictiveLoss
 from mmssl.losses.margin import MarginContrastiveLoss
 from mmssl.losses.moco import MoCoLoss
 from mmssl.losses.nt_xent import InfoNCELoss, NTXentLoss
@@ -168,6 +169,16 @@ def triplet(embeddings: Tensor, labels: Tensor, margin: float, mining: str, norm
     return _mean(losses) if losses else embeddings.sum() * 0
 
 
+def dense_predictive(predicted: Tensor, true: Tensor) -> Tensor:
+    """DPC: mean over predicted cells (v, t, c) of -log( exp(p_vtc . y_vtc) / sum_{v',t',c'} exp(p_vtc . y_v't'c') )."""
+    candidates = true.reshape(-1, true.shape[-1])
+    losses = []
+    for row, p in enumerate(predicted.reshape(-1, predicted.shape[-1])):
+        scores = torch.mv(candidates, p)
+        losses.append(torch.log(torch.exp(scores).sum()) - scores[row])
+    return _mean(losses)
+
+
 InputMaker = Callable[[int, int, torch.Generator], dict[str, Tensor]]
 
 QUEUE_SIZE = 4096  # MoCo's queue in the cases (the default 65536 does not fit a CPU benchmark)
@@ -198,6 +209,12 @@ def _features(*names: str, labels: str | None = None) -> InputMaker:
     return make
 
 
+def _grid_features(n: int, d: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """DPC: n videos, 2 future steps of 3 cells, scaled so that the softmax is neither flat nor one-hot."""
+    return {name: torch.randn(n, 2, 3, d, generator=generator, dtype=torch.float64) / d ** 0.25
+            for name in ("predicted", "true")}
+
+
 def _margin_inputs(n: int, d: int, generator: torch.Generator) -> dict[str, Tensor]:
     return {**_features("x1", "x2")(n, d, generator), "positive": torch.rand(n, generator=generator) < 0.5}
 
@@ -222,6 +239,8 @@ CASES: dict[str, Case] = {
     "vicreg": Case(lambda d: VICRegLoss(),
                    lambda m, z1, z2: vicreg(z1, z2, m.sim_coeff, m.std_coeff, m.cov_coeff, m.eps),
                    _features("z1", "z2")),
+    "dense_predictive": Case(lambda d: DensePredictiveLoss(), lambda m, predicted, true: dense_predictive(predicted, true),
+                             _grid_features),
     # margin at the median distance of two random pairs, so about half the negatives are active
     "margin": Case(lambda d: MarginContrastiveLoss(margin=math.sqrt(2 * d)),
                    lambda m, x1, x2, positive: margin_contrastive(x1, x2, positive, m.margin, m.scale),

@@ -14,6 +14,7 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     avc,
     clip_contrastive,
     cubic_puzzle,
+    dpc,
     jigsaw,
     masked_video,
     multitask,
