@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from mmssl.losses.barlow_twins import BarlowTwinsLoss
 from mmssl.losses.byol import BYOLLoss
+from mmssl.losses.cross_pixel_flow import CrossPixelFlowLoss
 from mmssl.losses.dense_predictive import DensePredictiveLoss
 from mmssl.losses.margin import MarginContrastiveLoss
 from mmssl.losses.moco import MoCoLoss
@@ -179,6 +180,19 @@ def dense_predictive(predicted: Tensor, true: Tensor) -> Tensor:
     return _mean(losses)
 
 
+def cross_pixel_flow(embeddings: Tensor, flow: Tensor, scale: float, sigma: float) -> Tensor:
+    """Mahendran et al.: mean over images and pixels v of -sum_{u != v} S_f(u|v) log S_phi(u|v), each S
+    its kernel K(u, v) over sum_{u' != v} K(u', v); K_phi = exp(s cos), K_f = exp(-|f_u - f_v|^2 / 2 sigma^2)."""
+    losses = []
+    for phi, f in zip(embeddings, flow):
+        for v in range(len(phi)):
+            others = torch.arange(len(phi), device=phi.device) != v
+            k_phi = torch.exp(scale * torch.stack([_cosine(phi[u], phi[v]) for u in range(len(phi))]))[others]
+            k_f = torch.exp(-((f - f[v]) ** 2).sum(1) / (2 * sigma ** 2))[others]
+            losses.append(-(k_f / k_f.sum() * torch.log(k_phi / k_phi.sum())).sum())
+    return _mean(losses)
+
+
 InputMaker = Callable[[int, int, torch.Generator], dict[str, Tensor]]
 
 QUEUE_SIZE = 4096  # MoCo's queue in the cases (the default 65536 does not fit a CPU benchmark)
@@ -215,6 +229,12 @@ def _grid_features(n: int, d: int, generator: torch.Generator) -> dict[str, Tens
             for name in ("predicted", "true")}
 
 
+def _pixel_features(n: int, d: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Flow similarity: n images of 5 pixels each, embeddings of dimension d and flow vectors."""
+    return {"embeddings": torch.randn(n, 5, d, generator=generator, dtype=torch.float64),
+            "flow": torch.randn(n, 5, 2, generator=generator, dtype=torch.float64)}
+
+
 def _margin_inputs(n: int, d: int, generator: torch.Generator) -> dict[str, Tensor]:
     return {**_features("x1", "x2")(n, d, generator), "positive": torch.rand(n, generator=generator) < 0.5}
 
@@ -239,6 +259,9 @@ CASES: dict[str, Case] = {
     "vicreg": Case(lambda d: VICRegLoss(),
                    lambda m, z1, z2: vicreg(z1, z2, m.sim_coeff, m.std_coeff, m.cov_coeff, m.eps),
                    _features("z1", "z2")),
+    "cross_pixel_flow": Case(lambda d: CrossPixelFlowLoss(scale=5.0, sigma=1.0),
+                             lambda m, embeddings, flow: cross_pixel_flow(embeddings, flow, m.scale, m.sigma),
+                             _pixel_features),
     "dense_predictive": Case(lambda d: DensePredictiveLoss(), lambda m, predicted, true: dense_predictive(predicted, true),
                              _grid_features),
     # margin at the median distance of two random pairs, so about half the negatives are active
