@@ -1,8 +1,11 @@
 """Cross-pixel optical-flow similarity (docs/methods.md#flow_similarity): the loss is least where the
 embedding kernel reproduces the flow kernel, the flow of an encoded video points the way its square
-moves, static pixels do not dominate the sample, the encoder never sees the flow's second frame."""
+moves, static pixels do not dominate the sample, the encoder never sees the flow's second frame, the
+flow's cost against the decode (tools/bench_flow.py)."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from mmssl.losses import CrossPixelFlowLoss
 from mmssl.models import Tiny3D
 from mmssl.tasks.flow_similarity import FlowSimilarity, FlowSimilarityConfig, balanced_pixels
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZE, SIDE, STEP = 64, 10, 3  # frame side, the square's side, its step per frame (px)
 
 
@@ -108,3 +112,14 @@ def test_visualize_shows_the_sampled_pixels_and_the_flow(tiny_synthav: Path, tmp
     out = visualize.main(["--task", "flow_similarity", "--num", "2", f"data.synthav_dir={tiny_synthav}",
                           "data.frame_size=32", "--out", str(tmp_path / "flow.png")])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_flow_measures_the_flow_against_the_decode(tiny_synthav: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench_flow.json"
+    spec = importlib.util.spec_from_file_location("bench_flow", ROOT / "tools/bench_flow.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # in this process: a subprocess would spend its time importing torch
+    bench.main(["--synthav-dir", str(tiny_synthav), "--videos", "4", "--frame-sizes", "32", "--out", str(out)])
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["frame_size"] == 32 and result["decode_ms"] > 0 and result["flow_ms"] > 0
+    assert result["flow_over_decode"] == pytest.approx(result["flow_ms"] / result["decode_ms"])
