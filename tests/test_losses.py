@@ -239,7 +239,7 @@ def test_triplet_mining_on_a_hand_made_example() -> None:
 
 WORLD_SIZE = 2
 DIST_BATCH = 8  # full batch, 4 rows per rank
-DIST_CASES = ("nt_xent", "nt_xent_labels", "info_nce", "info_nce_labels", "moco", "barlow_twins", "vicreg",
+DIST_CASES = ("dense_predictive", "nt_xent", "nt_xent_labels", "info_nce", "info_nce_labels", "moco", "barlow_twins", "vicreg",
               "triplet_batch_hard", "triplet_semi_hard")
 SPAWN_TIMEOUT_S = 120.0
 

@@ -14,6 +14,8 @@ from torch import nn
 
 from mmssl.losses.barlow_twins import BarlowTwinsLoss
 from mmssl.losses.byol import BYOLLoss
+from mmssl.losses.cross_pixel_flow import CrossPixelFlowLoss
+from mmssl.losses.dense_predictive import DensePredictiveLoss
 from mmssl.losses.margin import MarginContrastiveLoss
 from mmssl.losses.moco import MoCoLoss
 from mmssl.losses.nt_xent import InfoNCELoss, NTXentLoss, contrastive_cross_entropy
@@ -29,6 +31,6 @@ def build_loss(name: str, **kwargs: object) -> nn.Module:
 
 
 __all__ = [
-    "LOSSES", "BYOLLoss", "BarlowTwinsLoss", "InfoNCELoss", "MarginContrastiveLoss", "MoCoLoss", "NTXentLoss",
+    "LOSSES", "BYOLLoss", "BarlowTwinsLoss", "CrossPixelFlowLoss", "DensePredictiveLoss", "InfoNCELoss", "MarginContrastiveLoss", "MoCoLoss", "NTXentLoss",
     "SimSiamLoss", "TripletLoss", "VICRegLoss", "build_loss", "contrastive_cross_entropy", "squared_distances",
 ]

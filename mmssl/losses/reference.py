@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from mmssl.losses.barlow_twins import BarlowTwinsLoss
 from mmssl.losses.byol import BYOLLoss
+from mmssl.losses.cross_pixel_flow import CrossPixelFlowLoss
+from mmssl.losses.dense_predictive import DensePredictiveLoss
 from mmssl.losses.margin import MarginContrastiveLoss
 from mmssl.losses.moco import MoCoLoss
 from mmssl.losses.nt_xent import InfoNCELoss, NTXentLoss
@@ -168,6 +170,29 @@ def triplet(embeddings: Tensor, labels: Tensor, margin: float, mining: str, norm
     return _mean(losses) if losses else embeddings.sum() * 0
 
 
+def dense_predictive(predicted: Tensor, true: Tensor) -> Tensor:
+    """DPC: mean over predicted cells (v, t, c) of -log( exp(p_vtc . y_vtc) / sum_{v',t',c'} exp(p_vtc . y_v't'c') )."""
+    candidates = true.reshape(-1, true.shape[-1])
+    losses = []
+    for row, p in enumerate(predicted.reshape(-1, predicted.shape[-1])):
+        scores = torch.mv(candidates, p)
+        losses.append(torch.log(torch.exp(scores).sum()) - scores[row])
+    return _mean(losses)
+
+
+def cross_pixel_flow(embeddings: Tensor, flow: Tensor, scale: float, sigma: float) -> Tensor:
+    """Mahendran et al.: mean over images and pixels v of -sum_{u != v} S_f(u|v) log S_phi(u|v), each S
+    its kernel K(u, v) over sum_{u' != v} K(u', v); K_phi = exp(s cos), K_f = exp(-|f_u - f_v|^2 / 2 sigma^2)."""
+    losses = []
+    for phi, f in zip(embeddings, flow):
+        for v in range(len(phi)):
+            others = torch.arange(len(phi), device=phi.device) != v
+            k_phi = torch.exp(scale * torch.stack([_cosine(phi[u], phi[v]) for u in range(len(phi))]))[others]
+            k_f = torch.exp(-((f - f[v]) ** 2).sum(1) / (2 * sigma ** 2))[others]
+            losses.append(-(k_f / k_f.sum() * torch.log(k_phi / k_phi.sum())).sum())
+    return _mean(losses)
+
+
 InputMaker = Callable[[int, int, torch.Generator], dict[str, Tensor]]
 
 QUEUE_SIZE = 4096  # MoCo's queue in the cases (the default 65536 does not fit a CPU benchmark)
@@ -198,6 +223,18 @@ def _features(*names: str, labels: str | None = None) -> InputMaker:
     return make
 
 
+def _grid_features(n: int, d: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """DPC: n videos, 2 future steps of 3 cells, scaled so that the softmax is neither flat nor one-hot."""
+    return {name: torch.randn(n, 2, 3, d, generator=generator, dtype=torch.float64) / d ** 0.25
+            for name in ("predicted", "true")}
+
+
+def _pixel_features(n: int, d: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Flow similarity: n images of 5 pixels each, embeddings of dimension d and flow vectors."""
+    return {"embeddings": torch.randn(n, 5, d, generator=generator, dtype=torch.float64),
+            "flow": torch.randn(n, 5, 2, generator=generator, dtype=torch.float64)}
+
+
 def _margin_inputs(n: int, d: int, generator: torch.Generator) -> dict[str, Tensor]:
     return {**_features("x1", "x2")(n, d, generator), "positive": torch.rand(n, generator=generator) < 0.5}
 
@@ -222,6 +259,11 @@ CASES: dict[str, Case] = {
     "vicreg": Case(lambda d: VICRegLoss(),
                    lambda m, z1, z2: vicreg(z1, z2, m.sim_coeff, m.std_coeff, m.cov_coeff, m.eps),
                    _features("z1", "z2")),
+    "cross_pixel_flow": Case(lambda d: CrossPixelFlowLoss(scale=5.0, sigma=1.0),
+                             lambda m, embeddings, flow: cross_pixel_flow(embeddings, flow, m.scale, m.sigma),
+                             _pixel_features),
+    "dense_predictive": Case(lambda d: DensePredictiveLoss(), lambda m, predicted, true: dense_predictive(predicted, true),
+                             _grid_features),
     # margin at the median distance of two random pairs, so about half the negatives are active
     "margin": Case(lambda d: MarginContrastiveLoss(margin=math.sqrt(2 * d)),
                    lambda m, x1, x2, positive: margin_contrastive(x1, x2, positive, m.margin, m.scale),

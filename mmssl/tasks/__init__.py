@@ -15,6 +15,8 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     clip_contrastive,
     cubic_puzzle,
     deepcluster,
+    dpc,
+    flow_similarity,
     jigsaw,
     masked_video,
     multitask,
