@@ -14,6 +14,9 @@ patches kept, masked ones from the decoder, with its MSE on the masked tubelets)
 --checkpoint (a checkpoint or run folder; its run's saved config is the default config) or at random init.
 With normalised targets a predicted tubelet is drawn with the true tubelet's mean and std, as in
 VideoMAE's visualisation: the pattern inside it is the model's, its colour and contrast are the clip's.
+inpainting and super_resolution: for 3 frames the loss reads, the degraded clip the encoder gets (hole
+filled, blurred, or the repeated frame), the model's restoration and the clean target side by side,
+each with its error on the pixels the loss reads, by the same --checkpoint or at random init.
 
 --manifest draws a dataset's videos as they are instead: one row per video, titled with its labels
 (every column the manifest has beyond the standard ones), 6 frames across it captioned with frame
@@ -22,7 +25,7 @@ has an `impacts` column (PhysAV: the main object's contact frames), each contact
 spectrogram at frame / fps, and a contact frame is among the frames shown, with a border.
 
   mmssl visualize --task order [--config FILE] [--num 8] [--out FILE.png] [--import MODULE] [key=value ...]
-  mmssl visualize --task masked_video [--checkpoint CKPT|RUN_DIR] [...]
+  mmssl visualize --task masked_video|inpainting|super_resolution [--checkpoint CKPT|RUN_DIR] [...]
   mmssl visualize --manifest data/physav/manifest.csv [--split test] [--num 8] [--out FILE.png]
 (`python tools/visualize.py ...` is the same.)
 """
@@ -48,11 +51,13 @@ from mmssl.data.manifest import AUDIO_ERROR, ManifestRow, read_manifest
 from mmssl.engine.checkpoint import load_checkpoint
 from mmssl.engine.data import load_rows
 from mmssl.io import MediaError
+from mmssl.losses.region_mse import region_mse
 from mmssl.models import build_video_encoder
 from mmssl.tasks import TASKS, PretextTask, build_task, task_class
 from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize
 from mmssl.tasks.model import TaskModel, checkpoint_config
 from mmssl.tasks.multitask import MultiTask, task_entries
+from mmssl.tasks.restoration import Restoration
 from mmssl.tasks.wav2vec2 import Wav2Vec2
 from mmssl.transforms.audio import LogMel
 from mmssl.transforms.video import to_model_input
@@ -61,6 +66,7 @@ SR = 16000
 LOG_MEL = LogMel(sample_rate=SR)
 AUDIO_TASK_FRAMES = 4  # frames drawn per clip beside the spectrograms
 VIDEO_FRAMES = 6  # frames drawn per video of a manifest
+RESTORED_FRAMES = 3  # frames drawn per restored clip, each as input, restoration and target
 IMPACTS = "impacts"  # manifest column: contact frame indices, semicolon-separated (PhysAV)
 IMPACT_COLOUR = "cyan"
 Row = tuple[str, DecodedClip, dict, PretextTask]  # label, the clip, its sample, the task that made it
@@ -98,8 +104,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     task_class(args.task)
     default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
     checkpoint = checkpoint_of(parser, args.checkpoint) if args.checkpoint else None
-    if checkpoint is not None and args.task != "masked_video":
-        parser.error("--checkpoint draws reconstructions: --task masked_video only")
+    if checkpoint is not None and not issubclass(task_class(args.task), (MaskedVideo, Restoration)):
+        parser.error("--checkpoint draws reconstructions: --task masked_video, inpainting or super_resolution only")
     overrides = [*args.overrides, f"task.name={args.task}"]
     if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
         config = apply_overrides(checkpoint_config(checkpoint), overrides)
@@ -115,8 +121,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
         return clip, dataset.task.make_sample(clip, rng)
 
     samples = _decodable(len(dataset), args.num, args.seed, sample, args.task)
-    fig = (_draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
-           if isinstance(dataset.task, MaskedVideo) else _draw_samples(_rows(dataset.task, samples), args.task))
+    if isinstance(dataset.task, MaskedVideo):
+        fig = _draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
+    elif isinstance(dataset.task, Restoration):
+        fig = _draw_restorations(dataset.task, samples, config.model.video_encoder, checkpoint, args.seed)
+    else:
+        fig = _draw_samples(_rows(dataset.task, samples), args.task)
     return _save(fig, args.out or f"runs/visualize_{args.task}.png")
 
 
@@ -223,12 +233,51 @@ def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, di
             for position, (ax, index) in enumerate(zip(row_axes[k * len(shown):], shown)):
                 title = f"{label}{f' (MSE {error:.3f})' if label == 'reconstruction' else ''}" if position == 0 else ""
                 _frame(ax, video[i, :, index].permute(1, 2, 0).numpy(), f"{title}\n#{clip.window.frames[index]}", 6)
-        for ax in row_axes:
-            ax.axis("off")
-    weights = f"weights of {checkpoint}" if checkpoint else "random init"
-    fig.suptitle(f"masked_video ({encoder_name}, {weights}): input, masked input, reconstruction "
-                 f"(#n: frame number)", fontsize=8)
+    return _titled(fig, axes, f"{_model('masked_video', encoder_name, checkpoint)}: input, masked input, "
+                              f"reconstruction (#n: frame number)")
+
+
+def _model(task: str, encoder_name: str, checkpoint: Path | None) -> str:
+    """Which model drew a reconstruction: the task, its encoder and its weights."""
+    return f"{task} ({encoder_name}, {f'weights of {checkpoint}' if checkpoint else 'random init'})"
+
+
+def _titled(fig: plt.Figure, axes: np.ndarray, title: str) -> plt.Figure:
+    """The figure with its axes' frames hidden and `title` on top."""
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
     return fig
+
+
+def _draw_restorations(task: Restoration, samples: list[tuple[DecodedClip, dict]], encoder_name: str,
+                       checkpoint: Path | None, seed: int) -> plt.Figure:
+    """One row per sample: for RESTORED_FRAMES frames the task's loss reads (inpainting, spatial
+    super-resolution: across the clip; frame interpolation: dropped ones), the degraded input the
+    encoder sees, the restoration and the clean target side by side, each with its squared error on
+    the loss's region."""
+    model = TaskModel(task, build_video_encoder(encoder_name)).eval()
+    if checkpoint is not None:
+        load_checkpoint(checkpoint, model=model)
+    batch = {key: torch.stack([sample[key] for _, sample in samples]) for key in samples[0][1]}
+    torch.manual_seed(seed)  # the run's augmentation and the device-side degradation
+    with torch.no_grad():
+        out = task.restore(batch, model.encoder, model.head)
+    region = out.degraded.region.expand(len(samples), 1, *out.clean.shape[2:])
+    read = [t for t in range(out.clean.shape[2]) if region[:, :, t].any()]
+    shown = [read[k] for k in _shown(np.array(read), RESTORED_FRAMES)]
+    clips = {"input": out.degraded.pixels, "restored": out.restored.clamp(0, 1), "target": out.clean}
+    fig, axes = plt.subplots(len(samples), 3 * len(shown), figsize=(3.9 * len(shown), 1.5 * len(samples)),
+                             squeeze=False, layout="tight")
+    for i, (row_axes, (clip, _)) in enumerate(zip(axes, samples)):
+        for j, index in enumerate(shown):
+            for k, (label, video) in enumerate(clips.items()):
+                error = region_mse(video[i:i + 1, :, index:index + 1], out.clean[i:i + 1, :, index:index + 1],
+                                   region[i:i + 1, :, index:index + 1])
+                _frame(row_axes[3 * j + k], video[i, :, index].permute(1, 2, 0).numpy(),
+                       f"{label} #{clip.window.frames[index]}" + (f"\nMSE {error:.4f}" if label != "target" else ""), 6)
+    return _titled(fig, axes, f"{_model(task.name, encoder_name, checkpoint)}: degraded input, restoration, target "
+                              f"per frame (#n: frame number; MSE on the pixels the loss reads)")
 
 
 def decode_video(row: ManifestRow) -> DecodedClip:

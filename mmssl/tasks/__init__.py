@@ -13,7 +13,9 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     av_contrastive,
     avc,
     clip_contrastive,
+    colorization,
     cubic_puzzle,
+    inpainting,
     jigsaw,
     masked_video,
     multitask,
@@ -22,6 +24,7 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     pace,
     relative_position,
     rotation,
+    super_resolution,
     vcop,
     wav2vec2,
 )

@@ -14,6 +14,7 @@ import torch
 from torchvision.transforms.v2.functional import rgb_to_grayscale
 
 from mmssl.registry import ENCODER_INPUTS, register_encoder_input
+from mmssl.transforms.video import lab, normalize, unnormalize
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -31,6 +32,15 @@ def luma(x: torch.Tensor) -> torch.Tensor:
     channels. The weights sum to 1 (up to 1e-4) and the normalisation is the same for every channel,
     so it commutes with the normalisation: the luma of the model input is the model input of the luma."""
     return rgb_to_grayscale(x.transpose(1, 2), num_output_channels=3).transpose(1, 2)
+
+
+@register_encoder_input("lightness")
+def lightness(x: torch.Tensor) -> torch.Tensor:
+    """CIE Lab lightness L only (kornia; sRGB, D65 white), as the model input of a grey frame of that
+    lightness (L / 100 in every channel, normalised): a frame's chroma (a, b) cannot reach the encoder,
+    not even through the small differences between L and `luma`'s weighted sum of R, G, B."""
+    pixels = lab(unnormalize(x))[:, :1] / 100
+    return normalize(pixels.expand(-1, 3, -1, -1, -1))
 
 
 def front_end(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
