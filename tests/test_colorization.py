@@ -1,10 +1,16 @@
 """Colorization (docs/methods.md#colorization): Lab through kornia, the soft targets over the in-gamut
-bins, the rebalancing weights, near-grey frames, and an encoder that sees the lightness only."""
+bins, the rebalancing weights, near-grey frames, and an encoder that sees the lightness only; video
+colorization by pointing (docs/methods.md#video_colorization)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from kornia.color import lab_to_rgb, rgb_to_lab
 
+from mmssl.cli import visualize
+from mmssl.cluster import kmeans
+from mmssl.data.clip import DecodedClip, Window
+from mmssl.data.manifest import ManifestRow
 from mmssl.models import build_video_encoder
 from mmssl.tasks.colorization import (
     Colorization,
@@ -14,6 +20,7 @@ from mmssl.tasks.colorization import (
     smooth_prior,
     soft_encode,
 )
+from mmssl.tasks.video_colorization import VideoColorization, VideoColorizationConfig, pointing, pointing_nll
 from mmssl.transforms.inputs import front_end
 from mmssl.transforms.video import lab, normalize
 
@@ -96,3 +103,57 @@ def test_near_grey_frames_are_weighted_out_and_the_prior_counts_training_pixels(
     head.eval()
     task.targets(torch.rand(1, 3, 1, 16, 16), head)
     assert head.counts.sum() == 16 + 2 * 2 * 16 + 2 * 2 * 16  # counted in training only
+
+
+# --- video colorization by pointing ------------------------------------------------------------------
+
+
+def test_with_identical_target_and_reference_frames_pointing_reaches_its_minimum() -> None:
+    """Embeddings that tell every pixel apart, a target frame equal to its reference: each target pixel
+    points at its own copy, so its colour's likelihood is 1 and the loss is at its minimum, 0. The same
+    embeddings with the colours shuffled are far from it, and uniform attention gives the histogram's."""
+    torch.manual_seed(0)
+    pixels, k = 64, 8
+    embedding = 20 * torch.linalg.qr(torch.randn(pixels, pixels))[0][None]  # orthogonal rows, norm 20
+    colours = torch.randint(0, k, (1, pixels))
+    probabilities = pointing(embedding, embedding, colours, k)
+    assert float(pointing_nll(probabilities, colours)) < 1e-6
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(1, pixels))
+    assert float(pointing_nll(probabilities, colours[:, torch.randperm(pixels)])) > 5
+    uniform = pointing(torch.zeros(1, pixels, 4), torch.zeros(1, pixels, 4), colours, k)
+    histogram = torch.bincount(colours[0], minlength=k).float() / pixels
+    torch.testing.assert_close(uniform[0], histogram.expand(pixels, k))
+
+
+def test_the_palette_is_fitted_once_by_the_shared_k_means_and_the_window_keeps_its_gaps() -> None:
+    task = VideoColorization(VideoColorizationConfig(num_references=2, gap=5, palette_size=4, decoder_width=16))
+    encoder = build_video_encoder("tiny3d", widths=(8, 16))
+    head = task.build_head(encoder)
+    ab = torch.cat([torch.randn(50, 2) + torch.tensor(centre) for centre in ([30, 0], [-30, 0], [0, 30], [0, -30])])
+    assigned = head.colours(ab)
+    expected = kmeans(ab.numpy(), 4, seed=0).centroids
+    np.testing.assert_allclose(head.palette.numpy(), expected)
+    assert len(set(assigned.tolist())) == 4 and bool(head.fitted)
+    head.colours(ab + 100)  # a later batch does not refit it
+    np.testing.assert_allclose(head.palette.numpy(), expected)
+    row = ManifestRow("clip.mp4", split="pretrain", num_frames=40, fps=8.0)
+    frames = task.window(row, np.random.default_rng(0)).frames
+    assert len(frames) == 3 and set(np.diff(frames)) == {5}
+    out = task.loss({"frames": torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)}, encoder, head)
+    assert torch.isfinite(out["loss"]) and out["trivial_loss"] > 0 and task.feature_mode == "frames"
+
+
+def test_visualize_draws_lightness_colours_and_frame() -> None:
+    task = Colorization(ColorizationConfig(**TINY))
+    video = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)
+    row = ManifestRow("clip.mp4", split="pretrain", num_frames=2, fps=8.0)
+    fig = visualize._draw_colorizations(task, [(DecodedClip(video, None, Window(frames=np.arange(2)), row),
+                                                {"frames": video})], "tiny3d", None, seed=0)
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == [f"{what} #{t}" for t in (0, 1) for what in ("input (L)", "colourised", "target")]
+    grey, colourised, frame = (ax.get_images()[0].get_array() for ax in fig.axes[:3])
+    assert np.allclose(grey[..., 0], grey[..., 1], atol=1e-5) and np.allclose(grey[..., 0], grey[..., 2], atol=1e-5)
+    np.testing.assert_allclose(frame, video[0].numpy() / 255, atol=1e-6)
+    # the colourised frame keeps the frame's lightness (but where the colour falls outside sRGB and is clipped)
+    kept = lab(torch.from_numpy(np.asarray(colourised)).permute(2, 0, 1)[None, :, None])[:, 0]
+    assert ((kept - lab(video[:1].permute(3, 0, 1, 2)[None].float() / 255)[:, 0]).abs() < 0.5).float().mean() > 0.9

@@ -26,6 +26,7 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     rotation,
     super_resolution,
     vcop,
+    video_colorization,
     wav2vec2,
 )
 from mmssl.tasks.base import PretextTask
