@@ -16,6 +16,8 @@ from mmssl.data.manifest import ManifestRow
 from mmssl.losses.region_mse import region_mse
 from mmssl.models import build_video_encoder
 from mmssl.tasks.inpainting import Inpainting, InpaintingConfig, mean_fill
+from mmssl.tasks.multitask import MultiTask
+from mmssl.tasks.super_resolution import SuperResolution, SuperResolutionConfig
 from mmssl.transforms.video import to_model_input, unnormalize
 
 TINY = dict(clip_len=4, decoder_width=16, decoder_stages=1)
@@ -128,3 +130,19 @@ def test_the_decoder_starts_at_the_trivial_predictor_and_gaussian_noise_reads_ev
 def test_a_share_range_outside_0_1_is_refused() -> None:
     with pytest.raises(ConfigError, match="share"):
         Inpainting(InpaintingConfig(share=[0.3, 0.2]))
+
+
+def test_inpainting_and_super_resolution_train_together_on_one_encoder() -> None:
+    tasks = {"inpainting": Inpainting(InpaintingConfig(**TINY)),
+             "super_resolution": SuperResolution(SuperResolutionConfig(clip_len=4, decoder_width=16, decoder_stages=1))}
+    task = MultiTask(tasks, {"inpainting": 1.0, "super_resolution": 0.5})
+    encoder = build_video_encoder("tiny3d", widths=(8, 16))
+    head = task.build_head(encoder)
+    frames = torch.randint(0, 256, (2, 4, 16, 16, 3), dtype=torch.uint8)
+    mask = torch.stack([tasks["inpainting"].make_sample(clip_of(f), np.random.default_rng(i))["mask"]
+                        for i, f in enumerate(frames)])
+    out = task.loss({"inpainting/frames": frames, "inpainting/mask": mask, "super_resolution/frames": frames},
+                    encoder, head)
+    torch.testing.assert_close(out["loss"], out["inpainting/loss"] + 0.5 * out["super_resolution/loss"])
+    out["loss"].backward()
+    assert set(task.pretext_metrics()) >= {"inpainting/loss", "super_resolution/loss"}
