@@ -12,7 +12,8 @@ bin, w = ((1 - lambda) p~ + lambda / Q)^-1, normalised so that E_p~[w] = 1, p~ t
 smoothed by a Gaussian of std `prior_sigma`; near-grey frames (mean chroma sqrt(a^2 + b^2) below
 `grey_chroma`) weighted out. The prior is the bin histogram of every pixel the run has trained on so
 far (a buffer of the head, saved in the checkpoint): estimated on the pretraining videos as they are
-drawn, where Zhang et al. counted ImageNet's training set beforehand.
+drawn, where Zhang et al. counted ImageNet's training set beforehand. The logits are the decoder's
+output plus the log prior, so the model starts at the prior.
 """
 from __future__ import annotations
 
@@ -146,12 +147,16 @@ class Colorization(PretextTask):
         return index, soft, weight, ab
 
     def predict(self, x: Tensor, encoder: VideoEncoder, head: ColorizationHead) -> Tensor:
-        """Logits over the ab bins [B, Q, T, H/4, W/4] of a model input x (RGB, normalised), from its lightness."""
+        """Logits over the ab bins [B, Q, T, H/4, W/4] of a model input x (RGB, normalised), from its lightness:
+        the decoder's output added to the log of the prior, so that the model starts at the prior (the
+        decoder's last layer starts at zero) rather than at uniform logits, which AdamW would take
+        thousands of steps to move by the prior's log-odds."""
         lightness = self.front_end(x)
         t, h, w = x.shape[2:]
         size = (t, h // OUT_STRIDE, w // OUT_STRIDE)
         skip = F.avg_pool3d(lightness[:, :1], (1, OUT_STRIDE, OUT_STRIDE))
-        return head(encoder.feature_map(lightness), size, skip)
+        log_prior = smooth_prior(head.counts.float(), head.centres, self.config.prior_sigma).clamp(min=1e-12).log()
+        return head(encoder.feature_map(lightness), size, skip) + log_prior[None, :, None, None, None]
 
     def loss(self, batch: dict[str, Tensor], encoder: VideoEncoder, head: ColorizationHead) -> dict[str, Tensor]:
         x = to_model_input(batch["frames"], self.augment)
