@@ -18,6 +18,10 @@ A task trained on pseudo-labels (deepcluster, xdc, selavi) with --checkpoint: th
 (of its first head) as a grid, one row per cluster (the --num largest), the middle frame of the label
 window of up to 6 of its videos, each captioned with its manifest labels, so that what a cluster
 groups by (class, shape, colour, nothing) can be read off.
+inpainting and super_resolution: for 3 frames the loss reads, the degraded clip the encoder gets (hole
+filled, blurred, or the repeated frame), the model's restoration and the clean target side by side,
+each with its error on the pixels the loss reads, by the same --checkpoint or at random init.
+colorization: for 3 frames, the lightness the encoder gets, the model's colours with it, and the frame.
 
 --manifest draws a dataset's videos as they are instead: one row per video, titled with its labels
 (every column the manifest has beyond the standard ones), 6 frames across it captioned with frame
@@ -26,7 +30,7 @@ has an `impacts` column (PhysAV: the main object's contact frames), each contact
 spectrogram at frame / fps, and a contact frame is among the frames shown, with a border.
 
   mmssl visualize --task order [--config FILE] [--num 8] [--out FILE.png] [--import MODULE] [key=value ...]
-  mmssl visualize --task masked_video [--checkpoint CKPT|RUN_DIR] [...]
+  mmssl visualize --task masked_video|inpainting|super_resolution|colorization [--checkpoint CKPT|RUN_DIR] [...]
   mmssl visualize --task deepcluster --checkpoint CKPT|RUN_DIR [--num 8]
   mmssl visualize --manifest data/physav/manifest.csv [--split test] [--num 8] [--out FILE.png]
 (`python tools/visualize.py ...` is the same.)
@@ -44,6 +48,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
+from einops import rearrange
+from kornia.color import lab_to_rgb
 
 from mmssl.cli import add_import_option, checkpoint_of, command, import_user_modules
 from mmssl.config import Config, apply_overrides, load_config
@@ -53,21 +60,25 @@ from mmssl.data.manifest import AUDIO_ERROR, ManifestRow, read_manifest
 from mmssl.engine.checkpoint import checkpoint_entries, load_checkpoint
 from mmssl.engine.data import load_rows
 from mmssl.io import MediaError
+from mmssl.losses.region_mse import region_mse
 from mmssl.models import build_video_encoder
 from mmssl.tasks import TASKS, PretextTask, build_task, task_class
-from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets, unnormalize
+from mmssl.tasks.colorization import Colorization
+from mmssl.tasks.masked_video import MaskedVideo, masked_mse, reconstruct, tubelet_targets
 from mmssl.tasks.model import TaskModel, checkpoint_config
 from mmssl.tasks.multitask import MultiTask, task_entries
 from mmssl.tasks.pseudo_labels import UNLABELLED
+from mmssl.tasks.restoration import Restoration
 from mmssl.tasks.wav2vec2 import Wav2Vec2
 from mmssl.transforms.audio import LogMel
-from mmssl.transforms.video import to_model_input
+from mmssl.transforms.video import lab, to_model_input, unnormalize
 
 SR = 16000
 LOG_MEL = LogMel(sample_rate=SR)
 AUDIO_TASK_FRAMES = 4  # frames drawn per clip beside the spectrograms
 VIDEO_FRAMES = 6  # frames drawn per video of a manifest
 CLUSTER_VIDEOS = 6  # videos drawn per cluster
+RESTORED_FRAMES = 3  # frames drawn per restored clip, each as input, restoration and target
 IMPACTS = "impacts"  # manifest column: contact frame indices, semicolon-separated (PhysAV)
 IMPACT_COLOUR = "cyan"
 Row = tuple[str, DecodedClip, dict, PretextTask]  # label, the clip, its sample, the task that made it
@@ -86,9 +97,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser.add_argument("--num", type=int, default=8, help="samples to draw")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="PNG path (default runs/visualize_<task or manifest's folder>.png)")
-    parser.add_argument("--checkpoint", help="masked_video: pretraining checkpoint (or run folder) whose encoder "
-                                             "and decoder reconstruct; default: random init. A pseudo-label task: "
-                                             "the checkpoint whose clusters to draw")
+    parser.add_argument("--checkpoint", help="masked_video, inpainting, super_resolution, colorization: pretraining "
+                                             "checkpoint (or run folder) whose model reconstructs; default: random "
+                                             "init. A pseudo-label task: the checkpoint whose clusters to draw")
     add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
@@ -106,15 +117,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     task_class(args.task)
     default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
     checkpoint = checkpoint_of(parser, args.checkpoint) if args.checkpoint else None
-    if checkpoint is not None and args.task != "masked_video" and not task_class(args.task).pseudo_labelled:
-        parser.error("--checkpoint draws reconstructions (--task masked_video) or clusters (a pseudo-label task)")
+    kind = task_class(args.task)
+    if checkpoint is not None and not (issubclass(kind, (MaskedVideo, Restoration, Colorization)) or kind.pseudo_labelled):
+        parser.error("--checkpoint draws reconstructions (--task masked_video, inpainting, super_resolution, "
+                     "colorization) or clusters (a pseudo-label task)")
     overrides = [*args.overrides, f"task.name={args.task}"]
     if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
         config = apply_overrides(checkpoint_config(checkpoint), overrides)
     else:
         config = load_config(args.config or (default if default.exists() else None), overrides)
 
-    if checkpoint is not None and args.task != "masked_video":
+    if checkpoint is not None and task_class(args.task).pseudo_labelled:
         return _save(draw_clusters(checkpoint, config, args.num), args.out or f"runs/visualize_{args.task}.png")
     dataset = PretextDataset(load_rows(config), build_task(config), config.data.frame_size,
                              config.data.backend, seed=args.seed)
@@ -125,8 +138,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
         return clip, dataset.task.make_sample(clip, rng)
 
     samples = _decodable(len(dataset), args.num, args.seed, sample, args.task)
-    fig = (_draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
-           if isinstance(dataset.task, MaskedVideo) else _draw_samples(_rows(dataset.task, samples), args.task))
+    if isinstance(dataset.task, MaskedVideo):
+        fig = _draw_reconstructions(dataset.task, samples, config.model.video_encoder, checkpoint)
+    elif isinstance(dataset.task, Restoration):
+        fig = _draw_restorations(dataset.task, samples, config.model.video_encoder, checkpoint, args.seed)
+    elif isinstance(dataset.task, Colorization):
+        fig = _draw_colorizations(dataset.task, samples, config.model.video_encoder, checkpoint, args.seed)
+    else:
+        fig = _draw_samples(_rows(dataset.task, samples), args.task)
     return _save(fig, args.out or f"runs/visualize_{args.task}.png")
 
 
@@ -209,9 +228,7 @@ def _draw_samples(rows: list[Row], task: str) -> plt.Figure:
 def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, dict]], encoder_name: str,
                           checkpoint: Path | None) -> plt.Figure:
     """One row per sample: frames, masked input (masked tubes grey), reconstruction, AUDIO_TASK_FRAMES each."""
-    model = TaskModel(task, build_video_encoder(encoder_name)).eval()
-    if checkpoint is not None:
-        load_checkpoint(checkpoint, model=model)
+    model = _task_model(task, encoder_name, checkpoint)
     mask = torch.stack([sample["mask"] for _, sample in samples])
     keep, masked = task.split(mask)
     x = task.front_end(to_model_input(torch.stack([sample["frames"] for _, sample in samples])))
@@ -233,11 +250,20 @@ def _draw_reconstructions(task: MaskedVideo, samples: list[tuple[DecodedClip, di
             for position, (ax, index) in enumerate(zip(row_axes[k * len(shown):], shown)):
                 title = f"{label}{f' (MSE {error:.3f})' if label == 'reconstruction' else ''}" if position == 0 else ""
                 _frame(ax, video[i, :, index].permute(1, 2, 0).numpy(), f"{title}\n#{clip.window.frames[index]}", 6)
-        for ax in row_axes:
-            ax.axis("off")
-    weights = f"weights of {checkpoint}" if checkpoint else "random init"
-    fig.suptitle(f"masked_video ({encoder_name}, {weights}): input, masked input, reconstruction "
-                 f"(#n: frame number)", fontsize=8)
+    return _titled(fig, axes, f"{_model('masked_video', encoder_name, checkpoint)}: input, masked input, "
+                              f"reconstruction (#n: frame number)")
+
+
+def _model(task: str, encoder_name: str, checkpoint: Path | None) -> str:
+    """Which model drew a reconstruction: the task, its encoder and its weights."""
+    return f"{task} ({encoder_name}, {f'weights of {checkpoint}' if checkpoint else 'random init'})"
+
+
+def _titled(fig: plt.Figure, axes: np.ndarray, title: str) -> plt.Figure:
+    """The figure with its axes' frames hidden and `title` on top."""
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
     return fig
 
 
@@ -266,6 +292,76 @@ def draw_clusters(checkpoint: Path, config: Config, num: int) -> plt.Figure:
     fig.suptitle(f"{config.task.name}: the {len(largest)} largest clusters of {checkpoint.name} (first head), "
                  "the middle frame of each video's label window", fontsize=7)
     return fig
+
+
+def _draw_restorations(task: Restoration, samples: list[tuple[DecodedClip, dict]], encoder_name: str,
+                       checkpoint: Path | None, seed: int) -> plt.Figure:
+    """One row per sample: for RESTORED_FRAMES frames the task's loss reads (inpainting, spatial
+    super-resolution: across the clip; frame interpolation: dropped ones), the degraded input the
+    encoder sees, the restoration and the clean target side by side, each with its squared error on
+    the loss's region."""
+    model = _task_model(task, encoder_name, checkpoint)
+    torch.manual_seed(seed)  # the run's augmentation and the device-side degradation
+    with torch.no_grad():
+        out = task.restore(_batch(samples), model.encoder, model.head)
+    region = out.degraded.region.expand(len(samples), 1, *out.clean.shape[2:])
+    read = [t for t in range(out.clean.shape[2]) if region[:, :, t].any()]
+    clips = {"input": out.degraded.pixels, "restored": out.restored.clamp(0, 1), "target": out.clean}
+    errors = {label: [[float(region_mse(video[i:i + 1, :, t:t + 1], out.clean[i:i + 1, :, t:t + 1],
+                                         region[i:i + 1, :, t:t + 1])) for t in range(video.shape[2])]
+                      for i in range(len(samples))] for label, video in clips.items() if label != "target"}
+    return _side_by_side(samples, clips, [read[k] for k in _shown(np.array(read), RESTORED_FRAMES)], errors,
+                         f"{_model(task.name, encoder_name, checkpoint)}: degraded input, restoration, target "
+                         f"per frame (#n: frame number; MSE on the pixels the loss reads)")
+
+
+def _draw_colorizations(task: Colorization, samples: list[tuple[DecodedClip, dict]], encoder_name: str,
+                        checkpoint: Path | None, seed: int) -> plt.Figure:
+    """One row per sample: for RESTORED_FRAMES frames, the lightness the encoder sees, the colours the
+    model gives it (each pixel's mean ab under the predicted distribution, upsampled from the 4x-reduced
+    grid, with the frame's own L) and the frame."""
+    model = _task_model(task, encoder_name, checkpoint)
+    torch.manual_seed(seed)  # the run's augmentation
+    x = to_model_input(_batch(samples)["frames"], task.augment)
+    with torch.no_grad():
+        probabilities = task.predict(x, model.encoder, model.head).softmax(1)
+    frame_lab = lab(unnormalize(x))
+    ab = torch.einsum("bqthw,qc->bcthw", probabilities, model.head.centres.float())
+    ab = F.interpolate(ab, size=x.shape[2:], mode="trilinear", align_corners=False)
+    predicted = lab_to_rgb(rearrange(torch.cat([frame_lab[:, :1], ab], 1), "b c t h w -> (b t) c h w"))
+    clips = {"input (L)": unnormalize(task.front_end(x)),
+             "colourised": rearrange(predicted, "(b t) c h w -> b c t h w", b=len(x)), "target": unnormalize(x)}
+    return _side_by_side(samples, clips, _shown(np.arange(x.shape[2]), RESTORED_FRAMES), {},
+                         f"{_model(task.name, encoder_name, checkpoint)}: lightness in, colours out, the frame "
+                         f"(#n: frame number)")
+
+
+def _task_model(task: PretextTask, encoder_name: str, checkpoint: Path | None) -> TaskModel:
+    """The task's model in eval mode: the checkpoint's weights, or random init."""
+    model = TaskModel(task, build_video_encoder(encoder_name)).eval()
+    if checkpoint is not None:
+        load_checkpoint(checkpoint, model=model)
+    return model
+
+
+def _batch(samples: list[tuple[DecodedClip, dict]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([sample[key] for _, sample in samples]) for key in samples[0][1]}
+
+
+def _side_by_side(samples: list[tuple[DecodedClip, dict]], clips: dict[str, torch.Tensor], shown: list[int],
+                  errors: dict[str, list[list[float]]], title: str) -> plt.Figure:
+    """One row per sample, for each shown frame the clips' versions of it side by side (pixels
+    [B, 3, T, H, W] in [0, 1]), captioned with the frame number and the `errors` [sample][frame] of a clip."""
+    width = len(clips) * len(shown)
+    fig, axes = plt.subplots(len(samples), width, figsize=(1.3 * width, 1.5 * len(samples)), squeeze=False,
+                             layout="tight")
+    for i, (row_axes, (clip, _)) in enumerate(zip(axes, samples)):
+        for j, index in enumerate(shown):
+            for k, (label, video) in enumerate(clips.items()):
+                note = f"\nMSE {errors[label][i][index]:.4f}" if label in errors else ""
+                _frame(row_axes[len(clips) * j + k], video[i, :, index].permute(1, 2, 0).clamp(0, 1).numpy(),
+                       f"{label} #{clip.window.frames[index]}{note}", 6)
+    return _titled(fig, axes, title)
 
 
 def decode_video(row: ManifestRow) -> DecodedClip:

@@ -1,12 +1,15 @@
 """Task heads, each named after the method it comes from and citing its paper (lightly's `heads.py`
 is the model): the projectors and predictors of the contrastive and siamese methods, the shared
-contrastive head and the head of the audio-visual tasks, and the order classifiers."""
+contrastive head and the head of the audio-visual tasks, the order classifiers and the reconstruction
+tasks' upsampling decoder."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from mmssl.models.audio import AudioEncoder
@@ -176,3 +179,54 @@ class PairwiseHead(nn.Module):
         f = features.reshape(-1, self.num_inputs, features.shape[-1])
         pairs = torch.cat([f[:, self.first], f[:, self.second]], dim=-1)  # [B, pairs, 2D]
         return self.classifier(self.pair(pairs).flatten(1))
+
+
+# --- dense decoders ----------------------------------------------------------------------------------
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Conv3d 3x3x3 (padded) -> BN -> ReLU."""
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True))
+
+
+class UpsamplingDecoder(nn.Module):
+    """A light decoder from an encoder's feature grid to one output per pixel of the clip: the
+    reconstruction tasks' head (Context Encoders' decoder, Pathak et al., CVPR 2016, cut to CPU size).
+
+    A 1x1x1 convolution to `width` channels, then `stages` of (x2 trilinear upsampling -> conv block),
+    each halving the width, then trilinear resizing to (T, H / 2, W / 2). `skip_channels` > 0: the model
+    input is concatenated there, each 2x2 block of its pixels as channels (U-Net's skip at the
+    output's resolution, so that what the input already holds need not pass through the coarse grid).
+    Then a conv block and a 1x1x1 convolution to `out_channels` x 4, rearranged into the 2x2 block of
+    each position (ESPCN's sub-pixel convolution, Shi et al., CVPR 2016: the last layers run at a
+    quarter of the pixels). That last convolution starts at zero: a restoration head starts as the
+    identity on its input.
+
+    Examples:
+        >>> decoder = UpsamplingDecoder(map_dim=128, out_channels=3, skip_channels=3)
+        >>> grid, x = torch.randn(2, 128, 1, 4, 4), torch.randn(2, 3, 8, 64, 64)
+        >>> decoder(grid, x.shape[2:], skip=x).shape
+        torch.Size([2, 3, 8, 64, 64])
+    """
+
+    def __init__(self, map_dim: int, out_channels: int, width: int = 64, stages: int = 2,
+                 skip_channels: int = 0) -> None:
+        super().__init__()
+        self.reduce = nn.Conv3d(map_dim, width, 1)
+        self.stages = nn.ModuleList(conv_block(width >> k, width >> (k + 1)) for k in range(stages))
+        last = width >> stages
+        self.out = nn.Sequential(conv_block(last + 4 * skip_channels, last), nn.Conv3d(last, 4 * out_channels, 1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, grid: Tensor, size: Sequence[int], skip: Tensor | None = None) -> Tensor:
+        """grid [B, map_dim, T', H', W'] -> [B, out_channels, *size] (H and W even); `skip` [B, skip_channels, *size]."""
+        t, h, w = size
+        x = self.reduce(grid)
+        for stage in self.stages:
+            x = stage(F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False))
+        x = F.interpolate(x, size=(t, h // 2, w // 2), mode="trilinear", align_corners=False)
+        if skip is not None:
+            x = torch.cat([x, rearrange(skip.to(x.dtype), "b c t (h p) (w q) -> b (c p q) t h w", p=2, q=2)], dim=1)
+        return rearrange(self.out(x), "b (c p q) t h w -> b c t (h p) (w q)", p=2, q=2)

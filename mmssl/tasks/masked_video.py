@@ -35,7 +35,7 @@ from mmssl.models import VIT_PRESETS, VideoEncoder, VideoViT
 from mmssl.models.vit import Grid, VideoMAEDecoder, build_videomae_decoder, gather_tokens, split_tokens
 from mmssl.registry import register_task
 from mmssl.tasks.base import PretextMetric, PretextTask
-from mmssl.transforms.video import MEAN, STD, VideoAugment, to_model_input
+from mmssl.transforms.video import VideoAugment, to_model_input, unnormalize
 
 
 @dataclass
@@ -100,11 +100,6 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, masked: torch.Ten
     """Mean squared error over the masked tokens only: prediction [B, N_masked, P] for the tokens
     `masked` indexes [B, N_masked], target [B, N, P] for all tokens."""
     return F.mse_loss(prediction, gather_tokens(target, masked))
-
-
-def unnormalize(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of to_model_input's normalisation: float [B, C, T, H, W] -> pixels in [0, 1]."""
-    return x * x.new_tensor(STD).view(1, -1, 1, 1, 1) + x.new_tensor(MEAN).view(1, -1, 1, 1, 1)
 
 
 @register_task("masked_video", label_family="object", encoder_input="rgb",

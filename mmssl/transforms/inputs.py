@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2.functional import rgb_to_grayscale
 
 from mmssl.registry import ENCODER_INPUTS, register_encoder_input
+from mmssl.transforms.video import lab, normalize, unnormalize
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +49,15 @@ def sobel(x: torch.Tensor) -> torch.Tensor:
     edges = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels)
     edges = torch.cat([edges, edges.square().sum(1, keepdim=True).add(1e-12).sqrt()], dim=1)
     return edges.reshape(n, t, 3, h, w).transpose(1, 2)
+
+
+@register_encoder_input("lightness")
+def lightness(x: torch.Tensor) -> torch.Tensor:
+    """CIE Lab lightness L only (kornia; sRGB, D65 white), as the model input of a grey frame of that
+    lightness (L / 100 in every channel, normalised): a frame's chroma (a, b) cannot reach the encoder,
+    not even through the small differences between L and `luma`'s weighted sum of R, G, B."""
+    pixels = lab(unnormalize(x))[:, :1] / 100
+    return normalize(pixels.expand(-1, 3, -1, -1, -1))
 
 
 def front_end(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from kornia.color import rgb_to_lab
 
 # Kinetics statistics as PyTorchVideo/SlowFast normalise (one value for every channel, so colour
 # rotation and OPN's channel splitting commute with it); torchvision's pretrained video weights
@@ -43,9 +44,25 @@ def to_model_input(frames: torch.Tensor, augment: VideoAugment | None = None,
         x = F.interpolate(rearrange(x, "b c t h w -> (b t) c h w"), size=(out_size, out_size),
                           mode="bilinear", align_corners=False, antialias=True)
         x = rearrange(x, "(b t) c h w -> b c t h w", b=b)
-    mean = x.new_tensor(MEAN).view(1, -1, 1, 1, 1)
-    std = x.new_tensor(STD).view(1, -1, 1, 1, 1)
-    return (x - mean) / std
+    return normalize(x)
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1], float [B, C, T, H, W] -> the model input (MEAN and STD per channel)."""
+    return (pixels - pixels.new_tensor(MEAN).view(1, -1, 1, 1, 1)) / pixels.new_tensor(STD).view(1, -1, 1, 1, 1)
+
+
+def unnormalize(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of `normalize`: the model input float [B, C, T, H, W] -> pixels in [0, 1]."""
+    return x * x.new_tensor(STD).view(1, -1, 1, 1, 1) + x.new_tensor(MEAN).view(1, -1, 1, 1, 1)
+
+
+def lab(pixels: torch.Tensor) -> torch.Tensor:
+    """RGB pixels float [B, 3, T, H, W] in [0, 1] (sRGB, D65 white) -> CIE Lab, kornia's `rgb_to_lab`:
+    L in [0, 100], a and b within about [-110, 110]."""
+    b = pixels.shape[0]
+    frames = rgb_to_lab(rearrange(pixels.clamp(0, 1), "b c t h w -> (b t) c h w"))
+    return rearrange(frames, "(b t) c h w -> b c t h w", b=b)
 
 
 def _crop_flip(x: torch.Tensor, aug: VideoAugment, out_size: int) -> torch.Tensor:
