@@ -1,8 +1,8 @@
 """PhysAV: a physically simulated video+audio dataset, deterministic for a seed.
 
 Each video is a pybullet scene (rigid-body physics, CPU renderer `ER_TINY_RENDERER`, headless): one
-main object and one or two distractor objects on a textured floor, seen from a random viewpoint
-under a random light. The main object's physical event is the `action` class; its category is
+main object and one or two distractors (blocky shapes of no category) on a textured floor, seen from
+a random viewpoint under a random light. The main object's physical event is the `action` class; its category is
 `object`, what it is made of `material` (drawn independently of the category). The soundtrack is
 synthesised from the simulation: every contact's impulse excites the struck objects' material
 modes (damped sinusoids) at the exact sample of the contact, and objects sliding or rolling on
@@ -29,7 +29,7 @@ from mmssl.io import probe, write_media
 CLASSES = ("drop", "throw", "push", "spin", "topple", "collide", "hit", "stack")
 SPLITS = ("pretrain", "train", "test")
 CONFIG_NAME = "physav.json"
-GENERATOR_VERSION = 3  # bump whenever the rendered content changes, to invalidate old folders
+GENERATOR_VERSION = 4  # bump whenever the rendered content changes, to invalidate old folders
 _VIDEO_STREAM, _PLAN_STREAM = 0, 1  # seed sequences: [seed, stream, ...]
 
 
@@ -41,18 +41,24 @@ class Category:
     mesh: str = ""  # file under pybullet_data; empty for a primitive
     primitive: str = ""  # "box", "sphere" or "cylinder"
     aspect: float = 0.15  # each axis scaled by 1 +- aspect, independently
+    scale: float = 1.0  # size factor that gives every category the same mean apparent area (measured)
 
 
+# `scale`: sqrt(10% / the category's mean share of a 64x64 frame at scale 1, over 24 random views);
+# at scale 1 a teddy (thin limbs) covered 4.7% and a box 14.6%, so apparent size named the category
 CATEGORIES: dict[str, Category] = {
-    "duck": Category(mesh="duck.obj"),
-    "teddy": Category(mesh="teddy2_VHACD_CHs.obj"),
-    "torus": Category(mesh="torus/torus_textured.obj"),
-    "lego": Category(mesh="lego/lego.obj"),
-    "bunny": Category(mesh="bunny.obj"),
-    "box": Category(primitive="box", aspect=0.4),
-    "ball": Category(primitive="sphere", aspect=0.0),
-    "can": Category(primitive="cylinder", aspect=0.3),
+    "duck": Category(mesh="duck.obj", scale=1.21),
+    "teddy": Category(mesh="teddy2_VHACD_CHs.obj", scale=1.40),
+    "torus": Category(mesh="torus/torus_textured.obj", scale=1.06),
+    "lego": Category(mesh="lego/lego.obj", scale=0.90),
+    "bunny": Category(mesh="bunny.obj", scale=1.24),
+    "box": Category(primitive="box", aspect=0.4, scale=0.83),
+    "ball": Category(primitive="sphere", aspect=0.0, scale=1.01),
+    "can": Category(primitive="cylinder", aspect=0.3, scale=0.92),
 }
+# Distractors: procedurally generated blocky meshes of pybullet_data, none of them a category, so the
+# main object is the only object of the catalogue in the scene (the `object` label names it alone)
+DISTRACTORS = tuple(Category(mesh=f"random_urdfs/{i:03d}/{i:03d}.obj") for i in range(32))
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ MATERIALS: dict[str, Material] = {
     "glass": Material(2500, 0.5, 0.25, ((2950, 1.0, 0.35), (6800, 0.5, 0.2)), 5000),
     "stone": Material(2600, 0.3, 0.7, ((610, 1.0, 0.04), (1480, 0.7, 0.03), (3300, 0.5, 0.02)), 1200),
 }
-OBJECT_SIZE = 0.09  # metres: cube root of an object's bounding-box volume, before the 0.7-1.4 scale
+OBJECT_SIZE = 0.09  # metres: cube root of an object's bounding-box volume, before its category's scale and 0.7-1.4
 SCALE_RANGE = (0.7, 1.4)
 GRAVITY = 9.81
 FLOOR_FRICTION = 0.6
@@ -170,7 +176,8 @@ def render_video(config: PhysAVConfig, action: str, category: str, material: str
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
     """Simulate and render one video: frames (uint8 [T, H, W, 3] RGB), audio (float32 [T / fps *
     sample_rate] in [-1, 1]) and an info dict (action, object, material, impacts = the main
-    object's contact frame indices, impact_times = their times in seconds, visible = share of
+    object's contact frame indices, impact_times = their times in seconds, all_impacts = the contact
+    frames of every object, distractors included, visible = share of
     frames where the main object is in view)."""
     import pybullet as pb
 
@@ -182,8 +189,8 @@ def render_video(config: PhysAVConfig, action: str, category: str, material: str
     pb.setTimeStep(1 / PHYSICS_HZ, physicsClientId=client)
     _floor(rng, client)
 
-    main = _add_object(rng, client, category, material, (0.0, 0.0))
-    others = [_add_object(rng, client, str(rng.choice(list(CATEGORIES))), str(rng.choice(list(MATERIALS))),
+    main = _add_object(rng, client, CATEGORIES[category], material, (0.0, 0.0))
+    others = [_add_object(rng, client, DISTRACTORS[rng.integers(len(DISTRACTORS))], str(rng.choice(list(MATERIALS))),
                           _ring_point(rng, 0.13, 0.25)) for _ in range(int(rng.integers(1, 3)))]
     bodies = [main, *others]
     for _ in range(round(SETTLE_SECONDS * PHYSICS_HZ)):
@@ -209,10 +216,12 @@ def render_video(config: PhysAVConfig, action: str, category: str, material: str
         _listen(client, bodies, (step + 1) / PHYSICS_HZ)
 
     audio = _soundtrack(bodies, config, num_frames, rng)
-    times = [t * config.slow_motion for t, _ in main.impacts]  # simulated -> video time
-    impacts = sorted({min(round(t * config.fps), num_frames - 1) for t in times})
-    info = {"action": action, "object": category, "material": material, "impacts": impacts,
-            "impact_times": times, "visible": visible / num_frames}
+    def frames_of(body: _Body) -> list[int]:
+        return sorted({min(round(t * config.slow_motion * config.fps), num_frames - 1) for t, _ in body.impacts})
+
+    info = {"action": action, "object": category, "material": material, "impacts": frames_of(main),
+            "impact_times": [t * config.slow_motion for t, _ in main.impacts],  # simulated -> video time
+            "all_impacts": sorted(set().union(*map(frames_of, bodies))), "visible": visible / num_frames}
     return frames, audio, info
 
 
@@ -266,22 +275,23 @@ def _floor(rng: np.random.Generator, client: int) -> None:
     pb.changeDynamics(floor, -1, lateralFriction=FLOOR_FRICTION, restitution=0.5, physicsClientId=client)
 
 
-def _add_object(rng: np.random.Generator, client: int, category: str, material: str,
+def _add_object(rng: np.random.Generator, client: int, kind: Category, material: str,
                 place: tuple[float, float]) -> _Body:
-    """An object of `category` and `material` resting (after the settling steps) at `place`: its
-    bounding-box volume (OBJECT_SIZE x 0.7-1.4)^3 whatever the category, proportions varied, colour
-    drawn from one pool for all, mass from the material's density."""
+    """An object of shape `kind` and `material` resting (after the settling steps) at `place`: its
+    bounding-box volume (OBJECT_SIZE x its scale x 0.7-1.4)^3, proportions varied, colour drawn from one
+    pool for all, mass from the material's density."""
     import pybullet as pb
 
-    kind, stuff = CATEGORIES[category], MATERIALS[material]
+    stuff = MATERIALS[material]
     stretch = 1 + rng.uniform(-kind.aspect, kind.aspect, 3)
-    size = OBJECT_SIZE * rng.uniform(*SCALE_RANGE)
+    size = OBJECT_SIZE * kind.scale * rng.uniform(*SCALE_RANGE)
     if kind.mesh:
         low, high = _mesh_bounds(kind.mesh)
         extent = (high - low) * stretch
         scale = stretch * size / np.cbrt(np.prod(extent))
         half = 0.5 * (high - low) * scale
-        centre = -0.5 * (high + low) * scale  # meshes are not centred on their origin
+        middle = 0.5 * (high + low) * scale  # meshes are not centred on their origin: shift the frame by
+        centre = -np.array([middle[0], -middle[2], middle[1]])  # the middle turned as the mesh is (y up -> z up)
         upright = pb.getQuaternionFromEuler([np.pi / 2, 0, 0])  # OBJ's y up -> z up
         shape = {"shapeType": pb.GEOM_MESH, "fileName": str(_mesh_path(kind.mesh)), "meshScale": list(scale)}
         collision = pb.createCollisionShape(**shape, collisionFramePosition=list(centre),
