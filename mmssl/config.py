@@ -7,8 +7,13 @@ This module imports no task: import `mmssl.tasks` (and your own task modules) be
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -289,6 +294,50 @@ def merge(node: Any, data: dict[str, Any], prefix: str = "", unknown: list[str] 
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """A dataclass's field descriptions: the comment after each field in the source of the class and of
+    the dataclasses it extends ({} for a class made at run time, which has no source)."""
+    comments: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        by_line = {token.start[0]: token.string.lstrip("#").strip()
+                   for token in tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT}
+        body = next(node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)).body
+        comments |= {node.target.id: by_line[node.end_lineno] for node in body if isinstance(node, ast.AnnAssign)
+                     and isinstance(node.target, ast.Name) and node.end_lineno in by_line}
+    return comments
+
+
+def section_summary(cls: type) -> str:
+    """The first sentence of a section's docstring ("" for one without: dataclass writes its signature there)."""
+    doc = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+    return "" if doc.startswith(f"{cls.__name__}(") else doc.split(". ")[0]
+
+
+def commented_yaml(config: Any, indent: int = 0) -> str:
+    """The tree `config` as YAML that `load_config` reads back to the same values, each setting's
+    description (`field_comments`) as its comment; of the `task` section, only the tasks the run uses."""
+    comments = field_comments(type(config))
+    used = _used_tasks(to_dict(config)) if type(config).__name__ == "TaskConfig" else None
+    lines = []
+    for f in dataclasses.fields(config):
+        value, pad = getattr(config, f.name), "  " * indent
+        if used is not None and f.name != "name" and f.name not in used:
+            continue
+        if dataclasses.is_dataclass(value):
+            note = comments.get(f.name) or section_summary(type(value))
+            lines += [f"{pad}{f.name}:" + (f"  # {note}" if note else ""), commented_yaml(value, indent + 1)]
+        else:
+            note = f"  # {comments[f.name]}" if f.name in comments else ""
+            text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True,
+                                  width=float("inf")).removesuffix("...\n").strip()
+            lines.append(f"{pad}{f.name}: {text}{note}")
+    return "\n".join(lines)
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -395,6 +395,36 @@ def test_ucf101_checks_labels_against_classind(media: dict[str, Path], tmp_path:
         build_ucf101(root, split=4)
 
 
+def test_ucf101_found_as_the_archives_extract_side_by_side(media: dict[str, Path], tmp_path: Path, tool,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """ROOT holding UCF-101/ (UCF101.rar) and ucfTrainTestlist/ (the splits zip) side by side."""
+    make_ucf101(media, tmp_path / "UCF-101")
+    (tmp_path / "UCF-101" / "ucfTrainTestlist").rename(tmp_path / "ucfTrainTestlist")
+    out = tmp_path / "ucf101_split1.csv"
+    assert tool.main([str(tmp_path), "--format", "ucf101", "--out", str(out), "--workers", "1"]) == 0
+    assert [(r.path, r.label, r.split) for r in read_manifest(out)] == [
+        (str(tmp_path / "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi"), "ApplyEyeMakeup", "train"),
+        (str(tmp_path / "UCF-101/Archery/v_Archery_g08_c02.avi"), "Archery", "train"),
+        (str(tmp_path / "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"), "ApplyEyeMakeup", "test"),
+    ]
+    assert "usable: 3 (no audio: 1)" in capsys.readouterr().out
+
+
+def test_a_build_with_no_usable_video_fails_naming_the_reason(media: dict[str, Path], tmp_path: Path, tool,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Split files whose videos are elsewhere (here under an unrecognised folder name): no 0-row manifest."""
+    make_ucf101(media, tmp_path / "videos")
+    (tmp_path / "videos" / "ucfTrainTestlist").rename(tmp_path / "ucfTrainTestlist")
+    out = tmp_path / "ucf101_split1.csv"
+    with pytest.raises(SystemExit) as exited:
+        tool.main([str(tmp_path), "--format", "ucf101", "--out", str(out), "--workers", "1"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "no usable video among the 5 listed (missing: 5), so no manifest: e.g. [missing] " in err
+    assert f"{tmp_path / 'ApplyEyeMakeup' / 'v_ApplyEyeMakeup_g08_c01.avi'}: listed in trainlist01.txt" in err
+    assert not out.exists()
+
+
 # --- HMDB51 -----------------------------------------------------------------------------------
 
 def test_hmdb51_builder(media: dict[str, Path], tmp_path: Path) -> None:
@@ -432,6 +462,23 @@ def test_hmdb51_builder(media: dict[str, Path], tmp_path: Path) -> None:
     assert "excluded by the split (unused): 1" in result.summary()
     with pytest.raises(FileNotFoundError, match="split3"):
         build_hmdb51(root, split=3, splits_dir=splits)
+
+
+def test_hmdb51_found_as_the_archives_extract_side_by_side(media: dict[str, Path], tmp_path: Path, tool) -> None:
+    """ROOT holding hmdb51/ (the class archives unpacked) and testTrainMulti_7030_splits/ side by side."""
+    put(media, "av", tmp_path / "hmdb51" / "brush_hair" / "April_09_brush_hair_u_nm_np1_ba_goo_0.avi")
+    put(media, "silent", tmp_path / "hmdb51" / "cartwheel" / "(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi")
+    splits = tmp_path / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("April_09_brush_hair_u_nm_np1_ba_goo_0.avi 1 \n")
+    (splits / "cartwheel_test_split1.txt").write_text("(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi 2 \n")
+    out = tmp_path / "hmdb51_split1.csv"
+    assert tool.main([str(tmp_path), "--format", "hmdb51", "--out", str(out), "--workers", "1"]) == 0
+    assert [(r.path, r.label, r.split, r.has_audio) for r in read_manifest(out)] == [
+        (str(tmp_path / "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi"), "brush_hair", "train", True),
+        (str(tmp_path / "hmdb51/cartwheel/(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi"), "cartwheel",
+         "test", False),
+    ]
 
 
 def test_split_files_ignore_resource_forks_and_name_the_bad_line(media: dict[str, Path], tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from mmssl import cli
 from mmssl.io.checkpoint import REMEDY
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["audit-dataset", "build-manifest", "eval-av", "eval-pretext", "make-synthetic", "plot-run", "pretrain",
+COMMANDS = ["audit-dataset", "build-manifest", "eval-av", "eval-pretext", "export", "make-synthetic", "plot-run", "pretrain",
             "transfer", "visualize"]
 
 

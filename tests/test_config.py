@@ -9,7 +9,7 @@ import pytest
 
 import mmssl.tasks  # noqa: F401  (registers the tasks: their sections join the config)
 from mmssl import cli
-from mmssl.config import ConfigError, TransferConfig, load_config
+from mmssl.config import ConfigError, TransferConfig, load_config, to_dict
 
 OUT_OF_RANGE = [("data.batch_size=0", ">= 1"), ("data.batch_size=-4", ">= 1"), ("data.num_workers=-1", ">= 0"),
                 ("train.max_steps=-5", ">= 0"), ("train.checkpoint_every=0", ">= 1"), ("train.keep_last=0", ">= 1"),
@@ -70,3 +70,38 @@ def test_the_command_line_reports_a_bad_value_in_one_line(capsys: pytest.Capture
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mmssl pretrain: error: data.batch_size=0 is out of range: it must be >= 1"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("argv", "root", "config", "overrides"), [
+    (["pretrain", "--config", "configs/pretrain/multitask.yaml", "optim.lr=0.5", "--print-config",
+      "data.crop_scale=[0.25, 1.0]"], None, "configs/pretrain/multitask.yaml",
+     ["optim.lr=0.5", "data.crop_scale=[0.25, 1.0]"]),
+    (["transfer", "--print-config", "--config", "configs/transfer/knn.yaml", "--protocol", "finetune", "knn_k=7"],
+     TransferConfig, "configs/transfer/knn.yaml", ["protocol=finetune", "knn_k=7"]),
+], ids=["pretrain", "transfer"])
+def test_print_config_prints_the_resolved_tree_that_loads_back(argv: list[str], root: type | None, config: str,
+                                                               overrides: list[str], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """`--print-config` prints the tree a run would use, as YAML that loads back to the same values,
+    each setting's description (its comment in the source) as a comment, and starts nothing."""
+    kwargs = {"root": root} if root else {}
+    expected = load_config(ROOT / config, overrides, **kwargs)
+    cli.main([argv[0], *(str(ROOT / a) if a.startswith("configs/") else a for a in argv[1:])])
+    printed = capsys.readouterr().out
+    (tmp_path / "printed.yaml").write_text(printed)
+    assert to_dict(load_config(tmp_path / "printed.yaml", **kwargs)) == to_dict(expected)
+    if root is None:
+        assert ("\n  frame_size: 64  # decoder: short side scaled to frame_size (aspect kept), centre crop to a "
+                "square\n") in printed
+        assert "\n  lr: 0.5  # for batch_size 32 per optimizer step; scaled linearly with the total batch\n" in printed
+        used = {"name", expected.task.name, *expected.task.multitask.tasks}
+        task_section = printed.split("\ntask:")[1].split("\noptim:")[0]
+        assert set(re.findall(r"^  (\w+):", task_section, re.MULTILINE)) == used  # no other task's section
+        assert "\n    motion:  # " in printed  # a section's own description: its docstring's first sentence
+    else:
+        assert printed.startswith("protocol: finetune  # linear (probe on frozen features), knn (and retrieval), or "
+                                  "finetune\n")
+        assert "\nknn_k: 7  # weighted kNN: neighbours that vote (DINO's 20)\n" in printed

@@ -4,7 +4,10 @@ Every file is probed (in parallel processes; with --verify every frame is decode
 files are reported with their reason and left out, never fatal. With --motion, each usable video's
 motion profile (the high-motion tuple choice of Shuffle and Learn and OPN) is computed once, in
 parallel, and stored beside the manifest. Exit status 0 when a manifest was written, 2 for usage
-errors (no ROOT, no split files, no candidate videos).
+errors (no ROOT, no split files, no candidate videos) and for a build with no usable video (no
+manifest is written; the reason of the first file left out is named).
+UCF101 and HMDB51 find their videos in ROOT/UCF-101/ or ROOT/hmdb51/ (the archives extracted side by
+side with the split folder) or, when ROOT has no such folder, in ROOT itself.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from mmssl.data.builders import (
     list_ucf101,
     probe_candidates,
 )
-from mmssl.data.manifest import write_manifest
+from mmssl.data.manifest import ManifestError, write_manifest
 from mmssl.data.motion import MOTION_SIZE, store_profiles
 
 EXAMPLES = """\
@@ -117,6 +120,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     result = probe_candidates(listing, args.workers, None if args.quiet else report, args.probe_timeout,
                               args.verify)
     print(result.summary())
+    if not result.usable:
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in result.skipped_by_kind().items())
+        first = result.skipped[0]
+        raise ManifestError(f"no usable video among the {listed} listed ({kinds}), so no manifest: "
+                            f"e.g. [{first.kind}] {first.path}: {first.detail}")
     rows = result.rows
     if args.motion:
         stored = store_profiles(rows, args.out, args.motion_size, args.workers, args.probe_timeout)

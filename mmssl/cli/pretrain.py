@@ -5,6 +5,7 @@ the tiny 3D CNN on SynthAV, which is generated under data/synthav on first use; 
 2 minutes on 2 cores.
 
   mmssl pretrain [--config FILE] [--out DIR] [--resume auto|CKPT] [--import MODULE] [key=value ...]
+  mmssl pretrain [--config FILE] [key=value ...] --print-config   (the resolved config, then exit)
   torchrun --nproc_per_node N tools/pretrain.py ...   (DDP: nccl on GPUs, gloo on CPUs)
 (`python tools/pretrain.py ...` is the same.)
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from mmssl import distributed
 from mmssl.cli import add_import_option, command, import_user_modules
-from mmssl.config import load_config
+from mmssl.config import commented_yaml, load_config
 from mmssl.data.dataset import SkipLimitExceeded
 from mmssl.engine.distributed import cleanup
 from mmssl.engine.trainer import pretrain
@@ -36,11 +37,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--out", help="output folder (default runs/pretrain_<task>)")
     parser.add_argument("--resume", help="'auto': continue the run in --out from its newest checkpoint, if any "
                                          "(refused if written with other settings); or a checkpoint path")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the config the run would use (defaults <- --config <- overrides) as YAML, "
+                             "each setting's description as its comment, and exit")
     add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_intermixed_args(argv)
     import_user_modules(parser, args.imports)
     config = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(commented_yaml(config))
+        return
     stopped = None
     try:
         final = pretrain(config, args.out or f"runs/pretrain_{config.task.name}", args.resume)

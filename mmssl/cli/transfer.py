@@ -3,6 +3,7 @@
   mmssl transfer --checkpoint CKPT|RUN_DIR [--config FILE] [--protocol linear|knn|finetune]
                  [--manifest FILE] [--out DIR] [--compare-random] [--import MODULE] [key=value ...]
   mmssl transfer --random-init tiny3d --protocol linear     (a random-init baseline)
+  mmssl transfer [--config FILE] [--protocol P] [key=value ...] --print-config   (the resolved config, then exit)
 (`python tools/transfer.py ...` is the same.)
 
 --config: a recipe from configs/transfer/ (linear.yaml, knn.yaml, finetune.yaml on SynthAV;
@@ -30,7 +31,7 @@ import json
 from pathlib import Path
 
 from mmssl.cli import add_import_option, checkpoint_of, command, import_user_modules
-from mmssl.config import TransferConfig, load_config, to_dict
+from mmssl.config import TransferConfig, commented_yaml, load_config, to_dict
 from mmssl.eval.transfer import PROTOCOLS, Transfer, load_encoder, random_encoder, save_confusion_png
 from mmssl.models.audio import AUDIO_ENCODERS
 from mmssl.tasks.model import checkpoint_config
@@ -40,7 +41,7 @@ from mmssl.tasks.model import checkpoint_config
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="pretraining checkpoint, or a run folder (its newest checkpoint)")
     source.add_argument("--random-init", metavar="ENCODER", help="evaluate this encoder at random init instead")
     parser.add_argument("--config", help="transfer recipe: YAML of TransferConfig keys (configs/transfer/)")
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--compare-random", action="store_true",
                         help="also evaluate the same encoder architecture at random init")
     parser.add_argument("--feature-mode", choices=["auto", "clip", "frames"], default=None)
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the config the transfer would use (defaults <- --config <- the options and "
+                             "overrides) as YAML, each setting's description as its comment, and exit")
     add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="TransferConfig overrides")
     args = parser.parse_intermixed_args(argv)
@@ -61,6 +65,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         config.manifest = args.manifest
     if args.feature_mode:
         config.feature_mode = args.feature_mode
+    if args.print_config:
+        print(commented_yaml(config))
+        return {}
+    if not (args.checkpoint or args.random_init):
+        parser.error("one of the arguments --checkpoint --random-init is required")
     if args.checkpoint:  # before the data: a checkpoint that does not load fails at once
         checkpoint = checkpoint_of(parser, args.checkpoint)
         encoder, encoder_name, task_mode, encoder_input = load_encoder(checkpoint)

@@ -1,4 +1,4 @@
-"""The official split files of UCF101 and HMDB51: split numbers and the line reader."""
+"""The official split files of UCF101 and HMDB51: split numbers, the line reader, and where the videos are."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,3 +25,10 @@ def split_lines(path: Path) -> list[tuple[str, list[str]]]:
 def check_split(split: int) -> None:
     if split not in OFFICIAL_SPLITS:
         raise ValueError(f"split must be one of {OFFICIAL_SPLITS}, got {split}")
+
+
+def video_folder(root: Path, archive_folders: tuple[str, ...]) -> Path:
+    """The folder holding the class folders: ROOT/<name> for the first of `archive_folders` (the folders
+    the official video archive extracts to, beside the split folder) that ROOT holds, else ROOT itself
+    (the class folders moved up into ROOT)."""
+    return next((root / name for name in archive_folders if (root / name).is_dir()), root)

@@ -4,17 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmssl.data.builders.probing import BuildResult, Listing, probe_candidates
-from mmssl.data.builders.split_files import check_split, split_lines
+from mmssl.data.builders.split_files import check_split, split_lines, video_folder
+
+ARCHIVE_FOLDERS = ("UCF-101", "UCF101")  # what UCF101.rar extracts to
 
 
 def list_ucf101(root: str | Path, split: int = 1, splits_dir: str | Path | None = None) -> Listing:
     """UCF101 official split `split` (1..3): `classInd.txt`, `trainlist0N.txt` and
     `testlist0N.txt` in `splits_dir` (default ROOT/ucfTrainTestlist), videos at
-    ROOT/<Class>/<file>. The label is the class folder of the listed path, checked against
-    classInd (and against the index a trainlist line gives)."""
+    ROOT/UCF-101/<Class>/<file> (the two archives extracted side by side; also UCF101/) or
+    ROOT/<Class>/<file>. The label is the class folder of the listed path, checked against classInd
+    (and against the index a trainlist line gives)."""
     check_split(split)
     root = Path(root).absolute()
     splits_dir = Path(splits_dir) if splits_dir is not None else root / "ucfTrainTestlist"
+    videos = video_folder(root, ARCHIVE_FOLDERS)
     index_of: dict[str, int] = {}
     for where, line in split_lines(splits_dir / "classInd.txt"):
         if len(line) != 2 or not line[0].isdecimal():
@@ -30,7 +34,7 @@ def list_ucf101(root: str | Path, split: int = 1, splits_dir: str | Path | None 
             if index and not (index[0].isdecimal() and int(index[0]) == index_of[label]):
                 raise ValueError(f"{where}: index {index[0]} of {label!r} disagrees with "
                                  f"classInd.txt ({index_of[label]})")
-            listing.add(root / rel, label, split_name, list_file.name)
+            listing.add(videos / rel, label, split_name, list_file.name)
     return listing
 
 
