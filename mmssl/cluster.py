@@ -56,11 +56,12 @@ def pca_whiten(x: np.ndarray, dim: int) -> np.ndarray:
     """The rows of `x` projected on their `dim` principal directions, each scaled to unit variance.
 
     DeepCluster whitens before k-means so that no direction of large variance dominates the distances;
-    `dim` must not exceed the rank of the centred data, or the whitening divides by ~0.
+    `dim` must not exceed the rank of the centred data (at most rows - 1), or the whitening divides by ~0.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not 0 < dim <= min(x.shape):
-        raise ValueError(f"PCA to {dim} dimensions needs at least {dim} rows and columns, got {x.shape}")
+    if not 0 < dim <= min(len(x) - 1, x.shape[1]):
+        raise ValueError(f"PCA to {dim} dimensions needs more than {dim} rows and at least {dim} columns, "
+                         f"got {x.shape}")
     pca = faiss.PCAMatrix(x.shape[1], dim)
     pca.train(x)
     projected = pca.apply(x)

@@ -46,4 +46,4 @@ def test_pca_whiten_gives_unit_variance_uncorrelated_directions() -> None:
     cov = np.cov(white, rowvar=False)
     np.testing.assert_allclose(cov, np.eye(6), atol=0.05)
     with pytest.raises(ValueError, match="6 dimensions"):
-        pca_whiten(x[:4].astype(np.float32), 6)
+        pca_whiten(x[:6].astype(np.float32), 6)  # 6 centred rows span 5 directions

@@ -49,7 +49,7 @@ def test_every_built_in_task_declares_its_metric_label_family_and_input(name: st
 def test_registration_refuses_an_unknown_label_family_or_input() -> None:
     with pytest.raises(ValueError, match="label_family 'scene' is not one of action, object"):
         register_task("scene_task", label_family="scene")
-    with pytest.raises(UnknownNameError, match="unknown encoder input 'edges'; known: luma, rgb, sobel, waveform"):
+    with pytest.raises(UnknownNameError, match="unknown encoder input 'edges'; known: lightness, luma, rgb, sobel, waveform"):
         register_task("edge_task", encoder_input="edges")
     assert "scene_task" not in TASKS and "edge_task" not in TASKS
 

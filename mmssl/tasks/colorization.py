@@ -82,12 +82,12 @@ def soft_encode(ab: Tensor, centres: Tensor, neighbours: int, sigma: float) -> t
 def smooth_prior(counts: Tensor, centres: Tensor, sigma: float) -> Tensor:
     """The bin histogram `counts` [Q] as a distribution, smoothed over the ab plane by a Gaussian of std
     `sigma` (none at 0), renormalised; uniform before any count."""
-    if counts.sum() == 0:
-        return torch.full_like(counts, 1 / len(counts))
-    p = counts / counts.sum()
+    total = counts.sum()
+    p = counts / total.clamp(min=1)
     if sigma > 0:
         p = torch.exp(-torch.cdist(centres, centres).pow(2) / (2 * sigma ** 2)) @ p
-    return p / p.sum()
+    uniform = torch.full_like(counts, 1 / len(counts))
+    return torch.where(total > 0, p / p.sum().clamp(min=1e-30), uniform)  # no branch: one compiled graph
 
 
 def rebalancing_weights(prior: Tensor, share: float) -> Tensor:
@@ -107,6 +107,11 @@ class ColorizationHead(nn.Module):
 
     def forward(self, grid: Tensor, size: tuple[int, int, int], lightness: Tensor) -> Tensor:
         return self.decoder(grid, size, skip=lightness)
+
+    @torch.compiler.disable  # bincount's output size depends on the data: eager, outside the graph
+    def count(self, nearest: Tensor) -> None:
+        """Add the training pixels' nearest bins [N] to the histogram the prior is made of."""
+        self.counts += torch.bincount(nearest, minlength=len(self.centres)).to(self.counts)
 
 
 @register_task("colorization", label_family="object", encoder_input="lightness",
@@ -140,7 +145,7 @@ class Colorization(PretextTask):
         index, soft = soft_encode(ab, head.centres, c.neighbours, c.soft_sigma)
         nearest = index[:, 0]
         if head.training:  # the prior: every pixel trained on so far
-            head.counts += torch.bincount(nearest, minlength=len(head.centres)).to(head.counts)
+            head.count(nearest)
         prior = smooth_prior(head.counts.float(), head.centres, c.prior_sigma)
         weight = rebalancing_weights(prior, c.rebalance)[nearest]
         weight = weight * colourful.repeat_interleave(len(ab) // colourful.numel())

@@ -79,6 +79,7 @@ class VideoColorizationHead(nn.Module):
     def forward(self, grid: Tensor, size: tuple[int, int, int], lightness: Tensor) -> Tensor:
         return self.decoder(grid, size, skip=lightness)
 
+    @torch.compiler.disable  # fits the palette once (k-means on the CPU): eager, outside the graph
     def colours(self, ab: Tensor) -> Tensor:
         """ab [N, 2] -> the nearest palette colour of each row [N]; the palette is fitted on these rows
         (k-means) if it has not been yet."""
