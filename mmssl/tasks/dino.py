@@ -205,13 +205,14 @@ class DINO(PretextTask):
         collapsed = batch_entropy < c.collapse_share * log_k or teacher_entropy > (1 - c.collapse_share) * log_k
         self.collapsed_steps = self.collapsed_steps + 1 if collapsed else 0
         if self.collapsed_steps >= c.collapse_patience:
-            kind = ("one output dominates" if batch_entropy < c.collapse_share * log_k else "its outputs are uniform")
+            dominated = batch_entropy < c.collapse_share * log_k
+            kind, remedy = (("one output dominates", "raise task.dino.teacher_temp or lower center_momentum") if dominated
+                            else ("its outputs are uniform", "lower task.dino.teacher_temp, out_dim or optim.lr"))
             raise TeacherCollapseError(
                 f"dino: the teacher collapsed at step {self.step} ({kind} for {self.collapsed_steps} steps: "
                 f"batch-mean entropy {batch_entropy:.3f}, per-sample entropy {teacher_entropy:.3f}, log K "
-                f"{log_k:.3f}, thresholds {c.collapse_share:g} and {1 - c.collapse_share:g} of log K); stopping "
-                "the run. Lower optim.lr, raise task.dino.momentum or teacher_warmup_epochs "
-                "(docs/methods.md#dino)")
+                f"{log_k:.3f}; thresholds {c.collapse_share:g} and {1 - c.collapse_share:g} of log K); stopping "
+                f"the run: {remedy} (docs/methods.md#dino)")
 
 
 @torch.no_grad()
