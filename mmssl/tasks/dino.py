@@ -66,9 +66,10 @@ class DINOConfig:
     out_dim: int = 1024  # K (DINO: 65536)
     hidden_dim: int = 512  # DINO: 2048
     bottleneck_dim: int = 128  # DINO: 256
+    head_bn: bool = False  # BatchNorm in the head's MLP (DINO's use_bn_in_head)
     student_temp: float = 0.1
     teacher_temp_start: float = 0.04
-    teacher_temp: float = 0.07  # DINO: 0.04 to 0.07, reached after its warm-up
+    teacher_temp: float = 0.04  # reached after the warm-up (DINO: 0.04 by default, up to 0.07)
     teacher_warmup_epochs: float = 30.0
     center_momentum: float = 0.9
     momentum: float = 0.996  # the teacher's EMA rate, cosine to 1
@@ -177,7 +178,7 @@ class DINO(PretextTask):
 
     def build_head(self, encoder: VideoEncoder) -> ClipContrastiveHead:
         c = self.config
-        projector = DINOHead(encoder.feature_dim, c.hidden_dim, c.bottleneck_dim, c.out_dim)
+        projector = DINOHead(encoder.feature_dim, c.hidden_dim, c.bottleneck_dim, c.out_dim, c.head_bn)
         return ClipContrastiveHead(projector, DINOLoss(c.out_dim, c.student_temp, c.center_momentum), encoder=encoder)
 
     def loss(self, batch: dict[str, Tensor], encoder: VideoEncoder, head: nn.Module) -> dict[str, Tensor]:
