@@ -16,6 +16,7 @@ from mmssl.losses.barlow_twins import BarlowTwinsLoss
 from mmssl.losses.byol import BYOLLoss
 from mmssl.losses.cross_pixel_flow import CrossPixelFlowLoss
 from mmssl.losses.dense_predictive import DensePredictiveLoss
+from mmssl.losses.dino import DINOLoss
 from mmssl.losses.margin import MarginContrastiveLoss
 from mmssl.losses.moco import MoCoLoss
 from mmssl.losses.nt_xent import InfoNCELoss, NTXentLoss, contrastive_cross_entropy
@@ -31,6 +32,6 @@ def build_loss(name: str, **kwargs: object) -> nn.Module:
 
 
 __all__ = [
-    "LOSSES", "BYOLLoss", "BarlowTwinsLoss", "CrossPixelFlowLoss", "DensePredictiveLoss", "InfoNCELoss", "MarginContrastiveLoss", "MoCoLoss", "NTXentLoss",
+    "LOSSES", "BYOLLoss", "BarlowTwinsLoss", "CrossPixelFlowLoss", "DINOLoss", "DensePredictiveLoss", "InfoNCELoss", "MarginContrastiveLoss", "MoCoLoss", "NTXentLoss",
     "SimSiamLoss", "TripletLoss", "VICRegLoss", "build_loss", "contrastive_cross_entropy", "squared_distances",
 ]

@@ -18,6 +18,7 @@ from mmssl.losses.barlow_twins import BarlowTwinsLoss
 from mmssl.losses.byol import BYOLLoss
 from mmssl.losses.cross_pixel_flow import CrossPixelFlowLoss
 from mmssl.losses.dense_predictive import DensePredictiveLoss
+from mmssl.losses.dino import DINOLoss
 from mmssl.losses.margin import MarginContrastiveLoss
 from mmssl.losses.moco import MoCoLoss
 from mmssl.losses.nt_xent import InfoNCELoss, NTXentLoss
@@ -198,6 +199,20 @@ InputMaker = Callable[[int, int, torch.Generator], dict[str, Tensor]]
 QUEUE_SIZE = 4096  # MoCo's queue in the cases (the default 65536 does not fit a CPU benchmark)
 
 
+def dino(student: Tensor, teacher: Tensor, center: Tensor, student_temp: float, teacher_temp: float) -> Tensor:
+    """mean over view pairs t != s and samples i of -sum_k P_t(i, k) log P_s(i, k), with
+    P_t(i) = softmax((g_ti - c) / tau_t) (no gradient) and P_s(i) = softmax(f_si / tau_s)."""
+    terms = []
+    for t in range(len(teacher)):
+        for s in range(len(student)):
+            for i in range(student.shape[1]):
+                if s != t:
+                    g = (teacher[t, i].detach() - center) / teacher_temp
+                    f = student[s, i] / student_temp
+                    terms.append(-(torch.exp(g - torch.logsumexp(g, 0)) * (f - torch.logsumexp(f, 0))).sum())
+    return _mean(terms)
+
+
 @dataclass(frozen=True)
 class Case:
     """A loss module, its reference, and random float64 inputs of batch n and dimension d.
@@ -235,6 +250,12 @@ def _pixel_features(n: int, d: int, generator: torch.Generator) -> dict[str, Ten
             "flow": torch.randn(n, 5, 2, generator=generator, dtype=torch.float64)}
 
 
+def _view_outputs(n: int, d: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """DINO: a student's outputs on 3 views and a teacher's on the first 2, n samples of d outputs."""
+    return {"student": torch.randn(3, n, d, generator=generator, dtype=torch.float64),
+            "teacher": torch.randn(2, n, d, generator=generator, dtype=torch.float64)}
+
+
 def _margin_inputs(n: int, d: int, generator: torch.Generator) -> dict[str, Tensor]:
     return {**_features("x1", "x2")(n, d, generator), "positive": torch.rand(n, generator=generator) < 0.5}
 
@@ -265,6 +286,8 @@ CASES: dict[str, Case] = {
     "dense_predictive": Case(lambda d: DensePredictiveLoss(), lambda m, predicted, true: dense_predictive(predicted, true),
                              _grid_features),
     # margin at the median distance of two random pairs, so about half the negatives are active
+    "dino": Case(lambda d: DINOLoss(d), lambda m, student, teacher: dino(student, teacher, m.center.clone(),
+                                                                          m.student_temp, 0.04), _view_outputs),
     "margin": Case(lambda d: MarginContrastiveLoss(margin=math.sqrt(2 * d)),
                    lambda m, x1, x2, positive: margin_contrastive(x1, x2, positive, m.margin, m.scale),
                    _margin_inputs),

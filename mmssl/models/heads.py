@@ -117,6 +117,32 @@ def vicreg_expander(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential
     return projection_mlp(in_dim, hidden_dim, out_dim, num_layers=3)
 
 
+class DINOHead(nn.Module):
+    """DINO's head (Caron et al., ICCV 2021, `DINOHead` in its code): a 3-layer MLP with GELU to a
+    `bottleneck_dim` embedding, L2-normalised, then a weight-normalised linear layer without bias whose
+    norm is fixed at 1 (its `norm_last_layer`): each of the K outputs is a cosine in [-1, 1]. `batch_norm`:
+    BatchNorm after each hidden layer (its `use_bn_in_head`), which takes out what every sample's
+    features share (a small random convnet's are nearly alike).
+    While `last_layer_frozen`, that layer's gradient is zero (DINO freezes it for the first epoch, as
+    training is unstable otherwise); zero rather than none, as DDP expects every parameter's."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int, batch_norm: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for dim in (in_dim, hidden_dim):
+            layers += [nn.Linear(dim, hidden_dim), *([nn.BatchNorm1d(hidden_dim)] if batch_norm else []), nn.GELU()]
+        self.mlp = nn.Sequential(*layers, nn.Linear(hidden_dim, bottleneck_dim))
+        self.last_layer = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        nn.init.trunc_normal_(self.last_layer, std=0.02)
+        self.last_layer_frozen = False
+
+    def forward(self, features: Tensor) -> Tensor:
+        weight = self.last_layer
+        if self.last_layer_frozen:
+            weight = weight.detach() + 0 * weight
+        return F.normalize(self.mlp(features), dim=-1) @ F.normalize(weight, dim=-1).T
+
+
 # --- audio-visual ------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from mmssl.tasks import (  # noqa: F401  (imported to register them)
     colorization,
     cubic_puzzle,
     deepcluster,
+    dino,
     dpc,
     flow_similarity,
     inpainting,
