@@ -16,6 +16,7 @@ from mmssl.tasks.colorization import (
     Colorization,
     ColorizationConfig,
     in_gamut_bins,
+    rebalanced_constant,
     rebalancing_weights,
     smooth_prior,
     soft_encode,
@@ -103,6 +104,28 @@ def test_near_grey_frames_are_weighted_out_and_the_prior_counts_training_pixels(
     head.eval()
     task.targets(torch.rand(1, 3, 1, 16, 16), head)
     assert head.counts.sum() == 16 + 2 * 2 * 16 + 2 * 2 * 16  # counted in training only
+
+
+def test_the_trivial_constant_is_the_best_one_and_an_untrained_model_starts_there() -> None:
+    """p w minimises the rebalanced cross-entropy of pixels drawn from the prior (any other constant
+    does worse), and the model's logits start at it, so its loss starts at the trivial level."""
+    centres = in_gamut_bins(10)
+    prior = smooth_prior(torch.rand(len(centres)) ** 4, centres, sigma=0.0)
+    constant = rebalanced_constant(prior, 0.5)
+    torch.testing.assert_close(constant.sum(), torch.tensor(1.0))
+    weights = rebalancing_weights(prior, 0.5)
+
+    def expected_loss(q: torch.Tensor) -> torch.Tensor:  # E_p[w(y) (-log q_y)] / E_p[w] (= 1)
+        return -(prior * weights * q.log()).sum()
+
+    for other in (prior, torch.full_like(prior, 1 / len(prior)), constant * (1 + 0.2 * torch.rand(len(prior)))):
+        assert expected_loss(constant) < expected_loss(other / other.sum())
+    task = Colorization(ColorizationConfig(**TINY))
+    encoder = build_video_encoder("tiny3d", widths=(8, 16))
+    head = task.build_head(encoder)
+    task.loss({"frames": torch.randint(0, 256, (2, 2, 16, 16, 3), dtype=torch.uint8)}, encoder, head)  # counts
+    out = task.loss({"frames": torch.randint(0, 256, (2, 2, 16, 16, 3), dtype=torch.uint8)}, encoder, head.eval())
+    torch.testing.assert_close(out["loss"], out["trivial_loss"])
 
 
 # --- video colorization by pointing ------------------------------------------------------------------

@@ -13,7 +13,8 @@ smoothed by a Gaussian of std `prior_sigma`; near-grey frames (mean chroma sqrt(
 `grey_chroma`) weighted out. The prior is the bin histogram of every pixel the run has trained on so
 far (a buffer of the head, saved in the checkpoint): estimated on the pretraining videos as they are
 drawn, where Zhang et al. counted ImageNet's training set beforehand. The logits are the decoder's
-output plus the log prior, so the model starts at the prior.
+output plus log(p~ w), the best constant distribution for the rebalanced loss under the prior, so the
+model starts at it; the same constant is the trivial predictor the held-out loss is read against.
 """
 from __future__ import annotations
 
@@ -96,6 +97,12 @@ def rebalancing_weights(prior: Tensor, share: float) -> Tensor:
     return w / (prior * w).sum()
 
 
+def rebalanced_constant(prior: Tensor, share: float) -> Tensor:
+    """p w: the constant distribution that minimises the rebalanced cross-entropy when the pixels'
+    bins follow `prior` (weighted counts p_q w_q, which sum to 1 by the weights' scaling)."""
+    return prior * rebalancing_weights(prior, share)
+
+
 class ColorizationHead(nn.Module):
     """The upsampling decoder to logits over the ab bins, and the run's bin histogram (the prior)."""
 
@@ -153,15 +160,19 @@ class Colorization(PretextTask):
 
     def predict(self, x: Tensor, encoder: VideoEncoder, head: ColorizationHead) -> Tensor:
         """Logits over the ab bins [B, Q, T, H/4, W/4] of a model input x (RGB, normalised), from its lightness:
-        the decoder's output added to the log of the prior, so that the model starts at the prior (the
-        decoder's last layer starts at zero) rather than at uniform logits, which AdamW would take
-        thousands of steps to move by the prior's log-odds."""
+        the decoder's output added to `constant_log`, so that the model starts at the trivial predictor
+        (the decoder's last layer starts at zero) rather than at uniform logits, which AdamW would take
+        thousands of steps to move by the constant's log-odds."""
         lightness = self.front_end(x)
         t, h, w = x.shape[2:]
         size = (t, h // OUT_STRIDE, w // OUT_STRIDE)
         skip = F.avg_pool3d(lightness[:, :1], (1, OUT_STRIDE, OUT_STRIDE))
-        log_prior = smooth_prior(head.counts.float(), head.centres, self.config.prior_sigma).clamp(min=1e-12).log()
-        return head(encoder.feature_map(lightness), size, skip) + log_prior[None, :, None, None, None]
+        return head(encoder.feature_map(lightness), size, skip) + self.constant_log(head)[None, :, None, None, None]
+
+    def constant_log(self, head: ColorizationHead) -> Tensor:
+        """log of `rebalanced_constant` under the run's prior so far."""
+        prior = smooth_prior(head.counts.float(), head.centres, self.config.prior_sigma)
+        return rebalanced_constant(prior, self.config.rebalance).clamp(min=1e-12).log()
 
     def loss(self, batch: dict[str, Tensor], encoder: VideoEncoder, head: ColorizationHead) -> dict[str, Tensor]:
         x = to_model_input(batch["frames"], self.augment)
@@ -169,10 +180,9 @@ class Colorization(PretextTask):
         logits = rearrange(self.predict(x, encoder, head).float(), "b q t h w -> (b t h w) q")
         total = weight.sum().clamp(min=1e-8)
         loss = -(weight * (soft * F.log_softmax(logits, dim=1).gather(1, index)).sum(1)).sum() / total
-        with torch.no_grad():  # the trivial predictor: the best constant distribution for this weighted loss
-            constant = torch.zeros(len(head.centres), device=x.device).index_add_(
-                0, index.flatten(), (soft * weight[:, None]).flatten()) / total
-            trivial = -(weight * (soft * constant.clamp(min=1e-12).log()[index]).sum(1)).sum() / total
+        with torch.no_grad():  # the trivial predictor: the best constant under the training pixels' prior
+            constant = self.constant_log(head)  # (not one fitted to the scored batch, which would see it)
+            trivial = -(weight * (soft * constant[index]).sum(1)).sum() / total
             ab_error = (logits.softmax(1) @ head.centres.float() - ab).norm(dim=1).mean()
             mean_colour_error = (ab - ab.mean(0)).norm(dim=1).mean()
         return {"loss": loss, "trivial_loss": trivial, "ab_error": ab_error, "mean_colour_ab_error": mean_colour_error}
