@@ -24,7 +24,6 @@ import numpy as np
 class KMeansResult:
     centroids: np.ndarray    # (k, dim) float32
     assignments: np.ndarray  # (n,) int64: the nearest centroid of each row
-    inertia: float           # the sum of squared distances of the rows to their centroids
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int, iterations: int = 20, redo: int = 1,
@@ -41,15 +40,8 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, iterations: int = 20, redo: int 
     model = faiss.Kmeans(x.shape[1], k, niter=iterations, nredo=redo, seed=seed, verbose=False,
                          max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
     model.train(x)
-    distances, assignments = model.index.search(x, 1)
-    return KMeansResult(model.centroids.copy(), assignments[:, 0].astype(np.int64), float(distances.sum()))
-
-
-def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """The index of the nearest centroid (squared L2) of each row of `x`."""
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0].astype(np.int64)
+    assignments = model.index.search(x, 1)[1]
+    return KMeansResult(model.centroids.copy(), assignments[:, 0].astype(np.int64))
 
 
 def pca_whiten(x: np.ndarray, dim: int) -> np.ndarray:

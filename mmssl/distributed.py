@@ -95,6 +95,16 @@ def gather_objects(value: T) -> list[T]:
     return parts
 
 
+def gather_to_main(value: T) -> list[T] | None:
+    """Every rank's `value` (any picklable object) on rank 0, in rank order, and None on the others
+    (every rank must call this); [value] on one process. For large values only rank 0 needs."""
+    if get_world_size() == 1:
+        return [value]
+    parts: list[T | None] | None = [None] * get_world_size() if get_rank() == 0 else None
+    dist.gather_object(value, parts, dst=0)
+    return parts
+
+
 def sum_counters(counter: Counter) -> Counter:
     """`counter` summed over ranks (every rank must call this); itself on one process."""
     return counter if get_world_size() == 1 else sum(gather_objects(counter), Counter())

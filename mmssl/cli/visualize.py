@@ -114,10 +114,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     if args.split:
         parser.error("--split picks a --manifest's videos; a task's split is data.split=NAME")
     import_user_modules(parser, args.imports)
-    task_class(args.task)
+    kind = task_class(args.task)
     default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
     checkpoint = checkpoint_of(parser, args.checkpoint) if args.checkpoint else None
-    kind = task_class(args.task)
     if checkpoint is not None and not (issubclass(kind, (MaskedVideo, Restoration, Colorization)) or kind.pseudo_labelled):
         parser.error("--checkpoint draws reconstructions (--task masked_video, inpainting, super_resolution, "
                      "colorization) or clusters (a pseudo-label task)")
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     else:
         config = load_config(args.config or (default if default.exists() else None), overrides)
 
-    if checkpoint is not None and task_class(args.task).pseudo_labelled:
+    if checkpoint is not None and kind.pseudo_labelled:
         return _save(draw_clusters(checkpoint, config, args.num), args.out or f"runs/visualize_{args.task}.png")
     dataset = PretextDataset(load_rows(config), build_task(config), config.data.frame_size,
                              config.data.backend, seed=args.seed)

@@ -36,14 +36,14 @@ WORKER_DIED = "DataLoader worker (pid"  # how PyTorch's messages of a dead worke
 
 
 def build_loader(dataset: PretextDataset, sampler: EpochSampler, *, batch_size: int, num_workers: int, seed: int,
-                 device: torch.device) -> DataLoader:
-    """The pretraining DataLoader: `num_workers` persistent workers (they keep the task's per-video
-    caches), `PREFETCH_BATCHES` batches prefetched per worker, pinned memory when feeding a GPU; `seed`
-    seeds the workers' base seed."""
+                 device: torch.device, persistent: bool = True) -> DataLoader:
+    """The pretraining DataLoader: `num_workers` workers, persistent unless told (they keep the task's
+    per-video caches), `PREFETCH_BATCHES` batches prefetched per worker, pinned memory when feeding a
+    GPU; `seed` seeds the workers' base seed."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
         num_workers=num_workers, pin_memory=device.type == "cuda",
-        prefetch_factor=PREFETCH_BATCHES if num_workers else None, persistent_workers=num_workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if num_workers else None, persistent_workers=persistent and num_workers > 0,
         generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
     )
 
@@ -71,17 +71,18 @@ class RecoveringLoader:
     """`build_loader`'s batches, epoch by epoch, surviving the death of a worker (module docstring)."""
 
     def __init__(self, dataset: PretextDataset, sampler: EpochSampler, *, batch_size: int, num_workers: int,
-                 seed: int, device: torch.device) -> None:
+                 seed: int, device: torch.device, persistent: bool = True) -> None:
         report_worker_deaths_when_waiting()
         self.dataset, self.sampler = dataset, sampler
         self.batch_size, self.num_workers, self.seed, self.device = batch_size, num_workers, seed, device
+        self.persistent = persistent
         self.loader = self.build()
         self.unexplained_restarts = 0
 
     def build(self) -> DataLoader:
         """A fresh `build_loader` (new worker processes, holding the dataset as it is now)."""
         return build_loader(self.dataset, self.sampler, batch_size=self.batch_size, num_workers=self.num_workers,
-                            seed=self.seed, device=self.device)
+                            seed=self.seed, device=self.device, persistent=self.persistent)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
         """The batches of `epoch` from sample `start` of this rank's share (`EpochSampler.set_epoch`)."""

@@ -81,13 +81,13 @@ def label_rows(model: TaskModel, batches: Iterable[dict], num_rows: int, device:
     rows, parts = [], defaultdict(list)
     for batch in batches:
         batch.pop("skipped", None)
-        rows.append(batch["row"].numpy())
+        rows.append(batch.pop("row").numpy())
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         for name, value in task.label_features(batch, model.encoder, model.head).items():
             parts[name].append(value.float().cpu().numpy())
     for module, training in modes.items():
         module.training = training
-    gathered = distributed.gather_objects((np.concatenate(rows), {k: np.concatenate(v) for k, v in parts.items()}))
+    gathered = distributed.gather_to_main((np.concatenate(rows), {k: np.concatenate(v) for k, v in parts.items()}))
     labels = None
     if distributed.is_main_process():
         every_row = np.concatenate([r for r, _ in gathered])
@@ -132,7 +132,8 @@ class Labeller:
         sampler = EpochSampler(len(labelled), config.train.seed, rank, world_size, shuffle=False,
                                batch_size=config.data.batch_size)
         self.batches = RecoveringLoader(labelled, sampler, batch_size=config.data.batch_size,
-                                        num_workers=config.data.num_workers, seed=config.train.seed, device=device)
+                                        num_workers=config.data.num_workers, seed=config.train.seed, device=device,
+                                        persistent=False)  # workers only during a pass, not idle between
 
     def due(self, epoch: int, step_in_epoch: int) -> bool:
         """At the start of an epoch the task says is due, or whenever the run holds no labels yet."""

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.losses.triplet import squared_distances
 from mmssl.registry import register_loss
 
 
 def flow_distances(flow: Tensor) -> Tensor:
-    """[B, n, 2] -> [B, n, n]: ||f_u - f_v||^2 within each image."""
-    return torch.vmap(squared_distances)(flow, flow)
+    """[B, n, 2] -> [B, n, n]: ||f_u - f_v||^2 within each image, from the differences themselves: the
+    expanded |a|^2 + |b|^2 - 2ab is a matmul, which autocast runs in bf16 and which loses the small
+    distances (a few px^2) that the kernel and its accuracy threshold read."""
+    return (flow[:, :, None] - flow[:, None]).pow(2).sum(-1)
 
 
 @register_loss("cross_pixel_flow")

@@ -89,9 +89,6 @@ class DINOConfig:
         "grayscale": SHARE, "collapse_share": Bound(0, 0.5, strict=True), "collapse_patience": AT_LEAST_1}
 
 
-TEACHER_MOMENTUM = Momentum(0.996, "cosine")
-
-
 def spread_clip(num_frames: int, length: int, span_share: float, rng: np.random.Generator) -> np.ndarray:
     """`length` frame numbers spread evenly over a random stretch of `span_share` of `num_frames` frames
     (at least `length` frames long)."""
@@ -139,7 +136,7 @@ class DINO(PretextTask):
     @property
     def momentum(self) -> float:
         """The teacher's EMA rate for the update at this step's first forward."""
-        return TEACHER_MOMENTUM.rate(self.step, self.total_steps, self.config.momentum)
+        return Momentum(self.config.momentum, "cosine").rate(self.step, self.total_steps)
 
     def min_frames(self, fps: float) -> int:
         c = self.config

@@ -166,8 +166,8 @@ class FlowSimilarity(PretextTask):
         frames = batch["frames"][:, :-1]  # never the flow's second frame
         x = to_model_input(frames, self.augment)
         grid = encoder.feature_map(self.front_end(x)).mean(dim=2)
-        embeddings = head(grid, batch["pixels"], tuple(frames.shape[2:4]))
-        flow = batch["flow"].to(embeddings.dtype)
+        embeddings = head(grid, batch["pixels"], tuple(frames.shape[2:4])).float()
+        flow = batch["flow"].float()  # the target in float32, also under bf16 autocast
         log_phi, target = head.criterion.kernels(embeddings, flow)
         return {"loss": head.criterion.cross_entropy(log_phi, target), **head.criterion.metrics(log_phi, flow)}
 

@@ -75,6 +75,7 @@ class VideoColorizationHead(nn.Module):
         nn.init.normal_(self.decoder.out[-1].weight, std=0.01)  # not the zero start: all-equal embeddings point nowhere
         self.register_buffer("palette", torch.zeros(config.palette_size, 2))
         self.register_buffer("fitted", torch.tensor(False))
+        self.fitted_here = False  # this process has seen `fitted` set
 
     def forward(self, grid: Tensor, size: tuple[int, int, int], lightness: Tensor) -> Tensor:
         return self.decoder(grid, size, skip=lightness)
@@ -83,10 +84,12 @@ class VideoColorizationHead(nn.Module):
     def colours(self, ab: Tensor) -> Tensor:
         """ab [N, 2] -> the nearest palette colour of each row [N]; the palette is fitted on these rows
         (k-means) if it has not been yet."""
-        if not self.fitted:
-            result = kmeans(ab.detach().float().cpu().numpy(), len(self.palette), seed=0)
-            self.palette.copy_(torch.from_numpy(result.centroids))
-            self.fitted.fill_(True)
+        if not self.fitted_here:  # the buffer is read (a device sync) only until it is known to be set
+            if not self.fitted:
+                result = kmeans(ab.detach().float().cpu().numpy(), len(self.palette), seed=0)
+                self.palette.copy_(torch.from_numpy(result.centroids))
+                self.fitted.fill_(True)
+            self.fitted_here = True
         return torch.cdist(ab.float(), self.palette).argmin(1)
 
 
