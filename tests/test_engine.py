@@ -55,13 +55,17 @@ def test_every_shipped_config_loads() -> None:
         load_config(path, root=root)
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # mkldnn.flags restores its TF32 flag
 @pytest.mark.parametrize("path", PRETRAINING_CONFIGS, ids=lambda path: path.stem)
 def test_every_pretraining_config_steps_under_bf16_autocast(tiny_synthav: Path, path: Path) -> None:
-    """The trainer's default on a GPU (bf16 autocast), on the CPU: one step of each shipped config."""
+    """The trainer's default on a GPU (bf16 autocast), on the CPU: one step of each shipped config.
+    oneDNN is off: its CPU bf16 conv3d backward gave non-finite weight gradients now and then (3 of 100
+    fresh tiny3d jigsaw steps, none of 100 without it), a kernel's fault, not the task code's this
+    tests; the CPU never trains in bf16 (mmssl.engine.precision)."""
     model, (batch,) = shipped_config_batches(path, tiny_synthav)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.backends.mkldnn.flags(enabled=False), torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(batch)["loss"]
-    loss.backward()
+        loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
