@@ -605,3 +605,16 @@ def test_decord_backend(media: dict[str, Path]) -> None:
         VideoReader(path.with_name("nope.mp4"), backend="decord")
     with pytest.raises(ValueError, match="unknown backend"):
         VideoReader(path, backend="nope")
+
+
+def test_media_errors_cross_a_process_boundary() -> None:
+    """A pool worker's MediaError is pickled back to the parent: it must unpickle as itself."""
+    import pickle
+
+    from mmssl.io import errors
+
+    kinds = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.MediaError)]
+    assert len(kinds) > 3
+    for kind in kinds:
+        error = pickle.loads(pickle.dumps(kind("clip.mp4", "detail")))
+        assert type(error) is kind and str(error) == str(kind("clip.mp4", "detail"))

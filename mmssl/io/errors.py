@@ -16,6 +16,10 @@ class MediaError(MmsslError):
         self.detail = detail
         super().__init__(f"{self.path}: {self.kind}: {detail}")
 
+    def __reduce__(self) -> tuple:
+        """Pickled by its arguments, so that it crosses a process boundary (a pool worker's error)."""
+        return type(self), (self.path, self.detail)
+
 
 class MissingMediaError(MediaError, FileNotFoundError):
     kind = "missing"
