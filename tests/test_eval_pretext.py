@@ -17,7 +17,7 @@ from mmssl.data.dataset import PretextDataset, collate
 from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
 from mmssl.engine.checkpoint import save_checkpoint
 from mmssl.engine.trainer import pretrain
-from mmssl.eval.pretext import evaluate_pretext
+from mmssl.eval.pretext import _with_error, evaluate_pretext
 from mmssl.eval.transfer import Transfer, encode, load_encoder
 from mmssl.io import probe, write_media
 from mmssl.registry import TASKS, register_task
@@ -128,6 +128,20 @@ def test_an_in_batch_chance_level_follows_the_batch_sizes(tiny_synthav: Path, tm
     top1 = result["metrics"]["top1_in_batch"]
     assert result["samples"] == 20 and top1["chance"] == pytest.approx(3 / 20)  # (8 * 1/8 + 8 * 1/8 + 4 * 1/4) / 20
     assert 0 <= top1["value"] <= 1 and result["label_family"] == "object"
+    assert top1["units"] == 3 and top1["se"] > 0 and top1["z"] == pytest.approx((top1["value"] - top1["chance"]) / top1["se"])
+
+
+def test_the_standard_error_counts_batches_of_distinct_videos_over_the_passes() -> None:
+    """Two batches of 10 samples, each seen in two passes: the units are the batches, with their
+    passes' mean; their distances from chance 0.1 and 0.3 give the SE of a mean of two, 0.1."""
+    values = [[2 * 0.6 * 10, 20], [2 * 0.8 * 10, 20]]  # [value x samples, samples] summed over 2 passes
+    levels = [[2 * 0.5 * 10, 20]] * 2
+    metric = _with_error({"value": 0.7, "higher_is_better": True, "chance": 0.5}, values, levels)
+    assert metric["units"] == 2 and metric["se"] == pytest.approx(0.1) and metric["z"] == pytest.approx(2.0)
+    lower = _with_error({"value": 0.7, "higher_is_better": False, "chance": 0.5}, values, levels)
+    assert lower["z"] == pytest.approx(-2.0)  # a loss above its trivial level is on the worse side
+    unequal = _with_error({"value": 0.6, "higher_is_better": True, "chance": None}, [[6.0, 10], [3.0, 5], [9.0, 15]], [])
+    assert unequal["se"] == pytest.approx(0.0) and "z" not in unequal  # every batch at 0.6: no spread
 
 
 class LumaOrder(OrderVerification):

@@ -252,19 +252,22 @@ def _gate(table: dict[str, dict]) -> dict[str, dict]:
 
 
 def _pretext_summary(runs: list[dict]) -> dict[str, dict]:
-    """Each held-out pretext metric's mean and std over seeds, and its chance level."""
+    """Each held-out pretext metric's mean and std over seeds, its chance level, and per seed its
+    distance from chance in SEs over the test videos (`z`, None where chance or the SE is unknown)."""
     return {key: {"mean": float(np.mean([r[key]["value"] for r in runs])),
                   "std": float(np.std([r[key]["value"] for r in runs])),
-                  "chance": runs[0][key]["chance"], "higher_is_better": runs[0][key]["higher_is_better"]}
+                  "chance": runs[0][key]["chance"], "higher_is_better": runs[0][key]["higher_is_better"],
+                  "z": [r[key].get("z") for r in runs]}
             for key in runs[0]}
 
 
 def _print_summary(summary: dict) -> None:
-    print("\nheld-out pretext metrics (test split): mean ± std over seeds, chance")
+    print("\nheld-out pretext metrics (test split): mean ± std over seeds, chance, distance from chance in SEs")
     for method, metrics in summary["pretext"].items():
         for key, m in metrics.items():
             chance = "-" if m["chance"] is None else f"{m['chance']:.3f}"
-            print(f"  {method:<16} {key:<24} {m['mean']:.3f} ± {m['std']:.3f}  chance {chance}")
+            z = " ".join("-" if v is None else f"{v:.1f}" for v in m["z"])
+            print(f"  {method:<16} {key:<24} {m['mean']:.3f} ± {m['std']:.3f}  chance {chance}  z per seed {z}")
     if summary["collapse"]:
         print("collapse indicators of the pseudo-label methods' last labelling pass, per seed")
     for method, indicators in summary["collapse"].items():

@@ -4,8 +4,9 @@ trained on, beside the metric's chance level (did the task learn its pretext at 
   mmssl eval-pretext RUN [--manifest FILE] [--split test] [--batch-size 32] [--seed 0] [--passes 1]
                          [--out FILE.json] [--import MODULE]
 RUN: a checkpoint, or a run folder (its newest). The manifest defaults to the run's own, or its
-SynthAV; --passes draws that many windows of every video. Writes pretext_eval.json beside the
-checkpoint. (`python tools/eval_pretext.py ...` is the same.)
+SynthAV; --passes draws that many windows of every video. The SE is of the metric's distance from
+chance (of the metric where chance is unknown), counted over batches of distinct videos; z is that
+distance in SEs, positive on the better side. Writes pretext_eval.json beside the checkpoint. (`python tools/eval_pretext.py ...` is the same.)
 """
 from __future__ import annotations
 
@@ -35,10 +36,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     result = evaluate_pretext(checkpoint, args.manifest, args.split, args.batch_size, args.seed, args.passes)
     print(f"{result['task']} at step {result['step']} ({checkpoint}): {result['samples']} samples of "
           f"{result['videos']} {result['split']!r} videos of {result['manifest']}")
-    print(f"{'metric':<28} {'held-out':>10} {'chance':>10}  better")
+    print(f"{'metric':<28} {'held-out':>10} {'chance':>10} {'SE':>8} {'z':>6}  better")
     for key, m in result["metrics"].items():
-        chance = "-" if m["chance"] is None else f"{m['chance']:.4f}"
-        print(f"{key:<28} {m['value']:>10.4f} {chance:>10}  {'higher' if m['higher_is_better'] else 'lower'}")
+        chance, se, z = (("-" if v is None else f"{v:{spec}}")
+                         for v, spec in ((m["chance"], ".4f"), (m["se"], ".4f"), (m.get("z"), ".1f")))
+        print(f"{key:<28} {m['value']:>10.4f} {chance:>10} {se:>8} {z:>6}  "
+              f"{'higher' if m['higher_is_better'] else 'lower'}")
+    print(f"SE over {next(iter(result['metrics'].values()))['units']} batches of distinct videos")
     print(f"videos left out: {result['left_out'] or 'none'}")
     out = Path(args.out or checkpoint.parent / "pretext_eval.json")
     out.write_text(json.dumps(result, indent=2))

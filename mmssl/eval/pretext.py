@@ -4,12 +4,22 @@ The run's model (encoder + task head) runs the task's own loss in eval mode, wit
 held-out split, as the task stood at the checkpoint's step taken as the last: curricula at their end,
 its augmentation on (seeded). Each declared metric (`PretextTask.pretext_metrics`) is averaged over
 the samples, beside its chance level averaged the same way; the rest of the loss dict comes along.
+
+Its standard error counts videos, not samples: the loader does not shuffle, so the k-th batch of every
+pass holds the same videos, and those batches (averaged over the passes) are the independent units.
+The metrics are batch means (a contrastive task's accuracy depends on the rest of the batch), so a
+batch is also the smallest unit there is. The SE of the metric's distance from chance is the
+cluster-robust one over those units: sqrt(k / (k - 1) * sum_i n_i^2 (d_i - d)^2) / sum_i n_i, with d_i
+a unit's metric minus its chance level and n_i its samples; `z` is that distance in SEs, positive
+when the metric is on the better side of chance.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -52,10 +62,12 @@ def evaluate_pretext(checkpoint: str | Path, manifest: str | None = None, split:
     sums: dict[str, float] = defaultdict(float)
     chance: dict[str, float | None] = {key: 0.0 for key in declared}
     failed: dict[str, str] = {}  # video -> the reason of its first failed decode
+    units: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))  # batch
+    # index -> metric or its chance level -> [sum over the passes of value x samples, samples]
     samples = 0
     for epoch in range(passes):
         dataset.set_epoch(epoch)
-        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        for index, batch in enumerate(DataLoader(dataset, batch_size=batch_size, collate_fn=collate)):
             for failure in batch.pop("skipped"):
                 failed.setdefault(failure.path, failure.kind)
             if not batch:
@@ -68,13 +80,18 @@ def evaluate_pretext(checkpoint: str | Path, manifest: str | None = None, split:
             for key, (metric, owner) in declared.items():
                 level = metric.level(owner, size, out)
                 chance[key] = None if level is None or chance[key] is None else chance[key] + level * size
+                for name, value in ((key, float(out[key])), (f"chance:{key}", level or 0.0)):
+                    units[index][name][0] += value * size
+                    units[index][name][1] += size
     left_out = dataset.excluded + Counter(failed.values())
     if not samples:
         raise ManifestError(f"no video of split {split!r} of {manifest} could be evaluated for task "
                             f"{task.name!r} (left out: {dict(left_out) or 'none'})")
     return {
-        "metrics": {key: {"value": sums[key] / samples, "higher_is_better": metric.higher_is_better,
-                          "chance": None if chance[key] is None else chance[key] / samples}
+        "metrics": {key: _with_error({"value": sums[key] / samples, "higher_is_better": metric.higher_is_better,
+                                      "chance": None if chance[key] is None else chance[key] / samples},
+                                     [unit[key] for unit in units.values()],
+                                     [unit[f"chance:{key}"] for unit in units.values()])
                     for key, (metric, _) in declared.items()},
         "loss_dict": {key: value / samples for key, value in sums.items()},
         "task": task.name,
@@ -89,3 +106,23 @@ def evaluate_pretext(checkpoint: str | Path, manifest: str | None = None, split:
         "videos": len(dataset) - len(failed),
         "left_out": dict(left_out),
     }
+
+
+def _with_error(metric: dict, values: list[list[float]], levels: list[list[float]]) -> dict:
+    """`metric` with `se` (of its distance from chance; of the metric itself where chance is unknown)
+    and `units` (batches of distinct videos); `z` where chance is known. Units: [value x samples, samples]
+    summed over the passes; fewer than 2 units give no SE."""
+    weights = np.array([n for _, n in values])
+    means = np.array([total / n for total, n in values])
+    if metric["chance"] is not None:
+        means = means - np.array([total / n for total, n in levels])
+    k = len(weights)
+    se = None
+    if k >= 2:
+        centre = np.average(means, weights=weights)
+        se = math.sqrt(k / (k - 1) * float(np.sum(weights ** 2 * (means - centre) ** 2))) / float(weights.sum())
+    metric = {**metric, "se": se, "units": k}
+    if metric["chance"] is not None:
+        gap = (metric["value"] - metric["chance"]) * (1 if metric["higher_is_better"] else -1)
+        metric["z"] = None if not se else gap / se
+    return metric
