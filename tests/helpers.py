@@ -14,8 +14,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from mmssl.config import load_config
+from mmssl.config import load_config, to_dict
 from mmssl.data.dataset import PretextDataset, collate
+from mmssl.engine.checkpoint import save_checkpoint
 from mmssl.engine.data import load_rows
 from mmssl.engine.labelling import label_dataset, label_rows
 from mmssl.models import VideoEncoder
@@ -77,6 +78,16 @@ def shipped_config_batches(path: Path, synthav: Path, count: int = 1, overrides:
         batch.pop("skipped")
         batches.append(batch)
     return model, batches
+
+
+def random_init_checkpoint(task: str, synthav: Path, out: Path, overrides: Sequence[str] = ()) -> Path:
+    """A checkpoint of a shipped config's seeded model at random init (tiny SynthAV at 32 px, the
+    task's smoke overrides), with its config, as a run would save it."""
+    config = load_config(Path(__file__).resolve().parents[1] / f"configs/pretrain/{task}.yaml",
+                         [f"data.synthav_dir={synthav}", "data.frame_size=32", *task_class(task).smoke_overrides,
+                          *overrides])
+    torch.manual_seed(0)
+    return save_checkpoint(out, config=to_dict(config), model=TaskModel(build_task(config), build_run_encoder(config)))
 
 
 def run_ranks(worker: Callable, out_dir: Path, world_size: int, timeout_s: float) -> list:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import random_init_checkpoint  # tests/ is on sys.path
 from torch import Tensor
 
 from mmssl.cli import visualize
@@ -154,3 +155,29 @@ def test_visualize_shows_the_context_and_future_blocks(tiny_synthav: Path, tmp_p
     out = visualize.main(["--task", "dpc", "--num", "2", f"data.synthav_dir={tiny_synthav}", "data.frame_size=32",
                           *DPC.smoke_overrides, "--out", str(tmp_path / "dpc.png")])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    checkpoint = random_init_checkpoint("dpc", tiny_synthav, tmp_path / "run/checkpoint_000000.pt")
+    predicted = visualize.main(["--task", "dpc", "--num", "2", "--checkpoint", str(checkpoint.parent),
+                                "--out", str(tmp_path / "predicted.png")])
+    assert predicted.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and predicted.read_bytes() != out.read_bytes()
+
+
+def test_predicted_views_show_each_future_block_beside_the_block_its_prediction_scores_highest() -> None:
+    task, net = DPC(SMALL), encoder().eval()  # no augmentation
+    head = task.build_head(net).eval()
+    clips = frames(videos=2)
+    context, steps, length = SMALL.num_blocks - SMALL.pred_steps, SMALL.pred_steps, SMALL.block_len
+    with torch.no_grad():
+        views = task.predicted_views({"frames": clips}, net, head)
+        grid = task.grids(clips, net, augment=False)
+        predicted = head.rollout(grid[:, :context], steps, head.aggregators[0])
+    middle = lambda video, block: clips[video, block * length + length // 2]  # noqa: E731
+    for b, shown in enumerate(views):
+        assert len(shown) == context + 2 * steps
+        assert [caption for caption, _ in shown[:context]] == [f"context block {k}" for k in range(context)]
+        for p in range(steps):
+            (_, true), (caption, nearest) = shown[context + 2 * p:context + 2 * p + 2]
+            assert torch.equal(true, middle(b, context + p))
+            scores = {(v, s): float((predicted[b, p] * grid[v, context + s]).sum()) for v in range(2) for s in range(steps)}
+            best = max(scores, key=scores.get)
+            assert torch.equal(nearest, middle(best[0], context + best[1]))
+            assert caption.endswith("right") == (best == (b, p))

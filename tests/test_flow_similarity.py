@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import random_init_checkpoint  # tests/ is on sys.path
 
 from mmssl.cli import visualize
 from mmssl.data.dataset import decode_window
@@ -112,6 +113,28 @@ def test_visualize_shows_the_sampled_pixels_and_the_flow(tiny_synthav: Path, tmp
     out = visualize.main(["--task", "flow_similarity", "--num", "2", f"data.synthav_dir={tiny_synthav}",
                           "data.frame_size=32", "--out", str(tmp_path / "flow.png")])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    checkpoint = random_init_checkpoint("flow_similarity", tiny_synthav, tmp_path / "run/checkpoint_000000.pt")
+    predicted = visualize.main(["--task", "flow_similarity", "--num", "2", "--checkpoint", str(checkpoint),
+                                "--out", str(tmp_path / "predicted.png")])
+    assert predicted.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and predicted.read_bytes() != out.read_bytes()
+
+
+def test_predicted_views_colour_each_pixel_by_its_embeddings_principal_components() -> None:
+    """A square moving right on a still background: the frame, its flow (the square's pixels coloured),
+    and every pixel's embedding as colours, the first component spanning the full range."""
+    task = FlowSimilarity(FlowSimilarityConfig(gap=1, embed_dim=4, hidden_dim=8))
+    torch.manual_seed(0)
+    encoder = Tiny3D(widths=(8, 16), dim=16).eval()
+    frames = torch.zeros(1, 2, 32, 32, 3, dtype=torch.uint8)
+    frames[0, 0, 8:18, 8:18], frames[0, 1, 8:18, 11:21] = 255, 255
+    with torch.no_grad():
+        ((_, frame), (flow_caption, flow), (caption, colours)), = task.predicted_views(
+            {"frames": frames}, encoder, task.build_head(encoder))
+    assert torch.equal(frame, frames[0, 0]) and flow_caption == "flow to +1"
+    assert flow.shape == colours.shape == (32, 32, 3) and colours.dtype == torch.uint8
+    assert flow[12, 12].max() > 0 and flow[28, 28].max() == 0  # the square moves, the corner does not
+    assert colours[..., 0].min() == 0 and colours[..., 0].max() == 255  # 2nd-98th percentile stretched
+    assert 0 < float(caption.split("(")[1].split("%")[0]) <= 100
 
 
 def test_bench_flow_measures_the_flow_against_the_decode(tiny_synthav: Path, tmp_path: Path) -> None:

@@ -22,6 +22,10 @@ inpainting and super_resolution: for 3 frames the loss reads, the degraded clip 
 filled, blurred, or the repeated frame), the model's restoration and the clean target side by side,
 each with its error on the pixels the loss reads, by the same --checkpoint or at random init.
 colorization: for 3 frames, the lightness the encoder gets, the model's colours with it, and the frame.
+A task that says what its model makes of a sample (`PretextTask.predicted_views`: dpc, flow_similarity)
+draws that with --checkpoint: DPC the context blocks, then each future block beside the block of the
+drawn batch its prediction scores highest; flow similarity the frame, its flow and the pixel
+embeddings' principal components as colours.
 
 --manifest draws a dataset's videos as they are instead: one row per video, titled with its labels
 (every column the manifest has beyond the standard ones), 6 frames across it captioned with frame
@@ -32,6 +36,7 @@ spectrogram at frame / fps, and a contact frame is among the frames shown, with 
   mmssl visualize --task order [--config FILE] [--num 8] [--out FILE.png] [--import MODULE] [key=value ...]
   mmssl visualize --task masked_video|inpainting|super_resolution|colorization [--checkpoint CKPT|RUN_DIR] [...]
   mmssl visualize --task deepcluster --checkpoint CKPT|RUN_DIR [--num 8]
+  mmssl visualize --task dpc|flow_similarity --checkpoint CKPT|RUN_DIR [--num 8]
   mmssl visualize --manifest data/physav/manifest.csv [--split test] [--num 8] [--out FILE.png]
 (`python tools/visualize.py ...` is the same.)
 """
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser.add_argument("--out", help="PNG path (default runs/visualize_<task or manifest's folder>.png)")
     parser.add_argument("--checkpoint", help="masked_video, inpainting, super_resolution, colorization: pretraining "
                                              "checkpoint (or run folder) whose model reconstructs; default: random "
-                                             "init. A pseudo-label task: the checkpoint whose clusters to draw")
+                                             "init. A pseudo-label task: the checkpoint whose clusters to draw. "
+                                             "dpc, flow_similarity: the checkpoint whose predictions to draw")
     add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
@@ -117,9 +123,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     kind = task_class(args.task)
     default = Path(__file__).resolve().parents[2] / f"configs/pretrain/{args.task}.yaml"
     checkpoint = checkpoint_of(parser, args.checkpoint) if args.checkpoint else None
-    if checkpoint is not None and not (issubclass(kind, (MaskedVideo, Restoration, Colorization)) or kind.pseudo_labelled):
+    predicts = kind.predicted_views is not PretextTask.predicted_views
+    if checkpoint is not None and not (issubclass(kind, (MaskedVideo, Restoration, Colorization))
+                                       or kind.pseudo_labelled or predicts):
         parser.error("--checkpoint draws reconstructions (--task masked_video, inpainting, super_resolution, "
-                     "colorization) or clusters (a pseudo-label task)")
+                     "colorization), clusters (a pseudo-label task) or predictions (dpc, flow_similarity)")
     overrides = [*args.overrides, f"task.name={args.task}"]
     if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
         config = apply_overrides(checkpoint_config(checkpoint), overrides)
@@ -143,6 +151,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
         fig = _draw_restorations(dataset.task, samples, config.model.video_encoder, checkpoint, args.seed)
     elif isinstance(dataset.task, Colorization):
         fig = _draw_colorizations(dataset.task, samples, config.model.video_encoder, checkpoint, args.seed)
+    elif checkpoint is not None and predicts:
+        fig = _draw_predictions(dataset.task, samples, config.model.video_encoder, checkpoint)
     else:
         fig = _draw_samples(_rows(dataset.task, samples), args.task)
     return _save(fig, args.out or f"runs/visualize_{args.task}.png")
@@ -333,6 +343,22 @@ def _draw_colorizations(task: Colorization, samples: list[tuple[DecodedClip, dic
     return _side_by_side(samples, clips, _shown(np.arange(x.shape[2]), RESTORED_FRAMES), {},
                          f"{_model(task.name, encoder_name, checkpoint)}: lightness in, colours out, the frame "
                          f"(#n: frame number)")
+
+
+def _draw_predictions(task: PretextTask, samples: list[tuple[DecodedClip, dict]], encoder_name: str,
+                      checkpoint: Path) -> plt.Figure:
+    """One row per sample: the task's `predicted_views` of the drawn batch by the checkpoint's model."""
+    model = _task_model(task, encoder_name, checkpoint)
+    with torch.no_grad():
+        rows = task.predicted_views(_batch(samples), model.encoder, model.head)
+    width = max(map(len, rows))
+    fig, axes = plt.subplots(len(rows), width, figsize=(max(1.3 * width, 5), 1.6 * len(rows)), squeeze=False,
+                             layout="tight")
+    for row_axes, views in zip(axes, rows):
+        for ax, (caption, image) in zip(row_axes, views):
+            _frame(ax, image.numpy(), caption, 6)
+    return _titled(fig, axes, f"{_model(task.name, encoder_name, checkpoint)}:\nwhat the model makes of "
+                              f"{len(rows)} samples")
 
 
 def _task_model(task: PretextTask, encoder_name: str, checkpoint: Path | None) -> TaskModel:

@@ -131,6 +131,13 @@ class PretextTask(ABC):
         the caption giving the label; None: the frames."""
         return None
 
+    def predicted_views(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder,
+                        head: nn.Module) -> list[list[tuple[str, torch.Tensor]]] | None:
+        """What the model makes of a batch of samples (no augmentation, eval mode, no gradients), for
+        `mmssl visualize --checkpoint`: per sample, (caption, uint8 [H, W, 3] image) each; None: nothing
+        beyond `views`."""
+        return None
+
     @abstractmethod
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
         ...

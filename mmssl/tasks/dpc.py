@@ -144,11 +144,37 @@ class DPC(PretextTask):
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
         return DPCHead(encoder.map_dim, self.config)
 
-    def grids(self, frames: Tensor, encoder: VideoEncoder) -> Tensor:
-        """uint8 frames [B, N L, H, W, C] -> every block's feature grid [B, N, D, H', W'] (augmented)."""
+    def predicted_views(self, batch: dict[str, Tensor], encoder: VideoEncoder,
+                        head: nn.Module) -> list[list[tuple[str, Tensor]]]:
+        """Per sample: the middle frame of each context block; then for each predicted step the true
+        block and the block of the batch (any video, any predicted step) whose grid scores highest
+        with the prediction, as the loss scores it (the cells' dot products, here summed over the cells)."""
         c = self.config
-        x = to_model_input(frames, self.augment)
-        if self.augment is not None:
+        frames = batch["frames"]
+        grid = self.grids(frames, encoder, augment=False)
+        context = c.num_blocks - c.pred_steps
+        predicted = head.rollout(grid[:, :context], c.pred_steps, head.aggregators[0])
+        scores = torch.einsum("bpdhw,qrdhw->bpqr", predicted.float(), grid[:, context:].float())
+        nearest = scores.flatten(2).argmax(-1)  # [B, P] -> index of (video, step)
+        middle = lambda b, k: frames[b, k * c.block_len + c.block_len // 2]  # noqa: E731
+        views = []
+        for b in range(len(frames)):
+            shown = [(f"context block {k}", middle(b, k)) for k in range(context)]
+            for p in range(c.pred_steps):
+                video, step = divmod(int(nearest[b, p]), c.pred_steps)
+                verdict = "right" if (video, step) == (b, p) else f"video {video}, step {step}"
+                shown += [(f"block {context + p}: true", middle(b, context + p)),
+                          (f"predicted nearest:\n{verdict}", middle(video, context + step))]
+            views.append(shown)
+        return views
+
+    def grids(self, frames: Tensor, encoder: VideoEncoder, augment: bool = True) -> Tensor:
+        """uint8 frames [B, N L, H, W, C] -> every block's feature grid [B, N, D, H', W'] (augmented
+        unless `augment` is False)."""
+        c = self.config
+        augment = self.augment if augment else None
+        x = to_model_input(frames, augment)
+        if augment is not None:
             x = per_frame_colours(x, c.hue, c.grayscale)
         blocks = rearrange(x, "b c (n l) h w -> (b n) c l h w", n=c.num_blocks)
         grid = encoder.feature_map(self.front_end(blocks)).mean(dim=2)  # over the block's time cells

@@ -159,6 +159,29 @@ class FlowSimilarity(PretextTask):
                 (f"flow to +{self.config.gap} (longest {np.linalg.norm(flow, axis=-1).max():.1f} px)",
                  torch.from_numpy(flow_colours(flow)))]
 
+    def predicted_views(self, batch: dict[str, torch.Tensor], encoder: VideoEncoder,
+                        head: nn.Module) -> list[list[tuple[str, torch.Tensor]]]:
+        """Per sample: the frame the encoder sees, its flow as colours, and the embedding of every pixel
+        (read as the loss reads the sampled ones) by its 3 principal components as RGB: pixels that the
+        model expects to move alike share a colour."""
+        frames = batch["frames"]
+        size = tuple(frames.shape[2:4])
+        x = to_model_input(frames[:, :-1])
+        pixels = torch.arange(size[0] * size[1]).expand(len(frames), -1)
+        embeddings = head(encoder.feature_map(self.front_end(x)).mean(dim=2), pixels, size).float()
+        views = []
+        for frame, following, embedding in zip(frames[:, -2], frames[:, -1], embeddings):
+            centred = embedding - embedding.mean(0)
+            _, values, directions = torch.linalg.svd(centred, full_matrices=False)
+            components = F.pad(centred @ directions[:3].T, (0, max(0, 3 - len(directions))))  # [H W, 3]
+            low, high = components.quantile(0.02, dim=0), components.quantile(0.98, dim=0)
+            colours = ((components - low) / (high - low).clamp(min=1e-12)).clamp(0, 1).mul(255).round()
+            explained = float((values[:3] ** 2).sum() / (values ** 2).sum().clamp(min=1e-12))
+            views.append([("frame", frame), (f"flow to +{self.config.gap}", torch.from_numpy(flow_colours(
+                optical_flow(frame, following)))), (f"embedding: 3 components\n({explained:.0%} of its variance)",
+                                                    colours.to(torch.uint8).reshape(*size, 3))])
+        return views
+
     def build_head(self, encoder: VideoEncoder) -> nn.Module:
         return FlowEmbeddingHead(encoder.map_dim, self.config)
 
