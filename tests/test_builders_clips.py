@@ -92,10 +92,14 @@ def test_ssv2_builder(media: dict[str, Path], tmp_path: Path, tool, capsys: pyte
 
 
 def test_ssv2_refuses_a_template_not_in_labels_json(media: dict[str, Path], tmp_path: Path) -> None:
+    """The label files where the labels archive extracts them when unzipped into a folder of its name."""
     make_ssv2(media, tmp_path)
-    entries = json.loads((tmp_path / "labels/train.json").read_text())
+    labels = tmp_path / "20bn-something-something-download-package-labels" / "labels"
+    labels.parent.mkdir()
+    (tmp_path / "labels").rename(labels)
+    entries = json.loads((labels / "train.json").read_text())
     entries[0]["template"] = "Holding [something] far from [something]"
-    (tmp_path / "labels/train.json").write_text(json.dumps(entries))
+    (labels / "train.json").write_text(json.dumps(entries))
     with pytest.raises(ValueError, match="class 'Holding something far from something' of video 78687 is not in"):
         list_ssv2(tmp_path)
     with pytest.raises(FileNotFoundError, match="labels.json: no Something-Something v2 label file"):

@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None,
                         help="official split number 1..3 for ucf101 / hmdb51 (default 1)")
     parser.add_argument("--splits-dir", type=Path, metavar="DIR",
                         help="split files folder (default ROOT/ucfTrainTestlist for ucf101, "
-                             "ROOT/testTrainMulti_7030_splits for hmdb51, ROOT/labels for ssv2)")
+                             "ROOT/testTrainMulti_7030_splits for hmdb51, ROOT/labels for ssv2: datasets/ssv2.md)")
     parser.add_argument("--annotations", type=Path, nargs="+", action="extend", metavar="CSV",
                         help="kinetics: CSV(s) with label,youtube_id,time_start,time_end,split; vggsound: "
                              "vggsound.csv; audioset: *_segments.csv (the split is the file's name)")

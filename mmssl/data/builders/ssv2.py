@@ -8,18 +8,20 @@ from mmssl.data.builders.probing import BuildResult, Listing, probe_candidates
 from mmssl.data.builders.split_files import video_folder
 
 ARCHIVE_FOLDERS = ("20bn-something-something-v2",)  # what the video archive's parts extract to
+LABEL_FOLDERS = ("labels", "20bn-something-something-download-package-labels/labels")  # and the labels archive
 SSV2_SPLITS = {"train.json": "train", "validation.json": "val"}  # test.json has no labels: not listed
 
 
 def list_ssv2(root: str | Path, labels_dir: str | Path | None = None) -> Listing:
-    """Something-Something v2: in `labels_dir` (default ROOT/labels, as the labels archive extracts)
+    """Something-Something v2: in `labels_dir` (default ROOT/labels or
+    ROOT/20bn-something-something-download-package-labels/labels, as the labels archive extracts, else ROOT)
     labels.json ({class: index}) and train.json / validation.json (lists of {"id", "label", "template",
     "placeholders"}); videos `<id>.webm` in ROOT/20bn-something-something-v2/ (the video archive extracted
     beside the labels) or in ROOT. The class is the entry's template without its brackets ("Putting
     [something] on [something]" -> "Putting something on something"), checked against labels.json; split
     "train" or "val"."""
     root = Path(root).absolute()
-    labels_dir = Path(labels_dir) if labels_dir is not None else root / "labels"
+    labels_dir = Path(labels_dir) if labels_dir is not None else video_folder(root, LABEL_FOLDERS)
     videos = video_folder(root, ARCHIVE_FOLDERS)
     classes = set(_read_json(labels_dir / "labels.json"))
     listing = Listing()
