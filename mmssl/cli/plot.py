@@ -24,6 +24,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from mmssl.cli import command
 from mmssl.errors import MmsslError
@@ -111,6 +112,7 @@ def draw(runs: list[Path]) -> Figure:
     for column in range(min(len(panels), 2)):  # the lowest panel of each column
         bottom = grid[(len(panels) - 1 - column) // 2, column]
         bottom.set_xlabel("optimizer step")
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by the column: whole steps
         bottom.xaxis.set_tick_params(labelbottom=True)
     figure.legend([Line2D([], [], color=colour_of[run], linewidth=2) for run in runs], labels,
                   loc="outside upper center", ncols=min(len(runs), 4), frameon=False)
