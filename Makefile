@@ -22,7 +22,6 @@ setup: $(VENV)/.installed  ## the virtual environment in .venv (the other target
 demo: setup  ## main job: SynthAV -> pretrain (Shuffle and Learn) -> linear probe and kNN vs random init
 	$(PY) tools/make_synthetic.py --out $(DATA) --seed 0
 	$(PY) tools/pretrain.py --out $(RUNS)/demo --resume auto data.synthav_dir=$(DATA)
-	$(PY) tools/plot_run.py $(RUNS)/demo
 	$(PY) tools/transfer.py --checkpoint $(RUNS)/demo --protocol linear --compare-random synthav_dir=$(DATA)
 	$(PY) tools/transfer.py --checkpoint $(RUNS)/demo --protocol knn --compare-random synthav_dir=$(DATA)
 

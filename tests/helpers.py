@@ -1,13 +1,16 @@
 """Helpers shared by several test files (tests/ is on sys.path under pytest)."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import socket
 import struct
 import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -23,6 +26,7 @@ from mmssl.models import VideoEncoder
 from mmssl.tasks import build_task, task_class
 from mmssl.tasks.model import TaskModel, build_run_encoder
 
+REPO = Path(__file__).resolve().parents[1]
 PRETRAINING_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs/pretrain").glob("*.yaml"))
 
 
@@ -116,3 +120,18 @@ class SpyEncoder(VideoEncoder):
     def encode(self, x: Tensor) -> Tensor:
         self.inputs.append(x.detach())
         return self.proj(x.mean(dim=(2, 3, 4)))
+
+
+def tool_module(name: str) -> ModuleType:
+    """tools/<name>.py as a module, to call its main in this process."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def put(media: dict[str, Path], kind: str, path: Path) -> Path:
+    """Copy the `kind` file of `media` to `path` (parents made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(media[kind], path)
+    return path

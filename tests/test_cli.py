@@ -16,7 +16,7 @@ from mmssl import cli
 from mmssl.io.checkpoint import REMEDY
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["audit-dataset", "build-manifest", "eval-av", "eval-pretext", "export", "make-synthetic", "plot-run", "pretrain",
+COMMANDS = ["audit-dataset", "build-manifest", "eval-av", "eval-pretext", "export", "make-synthetic", "plot", "pretrain",
             "transfer", "visualize"]
 
 
@@ -112,8 +112,8 @@ def test_the_projects_own_errors_are_one_line_and_exit_status_2(tmp_path: Path, 
     line = one_line_error(capsys, "eval-pretext", str(notes))
     assert line.startswith(f"mmssl eval-pretext: error: {notes} is not a checkpoint of tensors and plain values")
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\nnot json\n{"step": 2, "loss": 0.4}\n')
-    assert one_line_error(capsys, "plot-run", str(tmp_path)) == (
-        f"mmssl plot-run: error: {tmp_path / 'metrics.jsonl'}:2 is not a JSON record: 'not json'")
+    assert one_line_error(capsys, "plot", str(tmp_path)) == (
+        f"mmssl plot: error: {tmp_path / 'metrics.jsonl'}:2 is not a JSON record: 'not json'")
 
 
 def test_the_scripts_in_tools_report_the_same_way(tmp_path: Path) -> None:

@@ -6,8 +6,11 @@ motion profile (the high-motion tuple choice of Shuffle and Learn and OPN) is co
 parallel, and stored beside the manifest. Exit status 0 when a manifest was written, 2 for usage
 errors (no ROOT, no split files, no candidate videos) and for a build with no usable video (no
 manifest is written; the reason of the first file left out is named).
-UCF101 and HMDB51 find their videos in ROOT/UCF-101/ or ROOT/hmdb51/ (the archives extracted side by
-side with the split folder) or, when ROOT has no such folder, in ROOT itself.
+UCF101, HMDB51 and Something-Something v2 find their videos in ROOT/UCF-101/, ROOT/hmdb51/ or
+ROOT/20bn-something-something-v2/ (the archives extracted side by side with the split folder) or, when
+ROOT has no such folder, in ROOT itself. Kinetics, VGG-Sound and AudioSet find each annotated clip
+anywhere under ROOT by its file name; a file named by the YouTube id alone that is longer than its clip
+is the whole video, and its row is the clip (column segment_start: datasets/README.md).
 """
 from __future__ import annotations
 
@@ -21,10 +24,13 @@ from mmssl.data.builders import (
     OFFICIAL_SPLITS,
     PROBE_TIMEOUT_S,
     Listing,
+    list_audioset,
     list_folder,
     list_hmdb51,
     list_kinetics,
+    list_ssv2,
     list_ucf101,
+    list_vggsound,
     probe_candidates,
 )
 from mmssl.data.manifest import ManifestError, write_manifest
@@ -36,6 +42,9 @@ examples:
   %(prog)s data/ucf101 --format ucf101 --split 1 --out data/ucf101/ucf101_split1.csv --motion
   %(prog)s data/hmdb51 --format hmdb51 --split 1 --out data/hmdb51/hmdb51_split1.csv
   %(prog)s data/kinetics400 --format kinetics --annotations train.csv validate.csv --out k400.csv
+  %(prog)s data/ssv2 --format ssv2 --out data/ssv2/ssv2.csv
+  %(prog)s data/vggsound --format vggsound --annotations data/vggsound/vggsound.csv --out data/vggsound/vggsound.csv
+  %(prog)s data/audioset --format audioset --annotations balanced_train_segments.csv eval_segments.csv --out as.csv
   %(prog)s data/myvideos --format folder --layout split/class --out data/myvideos/manifest.csv
 """
 
@@ -45,18 +54,23 @@ def parse_args(argv: list[str] | None = None,
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, metavar="ROOT", help="dataset folder (videos under it)")
-    parser.add_argument("--format", required=True, choices=("folder", "ucf101", "hmdb51", "kinetics"),
-                        help="folder: ROOT/<class>/<video> (see --layout); ucf101 / hmdb51: the "
-                             "official split files; kinetics: annotation CSV(s)")
+    parser.add_argument("--format", required=True,
+                        choices=("folder", "ucf101", "hmdb51", "ssv2", "kinetics", "vggsound", "audioset"),
+                        help="folder: ROOT/<class>/<video> (see --layout); ucf101 / hmdb51: the official "
+                             "split files; ssv2: Something-Something v2's JSON label files; kinetics / "
+                             "vggsound / audioset: annotation CSV(s) of YouTube clips")
     parser.add_argument("--out", required=True, type=Path, metavar="FILE",
                         help="manifest CSV to write (paths under its folder are stored relative)")
     parser.add_argument("--split", type=int, default=1, choices=OFFICIAL_SPLITS, metavar="N",
                         help="official split number 1..3 for ucf101 / hmdb51 (default 1)")
     parser.add_argument("--splits-dir", type=Path, metavar="DIR",
                         help="split files folder (default ROOT/ucfTrainTestlist for ucf101, "
-                             "ROOT/testTrainMulti_7030_splits for hmdb51)")
+                             "ROOT/testTrainMulti_7030_splits for hmdb51, ROOT/labels for ssv2: datasets/ssv2.md)")
     parser.add_argument("--annotations", type=Path, nargs="+", action="extend", metavar="CSV",
-                        help="kinetics: CSV(s) with label,youtube_id,time_start,time_end,split")
+                        help="kinetics: CSV(s) with label,youtube_id,time_start,time_end,split; vggsound: "
+                             "vggsound.csv; audioset: *_segments.csv (the split is the file's name)")
+    parser.add_argument("--class-labels", type=Path, metavar="CSV",
+                        help="audioset: class_labels_indices.csv (default: beside the first --annotations CSV)")
     parser.add_argument("--layout", default="class", choices=FOLDER_LAYOUTS,
                         help="folder: ROOT/<class>/<video> or ROOT/<split>/<class>/<video> "
                              "(default class)")
@@ -92,8 +106,14 @@ def list_candidates(args: argparse.Namespace) -> Listing:
         return list_ucf101(args.root, args.split, args.splits_dir)
     if args.format == "hmdb51":
         return list_hmdb51(args.root, args.split, args.splits_dir)
+    if args.format == "ssv2":
+        return list_ssv2(args.root, args.splits_dir)
     if not args.annotations:
-        raise ValueError("--format kinetics needs --annotations CSV")
+        raise ValueError(f"--format {args.format} needs --annotations CSV")
+    if args.format == "vggsound":
+        return list_vggsound(args.root, args.annotations)
+    if args.format == "audioset":
+        return list_audioset(args.root, args.annotations, args.class_labels)
     return list_kinetics(args.root, args.annotations, args.default_split or "")
 
 

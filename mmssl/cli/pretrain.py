@@ -10,7 +10,8 @@ the tiny 3D CNN on SynthAV, which is generated under data/synthav on first use; 
 (`python tools/pretrain.py ...` is the same.)
 
 Overrides are dotted config keys, e.g. optim.lr=0.01 data.batch_size=64 model.video_encoder=r3d_18.
-Writes checkpoint_*.pt, metrics.jsonl and config.json under DIR (default runs/pretrain_<task>).
+Writes checkpoint_*.pt, metrics.jsonl and config.json under DIR (default runs/pretrain_<task>), and at the
+end the run's curves as metrics.png (`mmssl plot`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from mmssl import distributed
 from mmssl.cli import add_import_option, command, import_user_modules
+from mmssl.cli.plot import plot_runs
 from mmssl.config import commented_yaml, load_config
 from mmssl.data.dataset import SkipLimitExceeded
 from mmssl.engine.distributed import cleanup
@@ -48,13 +50,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if args.print_config:
         print(commented_yaml(config))
         return
-    stopped = None
+    stopped, out = None, Path(args.out or f"runs/pretrain_{config.task.name}")
     try:
-        final = pretrain(config, args.out or f"runs/pretrain_{config.task.name}", args.resume)
+        final = pretrain(config, out, args.resume)
     except SkipLimitExceeded as e:  # raised on every rank at the same batch: rank 0 says it
         stopped = str(e) if distributed.is_main_process() else ""
     if stopped is None and distributed.is_main_process():
         print(f"final checkpoint: {final}")
+        print(f"curves: {plot_runs([out], out / 'metrics.png')}")
     cleanup()  # out of the except block, whose traceback would keep the DDP model alive past the group
     if stopped is not None:
         if stopped:

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Sampler, default_collate
 
 from mmssl import distributed
 from mmssl.data.clip import DecodedClip, Skipped, Window
-from mmssl.data.manifest import ManifestRow
+from mmssl.data.manifest import ManifestRow, first_frame
 from mmssl.io import CrashedDecodeError, MediaError, VideoReader, load_audio, open_container
 
 log = logging.getLogger(__name__)
@@ -124,18 +124,22 @@ def decode_window(row: ManifestRow, window: Window, frame_size: int | None = Non
     frame_size, and centre-cropped to frame_size x frame_size) and the audio span of `window`
     (raises MediaError for bad files). A window without frames decodes no video. Tasks place audio
     at frame number / row.fps; with frames, the span moves by their `clock_drift`, so that it stays
-    with them on a variable frame rate."""
+    with them on a variable frame rate. Frame numbers and times are the row's: a row that is a clip cut
+    from a longer file (`first_frame`) decodes within its clip."""
     size = (frame_size, frame_size) if frame_size else None
     video = torch.empty(0, *(size or (0, 0)), 3, dtype=torch.uint8)
     audio, drift = None, 0.0
+    first = first_frame(row)
+    frames = np.asarray(window.frames) + first
     with open_container(row.path) as container:  # one open for both streams
-        if len(window.frames):
+        if len(frames):
             with VideoReader(row.path, size=size, backend=backend, keep_aspect=True, container=container) as reader:
-                video = reader.get_frames(window.frames)
+                video = reader.get_frames(frames)
                 if window.audio_start_s is not None:
-                    drift = clock_drift(reader.timestamps(window.frames).numpy(), window.frames, row.fps, sample_rate)
+                    drift = clock_drift(reader.timestamps(frames).numpy(), frames, row.fps, sample_rate)
         if window.audio_start_s is not None:
-            audio = load_audio(row.path, window.audio_start_s + drift, window.audio_duration_s, sample_rate, container)
+            audio = load_audio(row.path, first / row.fps + window.audio_start_s + drift, window.audio_duration_s,
+                               sample_rate, container)
     return DecodedClip(video, audio, window, row)
 
 

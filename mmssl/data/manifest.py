@@ -7,6 +7,7 @@ This module is the format; `mmssl.data.builders` makes the rows from a dataset o
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -21,6 +22,10 @@ COLUMNS = ("path", "label", "split", "duration", "fps", "num_frames", "has_audio
 # its bytes, so the manifest names the file the folder has.
 PATH_ERRORS = "surrogateescape"
 AUDIO_ERROR = "audio_error"  # extra column: why a file's audio track does not decode (it has no audio then)
+# extra column: seconds into the file where the row's clip starts, for a clip cut from a longer file (the
+# whole YouTube video a clip was annotated in); the row's duration, fps and num_frames are the clip's, its
+# frame 0 is the file's frame round(segment_start * fps), and decoding stays within it. Empty: the whole file.
+SEGMENT_START = "segment_start"
 
 
 @dataclass
@@ -103,10 +108,23 @@ def _parse_row(path: Path, line: int, d: dict[str, str]) -> ManifestRow:
     if not os.path.isabs(d["path"]) and os.path.normpath(d["path"]).split(os.sep)[0] == os.pardir:
         raise ManifestError(f"{path}, line {line}: path {d['path']!r} climbs out of the manifest's folder with "
                             f"'..'; name the file relative to {path.parent} without '..', or by its absolute path")
+    try:
+        segment_start = float(d.get(SEGMENT_START) or 0)
+    except ValueError:
+        segment_start = math.nan
+    if not 0 <= segment_start < math.inf:
+        raise ManifestError(f"{path}, line {line}: {SEGMENT_START} must be a number of seconds >= 0 (or empty), "
+                            f"got {d[SEGMENT_START]!r}")
     if not row.fps > 0 or row.num_frames < 1:
         raise ManifestError(f"{path}, line {line}: {row.path} needs fps > 0 and num_frames >= 1, got fps "
                             f"{row.fps} and num_frames {row.num_frames} (tools/build_manifest.py measures both)")
     return row
+
+
+def first_frame(row: ManifestRow) -> int:
+    """The file's frame number of the row's frame 0: where its clip starts (`SEGMENT_START`), 0 for a whole file."""
+    start = row.extra.get(SEGMENT_START)
+    return round(float(start) * row.fps) if start else 0
 
 
 def class_names(rows: Iterable[ManifestRow]) -> list[str]:

@@ -29,7 +29,7 @@ import pebble
 
 from mmssl.config import AT_LEAST_1, NON_NEGATIVE, Bound
 from mmssl.data.isolation import isolated_map
-from mmssl.data.manifest import ManifestError, ManifestRow
+from mmssl.data.manifest import ManifestError, ManifestRow, first_frame
 from mmssl.io import MediaError, VideoReader
 
 MOTION_SIZE = 32  # px: the profile decode's square, `MotionConfig.size`'s default
@@ -77,16 +77,25 @@ def pick_by_motion(candidates: list[np.ndarray], cum: np.ndarray, rng: np.random
 
 # ----------------------------------------------------------------------------- profiles
 
-def video_motion(path: str | Path, size: int = MOTION_SIZE) -> np.ndarray:
-    """The profile of the video at `path`: float16 [T - 1], `frame_motion` of all its T frames
-    decoded at `size` px, `DECODE_CHUNK` frames at a time (raises MediaError for a bad file)."""
+def video_motion(path: str | Path, size: int = MOTION_SIZE, frames: range | None = None) -> np.ndarray:
+    """The profile of the video at `path`: float16 [T - 1], `frame_motion` of its T `frames` (default all,
+    those past its end left out) decoded at `size` px, `DECODE_CHUNK` frames at a time (raises MediaError
+    for a bad file)."""
     steps, last = [], None
     with VideoReader(path, size=(size, size), keep_aspect=True) as reader:
-        for start in range(0, reader.num_frames, DECODE_CHUNK):
-            frames = reader.get_frames(np.arange(start, min(start + DECODE_CHUNK, reader.num_frames))).numpy()
-            steps.append(frame_motion(frames if last is None else np.concatenate([last[None], frames])))
-            last = frames[-1]
+        frames = frames or range(reader.num_frames)
+        stop = min(frames.stop, reader.num_frames)
+        for start in range(frames.start, stop, DECODE_CHUNK):
+            chunk = reader.get_frames(np.arange(start, min(start + DECODE_CHUNK, stop))).numpy()
+            steps.append(frame_motion(chunk if last is None else np.concatenate([last[None], chunk])))
+            last = chunk[-1]
     return np.concatenate(steps).astype(np.float16)
+
+
+def row_motion(row: ManifestRow, size: int = MOTION_SIZE) -> np.ndarray:
+    """The profile of the row's video: of its clip, for a clip cut from a longer file (`first_frame`)."""
+    first = first_frame(row)
+    return video_motion(row.path, size, range(first, first + row.num_frames) if first else None)
 
 
 def fit_steps(steps: np.ndarray, num_frames: int) -> np.ndarray:
@@ -107,7 +116,7 @@ def profile_file(manifest: str | Path, size: int = MOTION_SIZE) -> Path:
 def _row_motion(row: ManifestRow, size: int) -> np.ndarray | str:
     """Worker: the row's profile, or why it could not be computed."""
     try:
-        return video_motion(row.path, size)
+        return row_motion(row, size)
     except MediaError as e:
         return _motion_failed(row, e.kind, e.detail)
     except Exception as e:  # noqa: BLE001 - a bad file must not abort the build
@@ -260,7 +269,8 @@ class MotionWeighting:
         """Cumulative motion [num_frames] of the video (`cumulative_motion` of its profile)."""
         steps = self.stored.get(row) if self.stored is not None else None
         if steps is None:
-            steps = self.cache.get(row.path, lambda: video_motion(row.path, self.size))
+            key = f"{row.path}#{first_frame(row)}" if first_frame(row) else row.path  # two clips of one file: two keys
+            steps = self.cache.get(key, lambda: row_motion(row, self.size))
         return cumulative_motion(fit_steps(steps, row.num_frames))
 
 

@@ -9,7 +9,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
@@ -19,8 +19,8 @@ import pebble
 
 from mmssl.data.clip import Skipped
 from mmssl.data.isolation import isolated_map
-from mmssl.data.manifest import AUDIO_ERROR, ManifestRow
-from mmssl.io import MediaError, PermissionDeniedError, VideoReader, probe
+from mmssl.data.manifest import AUDIO_ERROR, SEGMENT_START, ManifestRow
+from mmssl.io import MediaError, PermissionDeniedError, TooShortError, VideoReader, probe
 
 DUPLICATE = "duplicate"  # Skipped kind: a file or folder listed already, or another file of a clip listed
 # already (once in a manifest, never in two splits)
@@ -34,6 +34,9 @@ class Candidate:
     label: str = ""
     split: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    # (start, end) seconds of the clip where the file may be the whole video the clip was annotated in
+    # (a YouTube download named by the video's id): the row is that segment when the file is longer
+    segment: tuple[float, float] | None = None
 
 
 @dataclass
@@ -46,16 +49,17 @@ class Listing:
     excluded: int = 0
     not_videos: Counter = field(default_factory=Counter)  # files not probed, by extension
 
-    def add(self, path: Path, label: str, split: str, source: str, **extra: str) -> None:
-        """Add `path` as a candidate, or as missing (named in `source`) when it is not a file, or
-        as permission_denied when a folder on its path may not be searched."""
+    def add(self, path: Path, label: str, split: str, source: str, segment: tuple[float, float] | None = None,
+            **extra: str) -> None:
+        """Add `path` as a candidate (`segment`: see `Candidate`), or as missing (named in `source`) when it is
+        not a file, or as permission_denied when a folder on its path may not be searched."""
         try:
             found = path.is_file()
         except PermissionError as e:
             self.skipped.append(Skipped(str(path), PermissionDeniedError.kind, f"listed in {source}; {e.strerror}"))
             return
         if found:
-            self.candidates.append(Candidate(str(path), label, split, extra))
+            self.candidates.append(Candidate(str(path), label, split, extra, segment))
         else:
             self.skipped.append(Skipped(str(path), "missing", f"listed in {source}, not on disk"))
 
@@ -107,6 +111,8 @@ class BuildResult:
         return "\n".join(lines)
 
 
+WHOLE_VIDEO_SLACK_S = 1.0  # a file that may be a clip's whole video is, when longer than the clip by more
+# than this (a downloaded clip runs past its end by up to a GOP)
 PROBE_TIMEOUT_S = 300.0  # a probe demuxes the whole file: seconds for a film, far less for a clip
 VERIFY_SIZE = (8, 8)  # --verify scales each decoded frame to this: only the decode is checked, memory stays small
 
@@ -182,5 +188,19 @@ def _probe_one(candidate: Candidate, verify: bool = False) -> ManifestRow | Skip
         return Skipped(candidate.path, e.kind, stage + e.detail)
     except Exception as e:  # noqa: BLE001 - a bad file must not abort the build
         return Skipped(candidate.path, "error", f"{stage}{type(e).__name__}: {e}")
-    return ManifestRow.from_info(candidate.path, info, candidate.label, candidate.split,
-                                 **candidate.extra)
+    row = ManifestRow.from_info(candidate.path, info, candidate.label, candidate.split, **candidate.extra)
+    if candidate.segment and row.duration > candidate.segment[1] - candidate.segment[0] + WHOLE_VIDEO_SLACK_S:
+        return cut_to_segment(row, *candidate.segment)
+    return row
+
+
+def cut_to_segment(row: ManifestRow, start: float, end: float) -> ManifestRow | Skipped:
+    """`row`, a whole file, as its clip from `start` to `end` seconds (`SEGMENT_START`): its frames from
+    round(start * fps) to round(end * fps), fewer where the file ends first; a file that ends before the
+    clip starts is Skipped as too_short."""
+    first = round(start * row.fps)
+    count = min(round(end * row.fps), row.num_frames) - first
+    if count < 1:
+        return Skipped(row.path, TooShortError.kind, f"{row.duration:.3f} s long, it ends before its clip "
+                                                     f"({start:g}-{end:g} s) starts")
+    return replace(row, duration=count / row.fps, num_frames=count, extra={**row.extra, SEGMENT_START: f"{start:.3f}"})
