@@ -30,7 +30,7 @@ import pebble
 from mmssl.config import AT_LEAST_1, NON_NEGATIVE, Bound
 from mmssl.data.isolation import isolated_map
 from mmssl.data.manifest import ManifestError, ManifestRow
-from mmssl.io import MediaError, VideoReader
+from mmssl.io import MediaError, VideoReader, open_container
 
 MOTION_SIZE = 32  # px: the profile decode's square, `MotionConfig.size`'s default
 MOTION_COLUMN = "motion_offset"  # manifest column: where the row's profile starts in `profile_file`
@@ -77,11 +77,13 @@ def pick_by_motion(candidates: list[np.ndarray], cum: np.ndarray, rng: np.random
 
 # ----------------------------------------------------------------------------- profiles
 
-def video_motion(path: str | Path, size: int = MOTION_SIZE) -> np.ndarray:
-    """The profile of the video at `path`: float16 [T - 1], `frame_motion` of all its T frames
-    decoded at `size` px, `DECODE_CHUNK` frames at a time (raises MediaError for a bad file)."""
+def video_motion(path: str | Path, size: int = MOTION_SIZE, data: bytes | None = None) -> np.ndarray:
+    """The profile of the video at `path` (`data`: its bytes, decoded from memory): float16 [T - 1],
+    `frame_motion` of all its T frames decoded at `size` px, `DECODE_CHUNK` frames at a time (raises
+    MediaError for a bad file)."""
     steps, last = [], None
-    with VideoReader(path, size=(size, size), keep_aspect=True) as reader:
+    with open_container(path, data) as container, VideoReader(path, size=(size, size), keep_aspect=True,
+                                                              container=container) as reader:
         for start in range(0, reader.num_frames, DECODE_CHUNK):
             frames = reader.get_frames(np.arange(start, min(start + DECODE_CHUNK, reader.num_frames))).numpy()
             steps.append(frame_motion(frames if last is None else np.concatenate([last[None], frames])))
