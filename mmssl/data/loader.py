@@ -79,6 +79,10 @@ class RecoveringLoader:
         self.loader = self.build()
         self.unexplained_restarts = 0
 
+    def samples_per_epoch(self) -> int:
+        """Every rank's samples in an epoch (whole batches)."""
+        return len(self.sampler)
+
     def build(self) -> DataLoader:
         """A fresh `build_loader` (new worker processes, holding the dataset as it is now)."""
         return build_loader(self.dataset, self.sampler, batch_size=self.batch_size, num_workers=self.num_workers,
