@@ -1,9 +1,12 @@
 """Helpers shared by several test files (tests/ is on sys.path under pytest)."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -22,7 +25,21 @@ from mmssl.models import VideoEncoder
 from mmssl.tasks import build_task, task_class
 from mmssl.tasks.model import TaskModel, build_run_encoder
 
-PRETRAINING_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs/pretrain").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAINING_CONFIGS = sorted((ROOT / "configs/pretrain").glob("*.yaml"))
+
+
+def run_quick_bench(tool: str, synthav: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """`tools/<tool>.py --quick` on `synthav` (as its --data's synthav) in `tmp_path`: the finished process
+    (it must succeed) and the JSON it wrote."""
+    out = tmp_path / f"{tool}.json"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synthav").symlink_to(synthav)
+    result = subprocess.run([sys.executable, str(ROOT / f"tools/{tool}.py"), "--quick", "--data", str(tmp_path / "data"),
+                             "--work", str(tmp_path / "work"), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads(out.read_text())
 
 
 def one_config_per_task(paths: list[Path]) -> list[Path]:
