@@ -39,6 +39,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mmssl.config import ConfigError
 from mmssl.data.clip import Skipped
 from mmssl.data.dataset import PretextDataset, SampleMaker, Unreplaced, collate, sample_or_replacement
 from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
@@ -178,7 +179,7 @@ class ShardSource:
 
     def __post_init__(self) -> None:
         if self.location.startswith(PIPE):
-            raise ManifestError(f"data.shards={self.location!r} is a shell command: a command is accepted only "
+            raise ConfigError(f"data.shards={self.location!r} is a shell command: a command is accepted only "
                                 "on the command line, as --shard-command 'CMD {url}' with data.shards naming where "
                                 "the shards are")
 
@@ -318,7 +319,7 @@ class ShardDataset(IterableDataset):
                  seed: int = 0, sample_rate: int = 16000, *, split: str | None = None, rank: int = 0,
                  world_size: int = 1, workers: int = 0, batch_size: int = 1, buffer_size: int = BUFFER_MEMBERS) -> None:
         if backend != "pyav":
-            raise ManifestError(f"data.backend={backend!r} reads files by name; shards decode from memory with pyav")
+            raise ConfigError(f"data.backend={backend!r} reads files by name; shards decode from memory with pyav")
         self.source = source
         self.split_rows = rows = source.rows(split)
         self.samples = PretextDataset(rows, task, frame_size, backend, seed, sample_rate, replace_failed=True)
