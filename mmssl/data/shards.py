@@ -152,6 +152,8 @@ def pack_shards(manifest: str | Path, out: str | Path, shard_bytes: int = SHARD_
                 index.append(replace(row, path=str(out / path.name / f"{member_key(number)}.{extension(row.path)}"),
                                      extra=extra))
     write_manifest(index, out / INDEX)
+    for stale in set(out.glob("shard-*.tar")) - {path for path, _ in jobs}:  # of an earlier packing into `out`
+        stale.unlink()
     return PackResult(index, left_out, [path.name for path, _ in jobs], time.perf_counter() - started)
 
 
