@@ -55,22 +55,24 @@ def manifest_samples(synthav: Path, epoch: int) -> dict[str, int]:
     return {digest({k: v[None] for k, v in dataset[(epoch, i)].items()}, 0): i for i in range(len(rows))}
 
 
-def streamed(shards: Path, synthav: Path, epoch: int, rank: int = 0, world_size: int = 1, workers: int = 0,
-             start: int = 0) -> list[dict]:
-    config = config_for(synthav)
-    dataset = ShardDataset(ShardSource(str(shards)), build_task(config), 32, split="pretrain", rank=rank,
+def shard_loader(shards: Path, synthav: Path, rank: int = 0, world_size: int = 1, workers: int = 0) -> ShardLoader:
+    dataset = ShardDataset(ShardSource(str(shards)), build_task(config_for(synthav)), 32, split="pretrain", rank=rank,
                            world_size=world_size, workers=workers, batch_size=BATCH)
-    return list(ShardLoader(dataset, batch_size=BATCH, num_workers=workers, device=torch.device("cpu"))
-                .epoch(epoch, start))
+    return ShardLoader(dataset, batch_size=BATCH, num_workers=workers, device=torch.device("cpu"))
+
+
+def streamed(shards: Path, synthav: Path, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0) -> list[dict]:
+    return list(shard_loader(shards, synthav, rank, world_size).epoch(epoch, start))
 
 
 def test_shards_give_each_epoch_the_manifests_videos_as_the_same_samples(shards: Path, tiny_synthav: Path) -> None:
     index = read_manifest(shards / INDEX)
     assert [Path(r.path).relative_to(shards).parts[0] for r in index] == [r.extra["shard"] for r in index]
     assert all(r.extra["motion_sizes"] == "32" for r in index)  # SynthAV stores them: carried along
+    loader = shard_loader(shards, tiny_synthav, workers=2)  # its persistent workers read each epoch set
     for epoch in (0, 1):
         expected = manifest_samples(tiny_synthav, epoch)
-        batches = streamed(shards, tiny_synthav, epoch, workers=2)
+        batches = list(loader.epoch(epoch))
         seen = Counter(expected.get(digest(b, k)) for b in batches for k in range(BATCH))
         assert None not in seen and set(seen) == set(range(24))  # decoded from the shards: the same samples
         assert 24 <= sum(seen.values()) < 24 + 2 * BATCH  # each of the two workers pads to whole batches

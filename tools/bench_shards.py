@@ -8,9 +8,10 @@ SHARDS_PER_WORKER shards per worker of the most in --workers, in --work (`pack_s
 one-off cost). Then --epochs epochs of configs/pretrain/order.yaml's samples (Shuffle and Learn: its
 frame size, batch size and stored motion profiles; no model) per worker count in --workers, from the
 files (the trainer's `RecoveringLoader` on the manifest, persistent workers) and from the shards
-(`ShardLoader`, fresh workers each epoch), each measured in this run: samples/s over the epochs and
-shards over files. Both read a local disk here: what shards save on network storage (one sequential read per shard instead of a
-random read and a metadata lookup per clip) is not measured; this is their cost or gain on one machine.
+(`ShardLoader`, persistent workers too), each measured in this run: samples/s over the epochs and
+shards over files. Both read a local disk here: what shards save on network storage (one sequential
+read per shard instead of a random read and a metadata lookup per clip) is not measured; this is
+their cost or gain on one machine.
 
   python tools/bench_shards.py [--workers 1 2] [--epochs 3] [--long-videos 48] [--out runs/bench_shards.json]
   python tools/bench_shards.py --quick      (SynthAV alone, tiny when made here, 1 worker: the tests)

@@ -341,7 +341,9 @@ class ShardDataset(IterableDataset):
         self.rank, self.buffer_size = rank, buffer_size
         self.current: dict[str, Member] = {}  # the member being sampled, by its row's path
         self.missing_profiles = self.use_member_profiles(task.motion_weightings())
-        self.epoch, self.start = 0, 0
+        # (epoch, first batch) of the next iteration, in shared memory: persistent workers read it too
+        self.position = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -363,13 +365,14 @@ class ShardDataset(IterableDataset):
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The epoch the next iteration gives, from this rank's batch `start` on."""
-        self.epoch, self.start = epoch, start
+        self.position[0], self.position[1] = epoch, start
 
     def __iter__(self) -> Iterator[dict[str, object] | Skipped | Unreplaced]:
         info = get_worker_info()
         worker = info.id if info else 0
         count = self.plan.batches[self.rank][worker] * self.plan.batch_size
-        skip = self.plan.given(self.rank, self.start)[worker] * self.plan.batch_size
+        self.epoch, start = self.position.tolist()
+        skip = self.plan.given(self.rank, start)[worker] * self.plan.batch_size
         if not count:
             return
         buffer = ShuffleBuffer(self.buffer_size, np.random.default_rng([self.seed, self.epoch, self.rank, worker]))
@@ -418,11 +421,15 @@ class ShardDataset(IterableDataset):
 
 
 class ShardLoader:
-    """A `ShardDataset`'s batches, epoch by epoch, from a batch of the epoch on (as `RecoveringLoader`;
-    fresh workers each epoch, which read the epoch set on the dataset)."""
+    """A `ShardDataset`'s batches, epoch by epoch, from a batch of the epoch on (as `RecoveringLoader`),
+    `num_workers` persistent workers reading the epoch set on the dataset."""
 
     def __init__(self, dataset: ShardDataset, *, batch_size: int, num_workers: int, device: torch.device) -> None:
-        self.dataset, self.batch_size, self.num_workers, self.device = dataset, batch_size, num_workers, device
+        self.dataset, self.batch_size = dataset, batch_size
+        self.loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+                                 pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
+                                 persistent_workers=num_workers > 0,
+                                 generator=torch.Generator().manual_seed(0))  # keeps the global RNG untouched
 
     def samples_per_epoch(self) -> int:
         """Every rank's samples in an epoch (whole batches)."""
@@ -431,7 +438,4 @@ class ShardLoader:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
         """The batches of `epoch` from sample `start` of this rank's share (a multiple of the batch size)."""
         self.dataset.set_epoch(epoch, start // self.batch_size)
-        yield from DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=collate,
-                              num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                              prefetch_factor=4 if self.num_workers else None,
-                              generator=torch.Generator().manual_seed(epoch))  # keeps the global RNG untouched
+        yield from self.loader
