@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_ranks  # tests/ is on sys.path under pytest
+from test_loader import crash_when
 
 from mmssl.config import ConfigError, load_config
 from mmssl.data.dataset import PretextDataset, SkipCounter
@@ -120,6 +121,21 @@ def test_a_corrupt_member_is_skipped_replaced_and_counted(shards: Path, tiny_syn
         skips.update(batch["skipped"], unreplaced=BATCH - len(batch["frames"]))
     assert list(skips.bad) == [str(damaged / "shard-000001.tar" / victim)]
     assert sum(skips.attempts.values()) == 1 and len(batches) == 24 // BATCH  # replaced: every batch full
+
+
+def test_a_member_that_kills_its_worker_is_found_and_replaced_and_the_epoch_goes_on(
+        shards: Path, tiny_synthav: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loader = shard_loader(shards, tiny_synthav, workers=2)
+    doomed = loader.dataset.rows[5].path
+    crash_when(monkeypatch, lambda row: row.path == doomed)  # before the workers start: they fork patched
+    batches = list(loader.epoch(0))
+    assert list(loader.dataset.samples.crashed) == [doomed] and loader.unexplained_restarts == 0
+    assert len(batches) == loader.dataset.plan.rank_batches and all(len(b["frames"]) == BATCH for b in batches)
+    skipped = [(s.path, s.kind) for b in batches for s in b["skipped"]]
+    assert set(skipped) == {(doomed, "crashed")}
+    expected = manifest_samples(tiny_synthav, 0)
+    seen = Counter(expected.get(digest(b, k)) for b in batches for k in range(BATCH))
+    assert set(seen) - {None} == set(range(24)) - {5} and seen[None] == len(skipped)  # None: a replacement
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(shards: Path, tiny_synthav: Path,

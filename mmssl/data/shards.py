@@ -17,7 +17,8 @@ so the batches of an epoch are a function of (seed, epoch, rank, world size, wor
 goes on at its batch, each worker passing over the members it had already given without decoding them.
 A sample of row i in epoch e draws from `default_rng([seed, e, i])`, as `PretextDataset`'s: a video
 gives the same sample from its file and from its shard. A member that fails to decode is counted
-and replaced by another member of the buffer.
+and replaced by another member of the buffer; one whose decode kills its worker is found and never
+decoded again, as `RecoveringLoader` does for files.
 """
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmssl.config import ConfigError
-from mmssl.data.clip import Skipped
+from mmssl.data.clip import DecodedClip, Skipped
 from mmssl.data.dataset import PretextDataset, SampleMaker, Unreplaced, collate, sample_or_replacement
+from mmssl.data.loader import PREFETCH_BATCHES, SurvivingLoader, report_worker_deaths_when_waiting
 from mmssl.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
 from mmssl.data.motion import MOTION_COLUMN, MotionWeighting, StoredProfiles, profile_file, video_motion
 
@@ -207,7 +209,7 @@ def member_name(row: ManifestRow) -> str:
     return row.path.rsplit("/", 1)[-1]
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: a key of `crashing_files`
 class Member:
     """One member of a shard as the stream holds it: its row's index in the dataset, its bytes, its profiles."""
 
@@ -370,17 +372,31 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, object] | Skipped | Unreplaced]:
         info = get_worker_info()
         worker = info.id if info else 0
-        count = self.plan.batches[self.rank][worker] * self.plan.batch_size
         self.epoch, start = self.position.tolist()
-        skip = self.plan.given(self.rank, start)[worker] * self.plan.batch_size
-        if not count:
+        first = self.plan.given(self.rank, start)[worker]
+        for member, buffer in self.stream(worker, first, self.plan.batches[self.rank][worker]):
+            yield self.sample(member, buffer)
+
+    def in_flight(self, epoch: int, start: int, batches: int) -> list[Member]:
+        """The members of each worker's next `batches` batches of `epoch` from this rank's batch `start` on:
+        those in flight when a worker died there (their first decodes)."""
+        self.epoch = epoch
+        given = self.plan.given(self.rank, start)
+        return [member for worker, first in enumerate(given) for member, _ in
+                self.stream(worker, first, min(first + batches, self.plan.batches[self.rank][worker]))]
+
+    def stream(self, worker: int, first: int, end: int) -> Iterator[tuple[Member, ShuffleBuffer]]:
+        """The members of the worker's batches `first` to `end` (excluded) of the epoch, each with the
+        buffer it left; the members before are read and passed over, not decoded."""
+        size = self.plan.batch_size
+        if first >= end:
             return
         buffer = ShuffleBuffer(self.buffer_size, np.random.default_rng([self.seed, self.epoch, self.rank, worker]))
         for slot, member in enumerate(self.passes(worker, buffer)):
-            if slot >= count:
+            if slot >= end * size:
                 return
-            if slot >= skip:
-                yield self.sample(member, buffer)
+            if slot >= first * size:
+                yield member, buffer
 
     def passes(self, worker: int, buffer: ShuffleBuffer) -> Iterator[Member]:
         """The worker's members, pass after pass over its shards in an order of this epoch, each pass
@@ -403,11 +419,28 @@ class ShardDataset(IterableDataset):
                         for k, v in sample.items() if k.startswith("motion") and k.endswith(".npy")}
             yield Member(index, sample[ext], profiles)
 
+    def hold(self, member: Member) -> None:
+        """Make `member` the one being sampled (`current`: its profiles for the task's window)."""
+        self.current.clear()
+        self.current[self.rows[member.index].path] = member
+
+    @property
+    def crashed(self) -> dict[str, str]:
+        """Members whose decode killed a process, by path: never decoded again (`PretextDataset.crashed`)."""
+        return self.samples.crashed
+
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        return self.samples.rng(index, self.epoch if epoch is None else epoch)
+
+    def decode(self, index: int, rng: np.random.Generator, member: Member) -> DecodedClip:
+        """The task's window of `member` (of row `index`), decoded from its bytes: `crashing_files`'s decode."""
+        self.hold(member)
+        return self.samples.decode(index, rng, member.data)
+
     def sample(self, member: Member, buffer: ShuffleBuffer) -> dict[str, object] | Skipped | Unreplaced:
         """The member's sample, or when its decode fails that of another of the buffer's `candidates`."""
         def make(item: Member, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-            self.current.clear()
-            self.current[self.rows[item.index].path] = item
+            self.hold(item)
             return self.samples.sample(item.index, rng, item.data)
 
         def replacement(failures: int, failed: Member) -> tuple[np.random.Generator, Member]:
@@ -416,26 +449,38 @@ class ShardDataset(IterableDataset):
             return rng, others[int(rng.integers(len(others)))]
 
         return sample_or_replacement(make, lambda item: self.rows[item.index].path, member,
-                                     self.samples.rng(member.index, self.epoch), replacement,
+                                     self.rng(member.index), replacement,
                                      f"sample of {member_name(self.rows[member.index])}")
 
 
-class ShardLoader:
-    """A `ShardDataset`'s batches, epoch by epoch, from a batch of the epoch on (as `RecoveringLoader`),
-    `num_workers` persistent workers reading the epoch set on the dataset."""
+class ShardLoader(SurvivingLoader):
+    """A `ShardDataset`'s batches, epoch by epoch, from a batch of the epoch on, surviving the death of a
+    worker (as `RecoveringLoader`); `num_workers` persistent workers read the epoch set on the dataset."""
 
     def __init__(self, dataset: ShardDataset, *, batch_size: int, num_workers: int, device: torch.device) -> None:
-        self.dataset, self.batch_size = dataset, batch_size
-        self.loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
-                                 pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
-                                 persistent_workers=num_workers > 0,
-                                 generator=torch.Generator().manual_seed(0))  # keeps the global RNG untouched
+        report_worker_deaths_when_waiting()
+        self.dataset, self.batch_size, self.num_workers, self.device = dataset, batch_size, num_workers, device
+        self.loader = self.build()
+
+    def build(self) -> DataLoader:
+        """A DataLoader with fresh workers (holding the dataset as it is now)."""
+        return DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda",
+                          prefetch_factor=PREFETCH_BATCHES if self.num_workers else None,
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(0))  # keeps the global RNG untouched
 
     def samples_per_epoch(self) -> int:
         """Every rank's samples in an epoch (whole batches)."""
         return self.dataset.plan.samples_per_epoch()
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
-        """The batches of `epoch` from sample `start` of this rank's share (a multiple of the batch size)."""
-        self.dataset.set_epoch(epoch, start // self.batch_size)
-        yield from self.loader
+    def go_to(self, epoch: int, position: int) -> None:
+        self.dataset.set_epoch(epoch, position // self.batch_size)
+
+    def restart(self, epoch: int, position: int, error: RuntimeError) -> None:
+        """As `RecoveringLoader.restart`: the members in flight from sample `position` on whose decode kills
+        its process are marked crashed (replaced and counted from then on), and fresh workers go on."""
+        members = self.dataset.in_flight(epoch, position // self.batch_size, PREFETCH_BATCHES)
+        self.blame(self.dataset, [(epoch, member.index, member) for member in members], max(self.num_workers, 1),
+                   error, f"sample {position} of epoch {epoch}")
+        self.loader = self.build()
