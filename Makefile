@@ -31,11 +31,12 @@ test: setup  ## the test suite, then its 15 slowest tests
 lint: setup  ## ruff check (pinned in constraints.txt, rules in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
-bench: setup  ## benchmarks (tables + JSON under runs/): decoders, losses, training steps, motion profiles, learning
+bench: setup  ## benchmarks (tables + JSON under runs/): decoders, losses, training steps, motion profiles, shards, learning
 	$(PY) tools/bench_loader.py --out $(RUNS)/bench_loader.json
 	$(PY) tools/bench_losses.py --out $(RUNS)/bench_losses.json
 	$(PY) tools/bench_train.py --synthav-dir $(DATA) --out $(RUNS)/bench_train.json
 	$(PY) tools/bench_motion.py --data $(dir $(DATA)) --out $(RUNS)/bench_motion.json
+	$(PY) tools/bench_shards.py --data $(dir $(DATA)) --out $(RUNS)/bench_shards.json
 	$(PY) tools/bench_learning.py --data-dir $(DATA) --out $(RUNS)/bench_learning.json
 
 clean:  ## delete the runs and the generated SynthAV (runs/, data/synthav)

@@ -61,6 +61,8 @@ SHARE_ABOVE_0, SHARE_BELOW_1 = Bound(0, 1, strict=True), Bound(0, 1, strict_high
 @dataclass
 class DataConfig:
     manifest: str = ""  # empty: SynthAV under synthav_dir, generated on first use
+    shards: str = ""  # a shard folder or URL (tools/make_shards.py), streamed instead of a manifest's files
+    shard_buffer: int = 64  # shards: members each DataLoader worker holds in memory to shuffle
     synthav_dir: str = "data/synthav"
     split: str = "pretrain"
     frame_size: int = 64  # decoder: short side scaled to frame_size (aspect kept), centre crop to a square
@@ -167,6 +169,7 @@ class Config:
     # the settings with a range, checked when a config is loaded (one line naming the key)
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "data.frame_size": AT_LEAST_1, "data.batch_size": AT_LEAST_1, "data.num_workers": NON_NEGATIVE,
+        "data.shard_buffer": AT_LEAST_1,
         "data.max_skip_share": SHARE, "data.crop_scale": SHARE_ABOVE_0, "data.crop_ratio": POSITIVE,
         "optim.betas": SHARE_BELOW_1, "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
         "optim.momentum": SHARE, "optim.warmup_epochs": NON_NEGATIVE, "optim.min_lr": NON_NEGATIVE,

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -26,8 +29,21 @@ from mmssl.models import VideoEncoder
 from mmssl.tasks import build_task, task_class
 from mmssl.tasks.model import TaskModel, build_run_encoder
 
-REPO = Path(__file__).resolve().parents[1]
-PRETRAINING_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs/pretrain").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAINING_CONFIGS = sorted((ROOT / "configs/pretrain").glob("*.yaml"))
+
+
+def run_quick_bench(tool: str, synthav: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """`tools/<tool>.py --quick` on `synthav` (as its --data's synthav) in `tmp_path`: the finished process
+    (it must succeed) and the JSON it wrote."""
+    out = tmp_path / f"{tool}.json"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synthav").symlink_to(synthav)
+    result = subprocess.run([sys.executable, str(ROOT / f"tools/{tool}.py"), "--quick", "--data", str(tmp_path / "data"),
+                             "--work", str(tmp_path / "work"), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads(out.read_text())
 
 
 def one_config_per_task(paths: list[Path]) -> list[Path]:
@@ -87,7 +103,7 @@ def shipped_config_batches(path: Path, synthav: Path, count: int = 1, overrides:
 def random_init_checkpoint(task: str, synthav: Path, out: Path, overrides: Sequence[str] = ()) -> Path:
     """A checkpoint of a shipped config's seeded model at random init (tiny SynthAV at 32 px, the
     task's smoke overrides), with its config, as a run would save it."""
-    config = load_config(Path(__file__).resolve().parents[1] / f"configs/pretrain/{task}.yaml",
+    config = load_config(ROOT / f"configs/pretrain/{task}.yaml",
                          [f"data.synthav_dir={synthav}", "data.frame_size=32", *task_class(task).smoke_overrides,
                           *overrides])
     torch.manual_seed(0)
@@ -124,7 +140,7 @@ class SpyEncoder(VideoEncoder):
 
 def tool_module(name: str) -> ModuleType:
     """tools/<name>.py as a module, to call its main in this process."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,23 +1,13 @@
 """tools/bench_motion.py --quick: both ways of Shuffle and Learn's loader measured, the memory part each way."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import run_quick_bench  # tests/ is on sys.path under pytest
 
 
 def test_bench_motion_quick(tiny_synthav: Path, tmp_path: Path) -> None:
-    out = tmp_path / "bench_motion.json"
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "synthav").symlink_to(tiny_synthav)
-    result = subprocess.run([sys.executable, str(ROOT / "tools/bench_motion.py"), "--quick",
-                             "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--out", str(out)],
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    result, report = run_quick_bench("bench_motion", tiny_synthav, tmp_path)
     (name, dataset), = report["datasets"].items()
     assert name == "synthav" and dataset["videos"] == 24 and dataset["store_seconds"] > 0
     for way in ("plain", "stored"):

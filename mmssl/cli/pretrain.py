@@ -4,7 +4,8 @@ With no arguments: configs/pretrain/order.yaml, frame-order verification (Shuffl
 the tiny 3D CNN on SynthAV, which is generated under data/synthav on first use; CPU-sized, about
 2 minutes on 2 cores.
 
-  mmssl pretrain [--config FILE] [--out DIR] [--resume auto|CKPT] [--import MODULE] [key=value ...]
+  mmssl pretrain [--config FILE] [--out DIR] [--resume auto|CKPT] [--import MODULE] [--shard-command CMD]
+                 [key=value ...]
   mmssl pretrain [--config FILE] [key=value ...] --print-config   (the resolved config, then exit)
   torchrun --nproc_per_node N tools/pretrain.py ...   (DDP: nccl on GPUs, gloo on CPUs)
 (`python tools/pretrain.py ...` is the same.)
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--print-config", action="store_true",
                         help="print the config the run would use (defaults <- --config <- overrides) as YAML, "
                              "each setting's description as its comment, and exit")
+    parser.add_argument("--shard-command", metavar="CMD",
+                        help="read data.shards through this shell command, which writes the file {url} names to "
+                             "its output, e.g. 'aws s3 cp {url} -' (an object store's client); runs CMD, so it is "
+                             "taken from here only, never from a config file")
     add_import_option(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_intermixed_args(argv)
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         return
     stopped, out = None, Path(args.out or f"runs/pretrain_{config.task.name}")
     try:
-        final = pretrain(config, out, args.resume)
+        final = pretrain(config, out, args.resume, args.shard_command)
     except SkipLimitExceeded as e:  # raised on every rank at the same batch: rank 0 says it
         stopped = str(e) if distributed.is_main_process() else ""
     if stopped is None and distributed.is_main_process():

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -76,12 +77,13 @@ class PretextDataset(Dataset):
     def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
 
-    def decode(self, index: int, rng: np.random.Generator) -> DecodedClip:
-        """The task's window of row `index`, decoded (raises MediaError for bad files)."""
+    def decode(self, index: int, rng: np.random.Generator, data: bytes | None = None) -> DecodedClip:
+        """The task's window of row `index`, decoded (`data`: the file's bytes, when held in memory;
+        raises MediaError for bad files)."""
         row = self.rows[index]
         if row.path in self.crashed:
             raise CrashedDecodeError(row.path, self.crashed[row.path])
-        return decode_window(row, self.task.window(row, rng), self.frame_size, self.backend, self.sample_rate)
+        return decode_window(row, self.task.window(row, rng), self.frame_size, self.backend, self.sample_rate, data)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, object] | Skipped | Unreplaced:
         """Sample `key`: a row index (of the epoch set with `set_epoch`) or an (epoch, index) pair,
@@ -89,25 +91,48 @@ class PretextDataset(Dataset):
         lists the failures before it under "skipped"; after MAX_REPLACEMENTS failed replacements the
         sample gives up (`Unreplaced`)."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        rng, row, failed = self.rng(index, epoch), index, []
-        while True:
-            try:
-                sample = self.task.make_sample(self.decode(row, rng), rng)
-                if self.identify:
-                    sample["row"] = torch.tensor(row)
-                return {**sample, "skipped": failed} if failed else sample
-            except MediaError as e:
-                skipped, message = Skipped(self.rows[row].path, e.kind, e.detail), str(e)
-            if not self.replace_failed:
-                log.warning("skipping %s", message)
-                return skipped
-            failed.append(skipped)
-            if len(failed) > MAX_REPLACEMENTS:
-                log.warning("skipping %s; sample %d of epoch %d gives up after %d failed decodes in a row",
-                            message, index, epoch, len(failed))
-                return Unreplaced(tuple(failed))
-            rng, row = replacement(self.seed, epoch, index, len(failed), row, len(self.rows))
-            log.warning("skipping %s; sample %d of epoch %d takes row %d instead", message, index, epoch, row)
+        replace = (partial(self.replacement, epoch, index) if self.replace_failed else None)
+        return sample_or_replacement(self.sample, lambda row: self.rows[row].path, index, self.rng(index, epoch),
+                                     replace, f"sample {index} of epoch {epoch}")
+
+    def sample(self, row: int, rng: np.random.Generator, data: bytes | None = None) -> dict[str, torch.Tensor]:
+        """The task's sample of row `row` drawn with `rng` (`data`: the file's bytes, when held in memory)."""
+        sample = self.task.make_sample(self.decode(row, rng, data), rng)
+        if self.identify:
+            sample["row"] = torch.tensor(row)
+        return sample
+
+    def replacement(self, epoch: int, index: int, failures: int, row: int) -> tuple[np.random.Generator, int]:
+        return replacement(self.seed, epoch, index, failures, row, len(self.rows))
+
+
+T = TypeVar("T")
+
+
+def sample_or_replacement(make: Callable[[T, np.random.Generator], dict[str, torch.Tensor]], path: Callable[[T], str],
+                          item: T, rng: np.random.Generator,
+                          replace: Callable[[int, T], tuple[np.random.Generator, T]] | None,
+                          where: str) -> dict[str, object] | Skipped | Unreplaced:
+    """`make(item, rng)`; when its decode fails, a `Skipped` marker, or with `replace` (failures so far,
+    the item that failed -> the generator and the item that stand in) the sample of a replacement that
+    lists the failures before it under "skipped"; after MAX_REPLACEMENTS failed replacements the sample
+    gives up (`Unreplaced`). `path`: an item's file; `where`: the sample, for the log."""
+    failed: list[Skipped] = []
+    while True:
+        try:
+            sample = make(item, rng)
+            return {**sample, "skipped": failed} if failed else sample
+        except MediaError as e:
+            skipped, message = Skipped(path(item), e.kind, e.detail), str(e)
+        if replace is None:
+            log.warning("skipping %s", message)
+            return skipped
+        failed.append(skipped)
+        if len(failed) > MAX_REPLACEMENTS:
+            log.warning("skipping %s; %s gives up after %d failed decodes in a row", message, where, len(failed))
+            return Unreplaced(tuple(failed))
+        rng, item = replace(len(failed), item)
+        log.warning("skipping %s; %s takes %s instead", message, where, path(item))
 
 
 def replacement(seed: int, epoch: int, index: int, failures: int, row: int, length: int,
@@ -119,19 +144,20 @@ def replacement(seed: int, epoch: int, index: int, failures: int, row: int, leng
 
 
 def decode_window(row: ManifestRow, window: Window, frame_size: int | None = None, backend: str = "pyav",
-                  sample_rate: int = 16000) -> DecodedClip:
+                  sample_rate: int = 16000, data: bytes | None = None) -> DecodedClip:
     """Exactly the frames (scaled in the decoder with the aspect ratio kept, short side to
     frame_size, and centre-cropped to frame_size x frame_size) and the audio span of `window`
     (raises MediaError for bad files). A window without frames decodes no video. Tasks place audio
     at frame number / row.fps; with frames, the span moves by their `clock_drift`, so that it stays
     with them on a variable frame rate. Frame numbers and times are the row's: a row that is a clip cut
-    from a longer file (`first_frame`) decodes within its clip."""
+    from a longer file (`first_frame`) decodes within its clip. `data`: the file's bytes (a shard's
+    member), decoded from memory."""
     size = (frame_size, frame_size) if frame_size else None
     video = torch.empty(0, *(size or (0, 0)), 3, dtype=torch.uint8)
     audio, drift = None, 0.0
     first = first_frame(row)
     frames = np.asarray(window.frames) + first
-    with open_container(row.path) as container:  # one open for both streams
+    with open_container(row.path, data) as container:  # one open for both streams
         if len(frames):
             with VideoReader(row.path, size=size, backend=backend, keep_aspect=True, container=container) as reader:
                 video = reader.get_frames(frames)

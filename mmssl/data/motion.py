@@ -30,7 +30,7 @@ import pebble
 from mmssl.config import AT_LEAST_1, NON_NEGATIVE, Bound
 from mmssl.data.isolation import isolated_map
 from mmssl.data.manifest import ManifestError, ManifestRow, first_frame
-from mmssl.io import MediaError, VideoReader
+from mmssl.io import MediaError, VideoReader, open_container
 
 MOTION_SIZE = 32  # px: the profile decode's square, `MotionConfig.size`'s default
 MOTION_COLUMN = "motion_offset"  # manifest column: where the row's profile starts in `profile_file`
@@ -77,12 +77,14 @@ def pick_by_motion(candidates: list[np.ndarray], cum: np.ndarray, rng: np.random
 
 # ----------------------------------------------------------------------------- profiles
 
-def video_motion(path: str | Path, size: int = MOTION_SIZE, frames: range | None = None) -> np.ndarray:
-    """The profile of the video at `path`: float16 [T - 1], `frame_motion` of its T `frames` (default all,
-    those past its end left out) decoded at `size` px, `DECODE_CHUNK` frames at a time (raises MediaError
-    for a bad file)."""
+def video_motion(path: str | Path, size: int = MOTION_SIZE, frames: range | None = None,
+                 data: bytes | None = None) -> np.ndarray:
+    """The profile of the video at `path` (`data`: its bytes, decoded from memory): float16 [T - 1],
+    `frame_motion` of its T `frames` (default all, those past its end left out) decoded at `size` px,
+    `DECODE_CHUNK` frames at a time (raises MediaError for a bad file)."""
     steps, last = [], None
-    with VideoReader(path, size=(size, size), keep_aspect=True) as reader:
+    with open_container(path, data) as container, VideoReader(path, size=(size, size), keep_aspect=True,
+                                                              container=container) as reader:
         frames = frames or range(reader.num_frames)
         stop = min(frames.stop, reader.num_frames)
         for start in range(frames.start, stop, DECODE_CHUNK):
@@ -92,10 +94,11 @@ def video_motion(path: str | Path, size: int = MOTION_SIZE, frames: range | None
     return np.concatenate(steps).astype(np.float16)
 
 
-def row_motion(row: ManifestRow, size: int = MOTION_SIZE) -> np.ndarray:
-    """The profile of the row's video: of its clip, for a clip cut from a longer file (`first_frame`)."""
+def row_motion(row: ManifestRow, size: int = MOTION_SIZE, data: bytes | None = None) -> np.ndarray:
+    """The profile of the row's video (`data`: its bytes): of its clip, for a clip cut from a longer
+    file (`first_frame`)."""
     first = first_frame(row)
-    return video_motion(row.path, size, range(first, first + row.num_frames) if first else None)
+    return video_motion(row.path, size, range(first, first + row.num_frames) if first else None, data)
 
 
 def fit_steps(steps: np.ndarray, num_frames: int) -> np.ndarray:

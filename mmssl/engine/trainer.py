@@ -26,6 +26,7 @@ from mmssl import distributed
 from mmssl.config import Config, ConfigError, config_changes, from_dict, run_tree, to_dict
 from mmssl.data.dataset import SkipCounter
 from mmssl.data.loader import RecoveringLoader
+from mmssl.data.shards import ShardLoader
 from mmssl.engine.checkpoint import (
     capture_rng_state,
     checkpoint_path,
@@ -37,7 +38,7 @@ from mmssl.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from mmssl.engine.data import pretraining_data
+from mmssl.engine.data import pretraining_batches
 from mmssl.engine.distributed import DistInfo, global_batchnorm, init_distributed, wrap_ddp
 from mmssl.engine.labelling import Labeller
 from mmssl.engine.lock import RunLock
@@ -66,15 +67,16 @@ class NonFiniteLossError(MmsslError, FloatingPointError):
     """A run's loss is no longer finite: it stops, naming the step."""
 
 
-def pretrain(config: Config, out_dir: str | Path, resume: str | None = None) -> Path:
+def pretrain(config: Config, out_dir: str | Path, resume: str | None = None, shard_command: str | None = None) -> Path:
     """Train `config`'s task; write checkpoints and metrics.jsonl under `out_dir`; return the final
     checkpoint's path. `resume`: "auto" (the newest checkpoint in out_dir, if any) or a path; None
-    (a fresh run) refuses an out_dir that holds checkpoints already: pruning would delete this run's."""
+    (a fresh run) refuses an out_dir that holds checkpoints already: pruning would delete this run's.
+    `shard_command`: the shell command that reads data.shards (from the command line only)."""
     out_dir = Path(out_dir)
     dist = init_distributed()
     lock = on_main(lambda: RunLock(out_dir).acquire(), dist.is_main)  # rank 0 owns the folder for the whole run
     try:
-        return _train(config, out_dir, resume, dist)
+        return _train(config, out_dir, resume, dist, shard_command)
     finally:
         if lock is not None:
             lock.release()
@@ -94,7 +96,7 @@ def on_main(build: Callable[[], T], is_main: bool) -> T | None:
     return built
 
 
-def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) -> Path:
+def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo, shard_command: str | None) -> Path:
     """`pretrain` in the run's folder, once it owns it."""
     if dist.is_main and (partial := remove_partial_writes(out_dir)):
         print(f"removed {len(partial)} checkpoint file(s) a killed run left half written", flush=True)
@@ -105,9 +107,7 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     np.random.seed(config.train.seed + dist.rank)
 
     task = build_task(config)
-    dataset, sampler = pretraining_data(config, task, dist.rank, dist.world_size)
-    batches = RecoveringLoader(dataset, sampler, batch_size=config.data.batch_size,
-                               num_workers=config.data.num_workers, seed=config.train.seed, device=dist.device)
+    dataset, batches = pretraining_batches(config, task, dist.rank, dist.world_size, dist.device, shard_command)
     model = TaskModel(task, build_run_encoder(config)).to(dist.device)
     if task.global_batchnorm:
         model = global_batchnorm(model, dist.device)
@@ -118,7 +118,7 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     forward = torch.compile(ddp) if config.train.compile else ddp
 
     accumulate = config.optim.accumulate
-    micro_per_epoch = len(sampler) // config.data.batch_size  # whole batches (EpochSampler pads)
+    micro_per_epoch = batches.samples_per_epoch() // config.data.batch_size  # whole batches (both pad)
     if accumulate > micro_per_epoch:
         raise ConfigError(f"optim.accumulate={accumulate} is more than the {micro_per_epoch} batches of "
                           f"data.batch_size={config.data.batch_size} in an epoch of each of {dist.world_size} "
@@ -142,7 +142,7 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         restore_checkpoint(state, resume_from, model=model, optimizer=optimizer)
         if labeller is not None:
-            labeller.restore(state.get("pseudo_labels"), sampler)
+            labeller.restore(state.get("pseudo_labels"), batches.sampler)
         if step == total_steps:  # nothing to train (once its weights are known to fit): it holds the run's end
             if dist.is_main:
                 print(f"--resume: {resume_from} is at step {step}, this run's last: nothing left to train")
@@ -169,7 +169,7 @@ def _train(config: Config, out_dir: Path, resume: str | None, dist: DistInfo) ->
     while step < total_steps:
         if labeller is not None and labeller.due(*divmod(step, steps_per_epoch)):
             start = time.perf_counter()
-            labeller.run(step // steps_per_epoch, step, optimizer, sampler, run_log)
+            labeller.run(step // steps_per_epoch, step, optimizer, batches.sampler, run_log)
             window.start += time.perf_counter() - start  # kept out of the log window's throughput
         step = train_one_epoch(model, ddp, forward, optimizer, batches, step, lr_schedule=lr_schedule,
                                steps_per_epoch=steps_per_epoch, config=config, dist=dist, skips=skips,
@@ -197,7 +197,7 @@ def _resume_checkpoint(out_dir: Path, resume: str | None, dist: DistInfo) -> tup
 
 
 def train_one_epoch(model: TaskModel, ddp: nn.Module, forward: Callable[[dict], dict[str, torch.Tensor]],
-                    optimizer: torch.optim.Optimizer, batches: RecoveringLoader, step: int, *,
+                    optimizer: torch.optim.Optimizer, batches: RecoveringLoader | ShardLoader, step: int, *,
                     lr_schedule: np.ndarray, steps_per_epoch: int, config: Config, dist: DistInfo,
                     skips: SkipCounter, window: LogWindow, run_log: RunLog, out_dir: Path, monitor: KnnMonitor,
                     labeller: Labeller | None = None) -> int:
@@ -362,9 +362,9 @@ def _check_resumed_config(saved: dict, config: Config, checkpoint: Path, implici
     RESUME_FREE_KEYS aside) is refused; a checkpoint named on purpose resumes, with the changes printed.
     The saved config is read as this version reads it (`from_dict`: renamed keys moved, settings added
     since at their defaults), and only the sections the run uses are compared."""
+    free = RESUME_FREE_KEYS - ({"data.num_workers"} if config.data.shards else set())  # shards: workers split them
     changes = {key: change for key, change in config_changes(run_tree(to_dict(from_dict(saved))),
-                                                             run_tree(to_dict(config))).items()
-               if key not in RESUME_FREE_KEYS}
+                                                             run_tree(to_dict(config))).items() if key not in free}
     if not changes:
         return
     listing = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())

@@ -16,6 +16,7 @@ n / fps: `build_index` puts the clock's origin there).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import stat
@@ -46,9 +47,14 @@ H264_IDR = 5  # nal_unit_type of an IDR picture: no frame after it refers to one
 REORDER_DEPTH = 16  # the most frames a decoder holds back to reorder them (H.264's DPB)
 
 
-def open_container(path: str | Path) -> av.container.InputContainer:
-    """Open `path` for reading, or raise the `MediaError` that says why not."""
+def open_container(path: str | Path, data: bytes | None = None) -> av.container.InputContainer:
+    """Open `path` for reading, or raise the `MediaError` that says why not. `data`: the file's bytes
+    (a shard's member), read from memory; `path` then only names it in errors."""
     path = str(path)
+    if data is not None:
+        if not data:
+            raise EmptyMediaError(path, "file has 0 bytes")
+        return _open(path, io.BytesIO(data))
     try:
         status = os.stat(path)
     except PermissionError as e:
@@ -59,8 +65,13 @@ def open_container(path: str | Path) -> av.container.InputContainer:
         raise MissingMediaError(path, "is a directory")
     if status.st_size == 0:
         raise EmptyMediaError(path, "file has 0 bytes")
+    return _open(path, path)
+
+
+def _open(path: str, source: str | io.BytesIO) -> av.container.InputContainer:
+    """`av.open` of a file name or of bytes in memory, FFmpeg's errors as `MediaError`s naming `path`."""
     try:
-        return av.open(path, mode="r", metadata_errors="ignore")
+        return av.open(source, mode="r", metadata_errors="ignore")
     except av.error.PermissionError as e:
         raise PermissionDeniedError(path, f"cannot open ({e.strerror})") from e
     except av.error.FFmpegError as e:
