@@ -65,8 +65,8 @@ class BenchDataset:
 
 
 # The benchmark's PhysAV: 1600 unlabeled videos, the default labeled splits. With the quick start's 480,
-# the supervised ceiling is 30% on actions (it memorises); with 1600, 48% at a third of the epochs
-# (docs/results.md#physav-the-datasets-gate).
+# the supervised ceiling is 36% on actions (it memorises); with 1600, 56% (23% on objects: that gate
+# is not passed; docs/results.md#physav-the-datasets-gate).
 BENCH_PHYSAV = PhysAVConfig(num_pretrain=1600)
 
 
