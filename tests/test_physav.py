@@ -160,27 +160,40 @@ def test_objects_wear_their_colour_only(category: str) -> None:
     assert len(pixels) > 200 and chromaticity.std(0).max() < 0.003  # the torus's own texture: 0.24, the duck's 0.008
 
 
+def frame_share(kind: physav.Category, distance: tuple[float, float], rng: np.random.Generator, views: int) -> float:
+    """The mean share of a 64x64 frame that an object of `kind`, settled on the floor, covers over
+    `views` random views from `distance` (m)."""
+    import pybullet as pb
+
+    client, covered = physav._client(), []
+    for _ in range(views):
+        pb.resetSimulation(physicsClientId=client)
+        pb.setGravity(0, 0, -physav.GRAVITY, physicsClientId=client)
+        physav._floor(rng, client)
+        body = physav._add_object(rng, client, kind, "wood", (0.0, 0.0))
+        for _ in range(60):  # settle
+            pb.stepSimulation(physicsClientId=client)
+        view, projection, _ = physav._camera(rng, np.array([*physav._position(client, body)[:2], 0.05]), distance)
+        mask = pb.getCameraImage(64, 64, view, projection, renderer=pb.ER_TINY_RENDERER, physicsClientId=client)[4]
+        covered.append((np.reshape(mask, -1) == body.uid).mean())
+    return float(np.mean(covered))
+
+
 def test_apparent_size_does_not_name_the_category() -> None:
     """Over random views, every category covers the same share of the frame on average (within 30%):
     the categories' `scale` undoes their shapes' differences (a teddy's thin limbs, a box's bulk)."""
-    import pybullet as pb
-
-    client, rng, shares = physav._client(), np.random.default_rng(0), {}
-    for name, kind in CATEGORIES.items():
-        covered = []
-        for _ in range(12):
-            pb.resetSimulation(physicsClientId=client)
-            pb.setGravity(0, 0, -physav.GRAVITY, physicsClientId=client)
-            physav._floor(rng, client)
-            body = physav._add_object(rng, client, kind, "wood", (0.0, 0.0))
-            for _ in range(60):  # settle
-                pb.stepSimulation(physicsClientId=client)
-            view, projection, _ = physav._camera(rng, np.array([*physav._position(client, body)[:2], 0.05]))
-            mask = pb.getCameraImage(64, 64, view, projection, renderer=pb.ER_TINY_RENDERER,
-                                     physicsClientId=client)[4]
-            covered.append((np.reshape(mask, -1) == body.uid).mean())
-        shares[name] = np.mean(covered)
+    rng, distance = np.random.default_rng(0), (PhysAVConfig.camera_near, PhysAVConfig.camera_far)
+    shares = {name: frame_share(kind, distance, rng, 12) for name, kind in CATEGORIES.items()}
     assert max(shares.values()) < 1.3 * min(shares.values()), shares  # unscaled: teddy 4.7%, box 14.6%
+
+
+def test_a_nearer_camera_shows_the_object_larger() -> None:
+    """At 0.7 times the distance an object covers about twice the share of the frame (1 / 0.7^2)."""
+    near, far = (frame_share(CATEGORIES["box"], distance, np.random.default_rng(0), 8)
+                 for distance in ((0.245, 0.42), (0.35, 0.6)))
+    assert 1.6 < near / far < 2.5, (near, far)
+    with pytest.raises(ValueError, match="camera_near <= camera_far"):
+        PhysAVConfig(camera_near=0.6, camera_far=0.35)
 
 
 @pytest.mark.parametrize("path", one_config_per_task(PRETRAINING_CONFIGS), ids=lambda p: p.stem)

@@ -107,6 +107,9 @@ class PhysAVConfig:
                                                           "fraction of a second span frames a clip can see"})
     duration: float = field(default=4.0, metadata={"help": "seconds per video"})
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate (Hz), mono"})
+    camera_near: float = field(default=0.35, metadata={"help": "the camera's least distance from what it looks at (m)"})
+    camera_far: float = field(default=0.6, metadata={"help": "the camera's greatest distance (m): nearer shows an "
+                                                           "object larger (0.35-0.6: 13-25 px of 64)"})
     num_pretrain: int = field(default=480, metadata={"help": "unlabeled pretraining videos"})
     train_per_class: int = field(default=10, metadata={"help": "labeled train videos per class"})
     test_per_class: int = field(default=20, metadata={"help": "labeled test videos per class"})
@@ -117,6 +120,8 @@ class PhysAVConfig:
         if self.slow_motion < 1 or PHYSICS_HZ % (self.fps * self.slow_motion):
             raise ValueError(f"fps x slow_motion must divide the physics rate {PHYSICS_HZ} Hz, "
                              f"got {self.fps} x {self.slow_motion}")
+        if not 0 < self.camera_near <= self.camera_far:
+            raise ValueError(f"the camera's distances must be 0 < camera_near <= camera_far, got {self}")
         if min(self.num_pretrain, self.train_per_class, self.test_per_class) < 0:
             raise ValueError(f"video counts must be >= 0, got {self}")
 
@@ -199,7 +204,7 @@ def render_video(config: PhysAVConfig, action: str, category: str, material: str
     # of video (drop/stack: at 0)
     start = _stage(action, rng, client, main, others)
 
-    view, projection, light = _camera(rng, start)
+    view, projection, light = _camera(rng, start, (config.camera_near, config.camera_far))
     steps_per_frame = round(PHYSICS_HZ / (config.fps * config.slow_motion))
     num_frames = config.num_frames()
     frames = np.empty((num_frames, config.size, config.size, 3), np.uint8)
@@ -389,13 +394,13 @@ def _kick(action: str, rng: np.random.Generator, client: int, main: _Body, other
         launch(mover, [speed * direction[0], speed * direction[1], 0.05])
 
 
-def _camera(rng: np.random.Generator, target: np.ndarray) -> tuple[list, list, dict]:
-    """View and projection matrices looking at `target` from a random yaw, pitch and distance, and
-    a random light."""
+def _camera(rng: np.random.Generator, target: np.ndarray, distance: tuple[float, float]) -> tuple[list, list, dict]:
+    """View and projection matrices looking at `target` from a random yaw, pitch and `distance` (a
+    range, m), and a random light."""
     import pybullet as pb
 
     aim = target + np.array([*rng.uniform(-0.02, 0.02, 2), 0.0])
-    view = pb.computeViewMatrixFromYawPitchRoll(list(aim), rng.uniform(0.35, 0.6), rng.uniform(0, 360),
+    view = pb.computeViewMatrixFromYawPitchRoll(list(aim), rng.uniform(*distance), rng.uniform(0, 360),
                                                 rng.uniform(-45, -15), 0, 2)
     projection = pb.computeProjectionMatrixFOV(40, 1.0, 0.05, 10)
     light = {"lightDirection": [*rng.uniform(-1, 1, 2), rng.uniform(0.5, 1.5)],
