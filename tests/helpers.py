@@ -24,6 +24,7 @@ from mmssl.config import load_config, to_dict
 from mmssl.data.dataset import PretextDataset, collate
 from mmssl.engine.checkpoint import save_checkpoint
 from mmssl.engine.data import load_rows
+from mmssl.engine.distributed import DistInfo, init_distributed
 from mmssl.engine.labelling import label_dataset, label_rows
 from mmssl.models import VideoEncoder
 from mmssl.tasks import build_task, task_class
@@ -108,6 +109,15 @@ def random_init_checkpoint(task: str, synthav: Path, out: Path, overrides: Seque
                           *overrides])
     torch.manual_seed(0)
     return save_checkpoint(out, config=to_dict(config), model=TaskModel(build_task(config), build_run_encoder(config)))
+
+
+def join_gloo(rank: int, world_size: int, port: int) -> DistInfo:
+    """This process as rank `rank` of a gloo group of `world_size` on localhost, as torchrun would
+    start it (its environment), with one torch thread: the ranks share the machine's cores."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    return init_distributed(backend="gloo")
 
 
 def run_ranks(worker: Callable, out_dir: Path, world_size: int, timeout_s: float) -> list:

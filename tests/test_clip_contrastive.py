@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from helpers import SpyEncoder, run_ranks  # tests/ is on sys.path under pytest
+from helpers import SpyEncoder, join_gloo, run_ranks  # tests/ is on sys.path under pytest
 
 from mmssl.config import load_config
 from mmssl.data.dataset import PretextDataset, collate
@@ -362,10 +361,7 @@ WORLD_SIZE = 2
 
 
 def _ddp_worker(synthav: str, rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    mdist.init_distributed(backend="gloo")
+    join_gloo(rank, WORLD_SIZE, port)
     try:
         for loss in ("nt_xent", "moco"):
             pretrain(tiny_config(Path(synthav), loss, "train.max_steps=2"), Path(out_dir) / loss)

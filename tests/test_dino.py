@@ -4,14 +4,13 @@ views span what they should, and a collapsed teacher stops the run."""
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import SpyEncoder, run_ranks  # tests/ is on sys.path under pytest
+from helpers import SpyEncoder, join_gloo, run_ranks  # tests/ is on sys.path under pytest
 
 from mmssl.cli import visualize
 from mmssl.data.manifest import ManifestRow
@@ -49,10 +48,7 @@ def test_the_loss_uses_the_old_centre_then_moves_it_to_the_teachers_mean() -> No
 
 
 def _centre_worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    mdist.init_distributed(backend="gloo")
+    join_gloo(rank, WORLD_SIZE, port)
     try:
         loss_fn = DINOLoss(K)
         student, teacher = (x.chunk(WORLD_SIZE, dim=1)[rank] for x in _outputs())

@@ -5,7 +5,6 @@ the non-finite stop must agree over ranks."""
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from helpers import run_ranks  # tests/ is on sys.path under pytest
+from helpers import join_gloo, run_ranks  # tests/ is on sys.path under pytest
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -171,9 +170,7 @@ def _train_with_layer_drop(rank: int) -> dict[str, object]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    info = init_distributed(backend="gloo")
+    info = join_gloo(rank, WORLD_SIZE, port)
     try:
         torch.save(_run(info), Path(out_dir) / f"rank{rank}.pt")
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_ranks  # tests/ is on sys.path under pytest
+from helpers import join_gloo, run_ranks  # tests/ is on sys.path under pytest
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -281,10 +280,7 @@ def _run_rank(rank: int) -> dict[str, tuple]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    mdist.init_distributed(backend="gloo")
+    join_gloo(rank, WORLD_SIZE, port)
     try:
         torch.save(_run_rank(rank), Path(out_dir) / f"rank{rank}.pt")
     finally:

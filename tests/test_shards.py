@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_ranks  # tests/ is on sys.path under pytest
+from helpers import join_gloo, run_ranks  # tests/ is on sys.path under pytest
 from test_loader import crash_when
 
 from mmssl.config import ConfigError, load_config
@@ -21,7 +21,7 @@ from mmssl.data.dataset import PretextDataset, SkipCounter
 from mmssl.data.manifest import read_manifest
 from mmssl.data.shards import INDEX, ShardDataset, ShardLoader, ShardSource, StreamPlan, pack_shards
 from mmssl.engine.checkpoint import checkpoint_path
-from mmssl.engine.distributed import cleanup, init_distributed
+from mmssl.engine.distributed import cleanup
 from mmssl.engine.trainer import pretrain
 from mmssl.tasks import build_task
 
@@ -93,10 +93,8 @@ def test_two_gloo_ranks_see_every_video_once_per_epoch_plus_padding(shards: Path
 
 
 def _rank_epoch(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    dist = init_distributed()
+    os.environ["OMP_NUM_THREADS"] = "1"  # the DataLoader workers it starts
+    dist = join_gloo(rank, 2, port)
     shards, synthav = map(Path, (Path(out_dir) / "data.txt").read_text().splitlines())
     batches = streamed(shards, synthav, 0, dist.rank, dist.world_size)  # workers: spawned ones start slowly here
     torch.save({"digests": [digest(b, k) for b in batches for k in range(BATCH)]}, Path(out_dir) / f"rank{rank}.pt")
