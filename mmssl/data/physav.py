@@ -29,7 +29,7 @@ from mmssl.io import probe, write_media
 CLASSES = ("drop", "throw", "push", "spin", "topple", "collide", "hit", "stack")
 SPLITS = ("pretrain", "train", "test")
 CONFIG_NAME = "physav.json"
-GENERATOR_VERSION = 4  # bump whenever the rendered content changes, to invalidate old folders
+GENERATOR_VERSION = 5  # bump whenever the rendered content changes, to invalidate old folders (5: nearer camera)
 _VIDEO_STREAM, _PLAN_STREAM = 0, 1  # seed sequences: [seed, stream, ...]
 
 
@@ -107,9 +107,9 @@ class PhysAVConfig:
                                                           "fraction of a second span frames a clip can see"})
     duration: float = field(default=4.0, metadata={"help": "seconds per video"})
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate (Hz), mono"})
-    camera_near: float = field(default=0.35, metadata={"help": "the camera's least distance from what it looks at (m)"})
-    camera_far: float = field(default=0.6, metadata={"help": "the camera's greatest distance (m): nearer shows an "
-                                                           "object larger (0.35-0.6: 13-25 px of 64)"})
+    camera_near: float = field(default=0.25, metadata={"help": "the camera's least distance from what it looks at (m)"})
+    camera_far: float = field(default=0.42, metadata={"help": "the camera's greatest distance (m): nearer shows an "
+                                                            "object larger (0.25-0.42: 19-35 px of 64)"})
     num_pretrain: int = field(default=480, metadata={"help": "unlabeled pretraining videos"})
     train_per_class: int = field(default=10, metadata={"help": "labeled train videos per class"})
     test_per_class: int = field(default=20, metadata={"help": "labeled test videos per class"})
