@@ -516,6 +516,8 @@ def test_bench_learning_table(tiny_synthav: Path, tmp_path: Path) -> None:
     assert set(report["pretext"]) == {"order", "avc"}
     assert all(m["chance"] is not None and 0 <= m["mean"] <= 1 for m in report["pretext"]["order"].values())
     assert "order (action, linear probe)" in result.stdout and "headline:" in result.stdout
+    written = [line.split(" (up to ")[1] for line in result.stdout.splitlines() if line.startswith(f"wrote {out}")]
+    assert written == ["order seed 0)", "order seed 1)", "avc seed 0)", "avc seed 1)"]  # kept if interrupted
 
 
 @pytest.mark.parametrize("task", ["order", "avc", "wav2vec2", "multitask"])

@@ -15,8 +15,9 @@ follow configs/transfer/linear.yaml, the fine-tune, supervised and ceiling rows
 configs/transfer/finetune.yaml (--transfer overrides apply to both). An audio-only method (wav2vec
 2.0) is probed on its audio encoder's features of each labeled video's audio; the audio towers of
 the audio-visual methods get the same audio probes, on --audio-label (default: the action; e.g.
-PhysAV's material, heard as timbre). Mean and std over seeds, as a table and JSON; the headline
-counts the methods >= 10 points above random init on their family's labels.
+PhysAV's material, heard as timbre). Mean and std over seeds, as a table and JSON (the JSON
+rewritten after every run); the headline counts the methods >= 10 points above random init on their
+family's labels.
 
   python tools/bench_learning.py [--dataset synthav|physav] [--data-dir DIR] [--methods order ...] [--seeds 3]
                                  [--knn] [--ceiling] [--finetune] [--out FILE.json] [--resume]
@@ -136,6 +137,18 @@ def main(argv: list[str] | None = None) -> dict:
             measured.add((label, seed))
             _add(rows, label, kind, evaluate(random_encoder(encoder, seed)))
 
+    def report_of() -> dict:
+        """Table, pretext metrics, collapse indicators, headline and gate of the runs measured so far."""
+        table = {label: _summary(row) for label, row in rows.items()}
+        summary = {"pretext": {method: _pretext_summary(runs) for method, runs in pretext.items()},
+                   "collapse": {method: {key: [r[key] for r in runs] for key in runs[0]}
+                                for method, runs in collapse.items()},
+                   "headline": _headline(table), "gate": _gate(table) if args.ceiling else {}}
+        return {"dataset": args.dataset, "manifest": manifest, "classes": {f: t.classes for f, t in frozen.items()},
+                "seeds": args.seeds, "overrides": args.overrides, "rows": table, **summary,
+                "recipes": {"frozen": dataclasses.asdict(transfer_config),
+                            "finetune": dataclasses.asdict(finetune_config)}}
+
     for method in args.methods:
         for seed in range(args.seeds):
             config = load_config(METHODS[method], [
@@ -179,46 +192,44 @@ def main(argv: list[str] | None = None) -> dict:
                     baseline(f"random init {audio_name} ({audio_label}, {probe})", seed, audio_kind, audio_name,
                              partial(audio_transfer.frozen_protocol, mode="audio", protocol=protocol,
                                      cache=random_features.setdefault((audio_name, seed), {})))
-            if mode == "audio":  # an audio encoder: the probe is on its features of the videos' audio
-                continue
-            if args.finetune:
-                _add(rows, f"{method} ({task.label_family}, fine-tune)",
-                     {"feature_mode": "clip", "label_family": task.label_family, "encoder_input": encoder_input},
-                     finetunes[task.label_family].finetune(encoder, "clip", encoder_input))
-            for family in dataset.columns:
-                kind = {"feature_mode": "clip", "label_family": family, "encoder_input": "rgb"}
-                baseline(f"supervised {name} ({family}, train split, from scratch)", seed, kind, name,
-                         partial(finetunes[family].finetune, mode="clip"))
-                if args.ceiling:
-                    baseline(f"supervised {name} ({family}, {FULL_LABELS}, ceiling)", seed, kind, name,
-                             partial(ceilings[family].finetune, mode="clip"))
-                    baseline(_random_row(name, family, PROBE_NAMES["linear"], kind), seed, kind, name,
-                             partial(frozen[family].frozen_protocol, mode="clip", protocol="linear",
-                                     cache=random_features.setdefault((name, seed), {})))
+            if mode != "audio":  # an audio encoder: its probes above are on its features of the videos' audio
+                if args.finetune:
+                    _add(rows, f"{method} ({task.label_family}, fine-tune)",
+                         {"feature_mode": "clip", "label_family": task.label_family, "encoder_input": encoder_input},
+                         finetunes[task.label_family].finetune(encoder, "clip", encoder_input))
+                for family in dataset.columns:
+                    kind = {"feature_mode": "clip", "label_family": family, "encoder_input": "rgb"}
+                    baseline(f"supervised {name} ({family}, train split, from scratch)", seed, kind, name,
+                             partial(finetunes[family].finetune, mode="clip"))
+                    if args.ceiling:
+                        baseline(f"supervised {name} ({family}, {FULL_LABELS}, ceiling)", seed, kind, name,
+                                 partial(ceilings[family].finetune, mode="clip"))
+                        baseline(_random_row(name, family, PROBE_NAMES["linear"], kind), seed, kind, name,
+                                 partial(frozen[family].frozen_protocol, mode="clip", protocol="linear",
+                                         cache=random_features.setdefault((name, seed), {})))
+            _write_report(args.out, report_of(), f"{method} seed {seed}")
 
-    table = {label: _summary(row) for label, row in rows.items()}
+    report = report_of()
     action = frozen["action"]
     print(f"\n{args.dataset} ({manifest}): {len(action.classes)} action and {len(frozen['object'].classes)} object classes, "
           f"{len(action.train_rows)} labeled train / {len(action.test_rows)} test videos, {args.seeds} seeds; "
           f"audio probes: {len(audio_transfer.classes)} {audio_label} classes")
     print(f"{'row':<66} {'features':<8} {'family':<6} {'input':<8} {'video top-1':>15} {'clip top-1':>15}"
           "  per seed (video)")
-    for label, s in table.items():
+    for label, s in report["rows"].items():
         print(f"{label:<66} {s['feature_mode']:<8} {s['label_family']:<6} {s['encoder_input']:<8} "
               f"{s['video_top1_mean']:>7.1f} ± {s['video_top1_std']:<5.1f}"
               f" {s['clip_top1_mean']:>7.1f} ± {s['clip_top1_std']:<5.1f}  "
               + " ".join(f"{v:.1f}" for v in s["video_top1"]))
-    summary = {"pretext": {method: _pretext_summary(runs) for method, runs in pretext.items()},
-               "collapse": {method: {key: [r[key] for r in runs] for key in runs[0]} for method, runs in collapse.items()},
-               "headline": _headline(table), "gate": _gate(table) if args.ceiling else {}}
-    _print_summary(summary)
-    report = {"dataset": args.dataset, "manifest": manifest, "classes": {f: t.classes for f, t in frozen.items()},
-              "seeds": args.seeds, "overrides": args.overrides, "rows": table, **summary,
-              "recipes": {"frozen": dataclasses.asdict(transfer_config), "finetune": dataclasses.asdict(finetune_config)}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    _print_summary(report)
     return report
+
+
+def _write_report(out: str, report: dict, last: str) -> None:
+    """The report so far as JSON in `out`, after every run: an interrupted benchmark keeps what it measured."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {out} (up to {last})")
 
 
 def _random_row(name: str, family: str, probe: str, kind: dict[str, str]) -> str:
