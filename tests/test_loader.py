@@ -70,6 +70,34 @@ def test_a_file_that_kills_a_worker_costs_only_that_file(tiny_synthav: Path, mon
     assert len(crashed) >= 2 and {s.path for s in crashed} == {doomed}  # drawn in each epoch, replaced
 
 
+def test_a_batch_lost_in_transit_from_a_dying_worker_is_fetched_again(tiny_synthav: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies just after queueing a batch takes the sharer of its tensors' file descriptors
+    with it: the main process gets an EOFError instead of PyTorch's message of a dead worker. The loader
+    restarts there as after any death, and the epoch has the batches it would have had."""
+    config = fast_config(tiny_synthav)
+    dataset, sampler = pretraining_data(config, build_task(config))
+    expected = [*recovering_loader(dataset, sampler, config).epoch(0)]
+    real_build, builds = RecoveringLoader.build, []
+
+    def build_broken_once(self: RecoveringLoader):
+        builds.append(loader := real_build(self))
+        if len(builds) > 1:
+            return loader
+        return (batch if k < 1 else _raise(EOFError()) for k, batch in enumerate(loader))
+
+    monkeypatch.setattr(RecoveringLoader, "build", build_broken_once)
+    loader = recovering_loader(dataset, sampler, config)
+    batches = [*loader.epoch(0)]
+    assert len(builds) == 2 and loader.unexplained_restarts == 1 and len(batches) == len(expected)
+    for got, want in zip(batches, expected):
+        assert all(torch.equal(got[key], want[key]) for key in got if key != "skipped")
+
+
+def _raise(error: Exception) -> None:
+    raise error
+
+
 def test_deaths_no_file_explains_restart_the_workers_a_few_times(tiny_synthav: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker killed whatever it decodes (as by the kernel's OOM killer) while each file decodes

@@ -1,8 +1,8 @@
 """The pretraining DataLoader, and batches that go on when one of its worker processes dies.
 
 A worker dies when a decoder library crashes on a file (a segfault in FFmpeg) or the kernel kills
-it for memory; PyTorch then raises "DataLoader worker (pid ...) is killed by signal" and a long run
-would end there. `RecoveringLoader` instead decodes the samples that were in flight again, each in
+it for memory; PyTorch then raises "DataLoader worker (pid ...) is killed by signal" (or, for a
+batch still in transit from it, an EOFError or ConnectionError) and a long run would end there. `RecoveringLoader` instead decodes the samples that were in flight again, each in
 its own child process (`isolated_map`); the files whose decode kills its process join the
 dataset's `crashed` files, which are never decoded again (failed decodes of kind "crashed",
 replaced and counted like any other), and fresh workers go on at the same sample. The run sees the
@@ -37,6 +37,9 @@ PREFETCH_BATCHES = 4  # per worker
 MAX_UNEXPLAINED_RESTARTS = 3
 ISOLATED_DECODE_TIMEOUT_S = 120.0
 WORKER_DIED = "DataLoader worker (pid"  # how PyTorch's messages of a dead worker begin
+# A worker that dies just after putting a batch on the queue takes with it the process that hands its
+# tensors' file descriptors over: the main process then fails to fetch them with one of these.
+IN_TRANSIT = (EOFError, ConnectionError)
 
 
 def build_loader(dataset: PretextDataset, sampler: EpochSampler, *, batch_size: int, num_workers: int, seed: int,
@@ -83,7 +86,7 @@ class SurvivingLoader:
         """Make the loader's next iteration give `epoch` from sample `position` of this rank's share."""
         raise NotImplementedError
 
-    def restart(self, epoch: int, position: int, error: RuntimeError) -> None:
+    def restart(self, epoch: int, position: int, error: Exception) -> None:
         """After a worker died at sample `position` of `epoch`: blame the file, build `loader` anew."""
         raise NotImplementedError
 
@@ -97,12 +100,12 @@ class SurvivingLoader:
                     position += self.batch_size
                     yield batch
                 return
-            except RuntimeError as e:
-                if not str(e).startswith(WORKER_DIED):
+            except (RuntimeError, *IN_TRANSIT) as e:
+                if isinstance(e, RuntimeError) and not str(e).startswith(WORKER_DIED):
                     raise
                 self.restart(epoch, position, e)
 
-    def blame(self, dataset: Decoding, keys: list[tuple], workers: int, error: RuntimeError, where: str) -> None:
+    def blame(self, dataset: Decoding, keys: list[tuple], workers: int, error: Exception, where: str) -> None:
         """Mark the files among the in-flight samples `keys` (as `crashing_files` takes them) whose decode
         kills its process crashed in `dataset`, and say so; a death no file explains is counted
         (WorkerDeathError past MAX_UNEXPLAINED_RESTARTS in a run)."""
@@ -140,7 +143,7 @@ class RecoveringLoader(SurvivingLoader):
     def go_to(self, epoch: int, position: int) -> None:
         self.sampler.set_epoch(epoch, start=position)
 
-    def restart(self, epoch: int, position: int, error: RuntimeError) -> None:
+    def restart(self, epoch: int, position: int, error: Exception) -> None:
         """Find the files among the in-flight samples (from `position` on) whose decode kills its
         process, mark them crashed, and start fresh workers (which hold the updated dataset)."""
         in_flight = self.num_workers * PREFETCH_BATCHES * self.batch_size

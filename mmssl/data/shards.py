@@ -477,7 +477,7 @@ class ShardLoader(SurvivingLoader):
     def go_to(self, epoch: int, position: int) -> None:
         self.dataset.set_epoch(epoch, position // self.batch_size)
 
-    def restart(self, epoch: int, position: int, error: RuntimeError) -> None:
+    def restart(self, epoch: int, position: int, error: Exception) -> None:
         """As `RecoveringLoader.restart`: the members in flight from sample `position` on whose decode kills
         its process are marked crashed (replaced and counted from then on), and fresh workers go on."""
         members = self.dataset.in_flight(epoch, position // self.batch_size, PREFETCH_BATCHES)
