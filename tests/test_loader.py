@@ -80,11 +80,15 @@ def test_a_batch_lost_in_transit_from_a_dying_worker_is_fetched_again(tiny_synth
     expected = [*recovering_loader(dataset, sampler, config).epoch(0)]
     real_build, builds = RecoveringLoader.build, []
 
+    def broken_after_one_batch(loader: DataLoader):
+        for k, batch in enumerate(loader):
+            if k == 1:
+                raise EOFError
+            yield batch
+
     def build_broken_once(self: RecoveringLoader):
         builds.append(loader := real_build(self))
-        if len(builds) > 1:
-            return loader
-        return (batch if k < 1 else _raise(EOFError()) for k, batch in enumerate(loader))
+        return loader if len(builds) > 1 else broken_after_one_batch(loader)
 
     monkeypatch.setattr(RecoveringLoader, "build", build_broken_once)
     loader = recovering_loader(dataset, sampler, config)
@@ -92,10 +96,6 @@ def test_a_batch_lost_in_transit_from_a_dying_worker_is_fetched_again(tiny_synth
     assert len(builds) == 2 and loader.unexplained_restarts == 1 and len(batches) == len(expected)
     for got, want in zip(batches, expected):
         assert all(torch.equal(got[key], want[key]) for key in got if key != "skipped")
-
-
-def _raise(error: Exception) -> None:
-    raise error
 
 
 def test_deaths_no_file_explains_restart_the_workers_a_few_times(tiny_synthav: Path,

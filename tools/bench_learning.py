@@ -65,8 +65,8 @@ class BenchDataset:
     folder: str  # default folder
 
 
-# The benchmark's PhysAV: 1600 unlabeled videos, the default labeled splits. Fewer labeled videos than the
-# ceiling's 1680 and the recipe memorises (docs/results.md#physav-the-datasets-gate).
+# The benchmark's PhysAV: 1600 unlabeled videos, the default labeled splits. With fewer, the supervised
+# ceiling (trained on pretrain+train) memorises its videos (docs/results.md#physav-the-datasets-gate).
 BENCH_PHYSAV = PhysAVConfig(num_pretrain=1600)
 
 
