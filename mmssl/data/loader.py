@@ -3,9 +3,10 @@
 A worker dies when a decoder library crashes on a file (a segfault in FFmpeg) or the kernel kills
 it for memory; PyTorch then raises "DataLoader worker (pid ...) is killed by signal" (or, for a
 batch still in transit from it, an EOFError or ConnectionError) and a long run would end there.
-`RecoveringLoader` instead decodes the samples that were in flight again, each in its own child process (`isolated_map`); the files whose decode kills its process join the
-dataset's `crashed` files, which are never decoded again (failed decodes of kind "crashed",
-replaced and counted like any other), and fresh workers go on at the same sample. The run sees the
+`RecoveringLoader` instead decodes the samples that were in flight again, each in its own child
+process (`isolated_map`); the files whose decode kills its process join the dataset's `crashed`
+files, which are never decoded again (failed decodes of kind "crashed", replaced and counted like
+any other), and fresh workers go on at the same sample. The run sees the
 batches it would have seen but for those files, and every rank keeps its step count (DDP stays in
 lockstep). A death that no file explains restarts the workers too, `MAX_UNEXPLAINED_RESTARTS`
 times in a run at most.
