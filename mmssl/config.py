@@ -111,7 +111,8 @@ class TrainConfig:
 class MonitorConfig:
     """The online kNN monitor: weighted-kNN video top-1 (%) of the encoder being trained, on a labeled
     manifest's train/test splits, every `every` optimizer steps (cost: docs/training.md#online-knn-monitor).
-    Frames are data.frame_size; clips are uniform, as transfer's (`TransferConfig`)."""
+    Frames are data.frame_size; clips are uniform, as transfer's (`TransferConfig`). Apart from it,
+    `nmi_columns`: what a pseudo-label task's labelling passes are compared with."""
 
     every: int = 0  # optimizer steps between measurements (also before the first step and at the last); 0: off
     manifest: str = ""  # empty: SynthAV under data.synthav_dir
@@ -123,6 +124,9 @@ class MonitorConfig:
     stride: int = 2
     k: int = 20
     temperature: float = 0.07
+    # columns of the pretraining rows (e.g. SynthAV's label, shape) whose NMI with each labelling pass's
+    # pseudo-labels is logged (DeepCluster's NMI against the classes), over the rows with a value
+    nmi_columns: list[str] = field(default_factory=list)
 
 
 def task_config_class() -> type:

@@ -1,7 +1,7 @@
 """DeepCluster (docs/methods.md#deepcluster) and the engine's labelling pass (mmssl/engine/labelling.py):
-a replaced decode's own row and label, the balanced sampler, NMI, the Sobel front end, labels kept
-across a resume (and drawn per cluster), and the pass sharded over two gloo ranks giving a single
-process's labels."""
+a replaced decode's own row and label, the balanced sampler, NMI (with the previous pass and with
+label columns), the Sobel front end, labels kept across a resume (and drawn per cluster), and the pass
+sharded over two gloo ranks giving a single process's labels."""
 from __future__ import annotations
 
 import functools
@@ -19,7 +19,7 @@ from mmssl.config import ConfigError, load_config
 from mmssl.data.dataset import EpochSampler, PretextDataset, collate
 from mmssl.data.manifest import ManifestRow, read_manifest, write_manifest
 from mmssl.engine import distributed as mdist
-from mmssl.engine.labelling import Labeller, label_dataset, label_rows, last_pass
+from mmssl.engine.labelling import Labeller, cluster_summary, label_dataset, label_rows, last_pass
 from mmssl.engine.trainer import pretrain
 from mmssl.eval.pretext import evaluate_pretext
 from mmssl.tasks import build_task
@@ -62,6 +62,9 @@ def test_a_replaced_decode_carries_and_is_labelled_by_its_own_row(tiny_synthav: 
     task.set_labels(torch.from_numpy(labels))
     trained = dataset[(0, 0)]
     assert trained["row"] != 0 and task.row_labels(trained["row"][None])[0, 0] == labels[0, trained["row"]]
+    config.monitor.nmi_columns = ["label"]  # SynthAV's pretraining rows carry their class as `action`, not `label`
+    with pytest.raises(ConfigError, match=r"nmi_columns=\['label'\]: no pretraining row has a value there"):
+        Labeller(config, model, dataset, 0, 1, torch.device("cpu"))
 
 
 def test_the_sampler_draws_every_nonempty_cluster_equally() -> None:
@@ -94,6 +97,15 @@ def test_cluster_features_finds_separated_groups() -> None:
     assert nmi(labels, groups) == pytest.approx(1.0)
 
 
+def test_a_pass_is_compared_with_label_columns_over_the_rows_with_a_value() -> None:
+    labels = np.array([[0, 0, 1, 1, UNLABELLED, 2]])
+    truths = {"shape": np.array(["a", "a", "b", "b", "b", ""]), "action": np.array(["x", "y", "x", "y", "x", ""])}
+    summary = cluster_summary(labels, None, truths)
+    assert summary["head0_nmi_shape"] == pytest.approx(1.0)  # rows 0-3: the clusters are the shapes
+    assert summary["head0_nmi_action"] == pytest.approx(0.0, abs=1e-9)  # rows 0-3 again: independent of them
+    assert "head0_nmi_previous" not in summary
+
+
 def test_sobel_sees_edges_not_colour() -> None:
     x = torch.zeros(1, 3, 2, 8, 8)
     x[..., :, 4:] = 1.0  # a vertical edge between columns 3 and 4
@@ -112,10 +124,11 @@ def test_a_resumed_run_keeps_its_labels_and_reaches_the_same_weights(tiny_syntha
     """3 steps an epoch, a labelling pass before each: resumed from step 4 (mid epoch 1, labels of the
     second pass from the checkpoint), the run ends as the straight one, labels included."""
     config = load_config(None, [*FAST, f"data.synthav_dir={tiny_synthav}", "train.max_steps=5",
-                                "train.checkpoint_every=1", "train.keep_last=10"])
+                                "train.checkpoint_every=1", "train.keep_last=10", "monitor.nmi_columns=[shape]"])
     final = pretrain(config, tmp_path / "straight")
     records = [line for line in (tmp_path / "straight/metrics.jsonl").read_text().splitlines() if "nonempty" in line]
     assert len(records) == 2 and "head0_nmi_previous" in records[1]
+    assert all(0 <= json.loads(r)["head0_nmi_shape"] <= 1 for r in records)
     assert last_pass(tmp_path / "straight/metrics.jsonl") == {
         k: v for k, v in json.loads(records[1]).items() if k.startswith("head")}
     resumed = pretrain(config, tmp_path / "resumed", str(tmp_path / "straight/checkpoint_000004.pt"))

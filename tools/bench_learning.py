@@ -63,6 +63,7 @@ class BenchDataset:
     columns: dict[str, str]  # label family -> manifest column
     ensure: Callable[[str, bool], Path]  # (folder, whether it must hold the benchmark's size) -> its manifest
     folder: str  # default folder
+    truths: tuple[str, ...]  # the pretraining rows' label columns: a pseudo-label run's passes log their NMI
 
 
 # The benchmark's PhysAV: 3200 unlabeled videos, the default labeled splits. With fewer, the supervised
@@ -78,8 +79,9 @@ def ensure_bench_physav(folder: str, exact: bool) -> Path:
 
 DATASETS = {
     "synthav": BenchDataset({"action": "label", "object": "shape"}, lambda folder, _: ensure_synthav(folder),
-                            "data/synthav"),
-    "physav": BenchDataset({"action": "action", "object": "object"}, ensure_bench_physav, "data/physav_bench"),
+                            "data/synthav", ("action", "shape")),
+    "physav": BenchDataset({"action": "action", "object": "object"}, ensure_bench_physav, "data/physav_bench",
+                           ("action", "object", "material")),
 }
 
 
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
         """Table, pretext metrics, collapse indicators, headline and gate of the runs measured so far."""
         table = {label: _summary(row) for label, row in rows.items()}
         summary = {"pretext": {method: _pretext_summary(runs) for method, runs in pretext.items()},
-                   "collapse": {method: {key: [r[key] for r in runs] for key in runs[0]}
+                   "collapse": {method: {key: [r.get(key) for r in runs]  # None: a resumed older run's log lacks it
+                                         for key in dict.fromkeys(k for r in runs for k in r)}
                                 for method, runs in collapse.items()},
                    "headline": _headline(table), "gate": _gate(table) if args.ceiling else {}}
         return {"dataset": args.dataset, "manifest": manifest, "classes": {f: t.classes for f, t in frozen.items()},
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in range(args.seeds):
             config = load_config(METHODS[method], [
                 *args.overrides, f"train.seed={seed}", f"data.manifest={manifest}", "data.split=pretrain",
-                f"monitor.manifest={manifest}", f"monitor.label_column={dataset.columns['action']}"])
+                f"monitor.manifest={manifest}", f"monitor.label_column={dataset.columns['action']}",
+                f"monitor.nmi_columns=[{','.join(dataset.truths)}]"])
             task = build_task(config)  # the run's: its feature mode and audio follow the overrides
             mode = task.feature_mode
             run = Path(args.work) / f"{method}_seed{seed}"
@@ -285,7 +289,7 @@ def _print_summary(summary: dict) -> None:
         print("collapse indicators of the pseudo-label methods' last labelling pass, per seed")
     for method, indicators in summary["collapse"].items():
         for key, values in indicators.items():
-            print(f"  {method:<16} {key:<24} " + " ".join(f"{v:.3g}" for v in values))
+            print(f"  {method:<16} {key:<24} " + " ".join("-" if v is None else f"{v:.3g}" for v in values))
     beating = sorted(m for m, probes in summary["headline"].items() if any(p["beats_random"] for p in probes.values()))
     print(f"\nheadline: {len(beating)} of {len(summary['headline'])} methods >= {HEADLINE_POINTS:g} points above "
           f"random init on their family's labels: {', '.join(beating) or 'none'}")

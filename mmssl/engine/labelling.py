@@ -11,7 +11,8 @@ every rank) with their optimizer state cleared, and the sampler takes the task's
 go into each checkpoint (by file, so a rebuilt manifest keeps them) and a resumed run restores them.
 Each pass logs, per head: the non-empty clusters, the largest cluster's share, the NMI with the
 previous pass's labels (collapse shows as one cluster taking most rows, or as an NMI near 1 that no
-longer moves) and the cluster sizes.
+longer moves), the NMI with the label columns named in `monitor.nmi_columns` (what the clusters group
+by, where the pretraining rows carry labels) and the cluster sizes.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from mmssl import distributed
-from mmssl.config import Config
+from mmssl.config import Config, ConfigError
 from mmssl.data.clip import DecodedClip, Window
 from mmssl.data.dataset import EpochSampler, PretextDataset
 from mmssl.data.loader import RecoveringLoader
@@ -99,9 +100,11 @@ def label_rows(model: TaskModel, batches: Iterable[dict], num_rows: int, device:
     return distributed.broadcast_from_main(labels)
 
 
-def cluster_summary(labels: np.ndarray, previous: np.ndarray | None) -> dict[str, float]:
+def cluster_summary(labels: np.ndarray, previous: np.ndarray | None,
+                    truths: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Per head of `labels` [heads, rows]: non-empty clusters, the largest one's share of the labelled
-    rows, and the NMI with the `previous` labels over the rows labelled in both."""
+    rows, the NMI with the `previous` labels over the rows labelled in both, and the NMI with each of
+    `truths` (column -> [rows] values, "" for none) over the labelled rows with a value."""
     summary = {}
     for head, own in enumerate(labels):
         labelled = own != UNLABELLED
@@ -111,6 +114,9 @@ def cluster_summary(labels: np.ndarray, previous: np.ndarray | None) -> dict[str
         if previous is not None:
             both = labelled & (previous[head] != UNLABELLED)
             summary[f"head{head}_nmi_previous"] = nmi(own[both], previous[head][both])
+        for column, values in (truths or {}).items():
+            both = labelled & (values != "")
+            summary[f"head{head}_nmi_{column}"] = nmi(own[both], values[both])
     return summary
 
 
@@ -128,6 +134,11 @@ class Labeller:
                  device: torch.device) -> None:
         self.model, self.task, self.device, self.seed = model, model.task, device, config.train.seed
         self.paths = [row.path for row in dataset.rows]
+        self.truths = {column: np.array([row.label if column == "label" else row.extra.get(column, "")
+                                         for row in dataset.rows]) for column in config.monitor.nmi_columns}
+        if empty := [column for column, values in self.truths.items() if not (values != "").any()]:
+            raise ConfigError(f"monitor.nmi_columns={empty}: no pretraining row has a value there "
+                              f"(the manifest's columns: label, {', '.join(sorted(dataset.rows[0].extra))})")
         labelled = label_dataset(dataset)
         sampler = EpochSampler(len(labelled), config.train.seed, rank, world_size, shuffle=False,
                                batch_size=config.data.batch_size)
@@ -154,7 +165,7 @@ class Labeller:
                 layer.reset_parameters()
                 for parameter in layer.parameters():
                     optimizer.state.pop(parameter, None)
-        summary = cluster_summary(labels, previous)
+        summary = cluster_summary(labels, previous, self.truths)
         run_log.report({"step": step, "epoch": epoch, **summary, "labelling_s": time.perf_counter() - start})
         run_log.write({"step": step, "epoch": epoch, "cluster_sizes": [np.bincount(own[own != UNLABELLED]).tolist()
                                                                        for own in labels]})
