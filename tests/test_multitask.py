@@ -34,8 +34,12 @@ def multitask(synthav: Path, *overrides: str) -> MultiTask:
 @pytest.mark.parametrize("tasks", [(), ("task.multitask.tasks=[rotation, pace, order]", "task.pace.clip_len=6"),
                                    ("task.multitask.tasks=[jigsaw, relative_position, cubic_puzzle]",
                                     "task.multitask.weights=[1.0, 1.0, 1.0]", "task.jigsaw.num_permutations=24",
-                                    "task.cubic_puzzle.cell_len=5")],
-                         ids=["order-vcop-avc", "rotation-pace-order", "jigsaw-relative_position-cubic_puzzle"])
+                                    "task.cubic_puzzle.cell_len=5"),
+                                   ("task.multitask.tasks=[dpc, flow_similarity, order]",
+                                    "task.multitask.weights=[1.0, 1.0, 1.0]", "task.dpc.num_blocks=3",
+                                    "task.dpc.block_len=2", "task.dpc.stride=2", "task.dpc.pred_steps=1")],
+                         ids=["order-vcop-avc", "rotation-pace-order", "jigsaw-relative_position-cubic_puzzle",
+                              "dpc-flow_similarity-order"])
 def test_one_decode_serves_every_task_as_its_own_decode(tiny_synthav: Path, tasks: tuple[str, ...]) -> None:
     task = multitask(tiny_synthav, *tasks)
     rows = [r for r in read_manifest(tiny_synthav / "manifest.csv", "pretrain") if r.has_audio][:3]
