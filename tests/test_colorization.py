@@ -180,3 +180,21 @@ def test_visualize_draws_lightness_colours_and_frame() -> None:
     # the colourised frame keeps the frame's lightness (but where the colour falls outside sRGB and is clipped)
     kept = lab(torch.from_numpy(np.asarray(colourised)).permute(2, 0, 1)[None, :, None])[:, 0]
     assert ((kept - lab(video[:1].permute(3, 0, 1, 2)[None].float() / 255)[:, 0]).abs() < 0.5).float().mean() > 0.9
+
+
+def test_video_colorization_views_colour_the_targets_own_lightness() -> None:
+    task = VideoColorization(VideoColorizationConfig(num_references=2, gap=2, palette_size=4, decoder_width=16))
+    encoder = build_video_encoder("tiny3d", widths=(8, 16)).eval()
+    head = task.build_head(encoder).eval()
+    frames = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        views = task.predicted_views({"frames": frames}, encoder, head)
+    assert [caption for caption, _ in views[0]] == ["reference 0", "reference 1", "target: lightness in",
+                                                    "coloured by pointing", "uniform attention\n(trivial)", "target"]
+    assert torch.equal(views[1][0][1], frames[1, 0]) and torch.equal(views[1][-1][1], frames[1, -1])
+    lightness = lab(frames[1:, -1:].permute(0, 4, 1, 2, 3).float() / 255)[0, 0, 0]
+    for _, image in views[1][2:5]:  # the grey input and both colourings keep the target's lightness
+        kept = lab(image.permute(2, 0, 1)[None, :, None].float() / 255)[0, 0, 0]
+        assert ((kept - lightness).abs() < 1.0).float().mean() > 0.9  # (but where a colour is clipped to sRGB)
+    trivial = lab(views[1][4][1].permute(2, 0, 1)[None, :, None].float() / 255)[0, 1:, 0]
+    assert trivial.flatten(1).std(1).max() < 3  # uniform attention: one colour (the histogram's mean) everywhere

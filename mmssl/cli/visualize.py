@@ -22,10 +22,12 @@ inpainting and super_resolution: for 3 frames the loss reads, the degraded clip 
 filled, blurred, or the repeated frame), the model's restoration and the clean target side by side,
 each with its error on the pixels the loss reads, by the same --checkpoint or at random init.
 colorization: for 3 frames, the lightness the encoder gets, the model's colours with it, and the frame.
-A task that says what its model makes of a sample (`PretextTask.predicted_views`: dpc, flow_similarity)
-draws that with --checkpoint: DPC the context blocks, then each future block beside the block of the
-drawn batch its prediction scores highest; flow similarity the frame, its flow and the pixel
-embeddings' principal components as colours.
+A task that says what its model makes of a sample (`PretextTask.predicted_views`: dpc, flow_similarity,
+video_colorization) draws that with --checkpoint: DPC the context blocks, then each future block beside
+the block of the drawn batch its prediction scores highest; flow similarity the frame, its flow and the
+pixel embeddings' principal components as colours; video colorization the reference frames, the
+target's lightness, the target coloured by pointing and by uniform attention (the trivial predictor),
+and the target.
 
 --manifest draws a dataset's videos as they are instead: one row per video, titled with its labels
 (every column the manifest has beyond the standard ones), 6 frames across it captioned with frame
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     if checkpoint is not None and not (issubclass(kind, (MaskedVideo, Restoration, Colorization))
                                        or kind.pseudo_labelled or predicts):
         parser.error("--checkpoint draws reconstructions (--task masked_video, inpainting, super_resolution, "
-                     "colorization), clusters (a pseudo-label task) or predictions (dpc, flow_similarity)")
+                     "colorization), clusters (a pseudo-label task) or predictions (dpc, flow_similarity, "
+                     "video_colorization)")
     overrides = [*args.overrides, f"task.name={args.task}"]
     if checkpoint is not None and not args.config:  # the run's own config, as this version reads it
         config = apply_overrides(checkpoint_config(checkpoint), overrides)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from kornia.color import lab_to_rgb
 from torch import Tensor, nn
 
 from mmssl.cluster import kmeans
@@ -123,6 +124,35 @@ class VideoColorization(PretextTask):
         skip = F.avg_pool3d(lightness[:, :1], (1, OUT_STRIDE, OUT_STRIDE))
         embedding = head(encoder.feature_map(lightness), size, skip)
         return rearrange(embedding, "(b t) e 1 h w -> b t (h w) e", b=b)
+
+    def predicted_views(self, batch: dict[str, Tensor], encoder: VideoEncoder,
+                        head: VideoColorizationHead) -> list[list[tuple[str, Tensor]]]:
+        """Per sample: the reference frames, the target's lightness (what the encoder sees of it), the
+        target coloured by pointing (each cell the expected palette colour under its attention), the same
+        with uniform attention (the trivial predictor) and the target frame; the coloured ones keep the
+        target's own lightness."""
+        x = to_model_input(batch["frames"], None)
+        frame_lab = lab(unnormalize(x))
+        ab = F.avg_pool3d(frame_lab[:, 1:], (1, OUT_STRIDE, OUT_STRIDE))
+        colours = head.colours(rearrange(ab, "b c t h w -> (b t h w) c")).view(ab.shape[0], ab.shape[2], -1)
+        embedding = self.embed(x, encoder, head).float()
+        probabilities = pointing(embedding[:, :-1].flatten(1, 2), embedding[:, -1], colours[:, :-1].flatten(1),
+                                 len(head.palette))
+        uniform = F.one_hot(colours[:, :-1].flatten(1), len(head.palette)).float().mean(1, keepdim=True)
+        lightness = frame_lab[:, :1, -1]  # [B, 1, H, W]
+
+        def coloured(distribution: Tensor) -> Tensor:  # [B, cells or 1, palette] -> uint8 [B, H, W, 3]
+            cells = (distribution @ head.palette).expand(-1, ab.shape[-2] * ab.shape[-1], -1)
+            grid = rearrange(cells, "b (h w) c -> b c h w", h=ab.shape[-2])
+            rgb = lab_to_rgb(torch.cat([lightness, F.interpolate(grid, size=lightness.shape[-2:])], 1))
+            return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+        pointed, trivial = coloured(probabilities), coloured(uniform)
+        grey = coloured(torch.zeros_like(uniform))  # no colour weighted in: ab = 0, the lightness in grey
+        frames = batch["frames"]
+        return [[*((f"reference {t}", frames[b, t]) for t in range(frames.shape[1] - 1)),
+                 ("target: lightness in", grey[b]), ("coloured by pointing", pointed[b]),
+                 ("uniform attention\n(trivial)", trivial[b]), ("target", frames[b, -1])] for b in range(len(frames))]
 
     def loss(self, batch: dict[str, Tensor], encoder: VideoEncoder, head: VideoColorizationHead) -> dict[str, Tensor]:
         x = to_model_input(batch["frames"], self.augment)
