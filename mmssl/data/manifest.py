@@ -39,6 +39,10 @@ class ManifestRow:
     has_audio: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
+    def value(self, column: str) -> str:
+        """The row's value in `column`: "label" or an extra column ("" where it has none)."""
+        return self.label if column == "label" else self.extra.get(column, "")
+
     @classmethod
     def from_info(cls, path: str | Path, info: MediaInfo, label: str = "", split: str = "",
                   **extra: str) -> ManifestRow:

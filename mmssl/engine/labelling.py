@@ -134,8 +134,8 @@ class Labeller:
                  device: torch.device) -> None:
         self.model, self.task, self.device, self.seed = model, model.task, device, config.train.seed
         self.paths = [row.path for row in dataset.rows]
-        self.truths = {column: np.array([row.label if column == "label" else row.extra.get(column, "")
-                                         for row in dataset.rows]) for column in config.monitor.nmi_columns}
+        self.truths = {column: np.array([row.value(column) for row in dataset.rows])
+                       for column in config.monitor.nmi_columns}
         if empty := [column for column, values in self.truths.items() if not (values != "").any()]:
             raise ConfigError(f"monitor.nmi_columns={empty}: no pretraining row has a value there "
                               f"(the manifest's columns: label, {', '.join(sorted(dataset.rows[0].extra))})")

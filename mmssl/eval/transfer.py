@@ -93,9 +93,7 @@ def labeled_rows(manifest: str | Path, split: str, column: str = "label") -> lis
     """The rows of `split` ("a+b" joins splits, e.g. PhysAV's "pretrain+train" for the full-label
     ceiling) that have a value in `column` ("label" or an extra column such as SynthAV's "shape"),
     with that value as their label."""
-    rows = [row for part in split.split("+") for row in read_manifest(manifest, part)]
-    if column != "label":
-        rows = [replace(r, label=r.extra.get(column, "")) for r in rows]
+    rows = [replace(row, label=row.value(column)) for part in split.split("+") for row in read_manifest(manifest, part)]
     return [r for r in rows if r.label]
 
 

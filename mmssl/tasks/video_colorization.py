@@ -125,46 +125,48 @@ class VideoColorization(PretextTask):
         embedding = head(encoder.feature_map(lightness), size, skip)
         return rearrange(embedding, "(b t) e 1 h w -> b t (h w) e", b=b)
 
+    def point(self, x: Tensor, encoder: VideoEncoder,
+              head: VideoColorizationHead) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """For the model input x [B, 3, T, H, W] (references, then the target): its Lab frames, each cell's
+        palette colour [B, T, cells], the target cells' colour distributions by pointing [B, cells,
+        palette] and by uniform attention (the references' colour histogram, [B, 1, palette])."""
+        frame_lab = lab(unnormalize(x))
+        ab = F.avg_pool3d(frame_lab[:, 1:], (1, OUT_STRIDE, OUT_STRIDE))
+        colours = head.colours(rearrange(ab, "b c t h w -> (b t h w) c")).view(ab.shape[0], ab.shape[2], -1)
+        embedding = self.embed(x, encoder, head).float()
+        reference_colours = colours[:, :-1].flatten(1)
+        k = len(head.palette)
+        probabilities = pointing(embedding[:, :-1].flatten(1, 2), embedding[:, -1], reference_colours, k)
+        histogram = F.one_hot(reference_colours, k).float().mean(1, keepdim=True)
+        return frame_lab, colours, probabilities, histogram
+
     def predicted_views(self, batch: dict[str, Tensor], encoder: VideoEncoder,
                         head: VideoColorizationHead) -> list[list[tuple[str, Tensor]]]:
         """Per sample: the reference frames, the target's lightness (what the encoder sees of it), the
         target coloured by pointing (each cell the expected palette colour under its attention), the same
         with uniform attention (the trivial predictor) and the target frame; the coloured ones keep the
         target's own lightness."""
-        x = to_model_input(batch["frames"], None)
-        frame_lab = lab(unnormalize(x))
-        ab = F.avg_pool3d(frame_lab[:, 1:], (1, OUT_STRIDE, OUT_STRIDE))
-        colours = head.colours(rearrange(ab, "b c t h w -> (b t h w) c")).view(ab.shape[0], ab.shape[2], -1)
-        embedding = self.embed(x, encoder, head).float()
-        probabilities = pointing(embedding[:, :-1].flatten(1, 2), embedding[:, -1], colours[:, :-1].flatten(1),
-                                 len(head.palette))
-        uniform = F.one_hot(colours[:, :-1].flatten(1), len(head.palette)).float().mean(1, keepdim=True)
+        frame_lab, _, probabilities, histogram = self.point(to_model_input(batch["frames"], None), encoder, head)
         lightness = frame_lab[:, :1, -1]  # [B, 1, H, W]
+        cells_h = lightness.shape[-2] // OUT_STRIDE
 
         def coloured(distribution: Tensor) -> Tensor:  # [B, cells or 1, palette] -> uint8 [B, H, W, 3]
-            cells = (distribution @ head.palette).expand(-1, ab.shape[-2] * ab.shape[-1], -1)
-            grid = rearrange(cells, "b (h w) c -> b c h w", h=ab.shape[-2])
+            cells = (distribution @ head.palette).expand(-1, probabilities.shape[1], -1)
+            grid = rearrange(cells, "b (h w) c -> b c h w", h=cells_h)
             rgb = lab_to_rgb(torch.cat([lightness, F.interpolate(grid, size=lightness.shape[-2:])], 1))
             return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
-        pointed, trivial = coloured(probabilities), coloured(uniform)
-        grey = coloured(torch.zeros_like(uniform))  # no colour weighted in: ab = 0, the lightness in grey
+        pointed, trivial = coloured(probabilities), coloured(histogram)
+        grey = coloured(torch.zeros_like(histogram))  # no colour weighted in: ab = 0, the lightness in grey
         frames = batch["frames"]
         return [[*((f"reference {t}", frames[b, t]) for t in range(frames.shape[1] - 1)),
                  ("target: lightness in", grey[b]), ("coloured by pointing", pointed[b]),
                  ("uniform attention\n(trivial)", trivial[b]), ("target", frames[b, -1])] for b in range(len(frames))]
 
     def loss(self, batch: dict[str, Tensor], encoder: VideoEncoder, head: VideoColorizationHead) -> dict[str, Tensor]:
-        x = to_model_input(batch["frames"], self.augment)
-        ab = F.avg_pool3d(lab(unnormalize(x))[:, 1:], (1, OUT_STRIDE, OUT_STRIDE))
-        colours = head.colours(rearrange(ab, "b c t h w -> (b t h w) c")).view(ab.shape[0], ab.shape[2], -1)
-        embedding = self.embed(x, encoder, head).float()
-        reference_colours = colours[:, :-1].flatten(1)
-        k = len(head.palette)
-        probabilities = pointing(embedding[:, :-1].flatten(1, 2), embedding[:, -1], reference_colours, k)
+        _, colours, probabilities, histogram = self.point(to_model_input(batch["frames"], self.augment), encoder, head)
         with torch.no_grad():
-            histogram = F.one_hot(reference_colours, k).float().mean(1, keepdim=True).expand_as(probabilities)
-            trivial = pointing_nll(histogram, colours[:, -1])
+            trivial = pointing_nll(histogram.expand_as(probabilities), colours[:, -1])
             accuracy = (probabilities.argmax(-1) == colours[:, -1]).float().mean()
         return {"loss": pointing_nll(probabilities, colours[:, -1]), "trivial_loss": trivial,
                 "colour_accuracy": accuracy}
